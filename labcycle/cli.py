@@ -1,0 +1,146 @@
+"""The `labcycle` command line.
+
+Exit codes: 0 success, 1 the input is invalid or a stage failed, 2 usage error.
+User mistakes print one line each, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from labcycle.env import apply_defaults
+from labcycle.errors import LabcycleError
+
+app = typer.Typer(help="labcycle: the LAB method (taxonomy → synthetic data → two-phase QLoRA → eval gate) on Prefect.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+taxonomy_app = typer.Typer(help="Read, validate and diff a qna.yaml taxonomy.", no_args_is_help=True)
+app.add_typer(taxonomy_app, name="taxonomy")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ValidateFormat(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _usage_error(message: str) -> typer.Exit:
+    err.print(f"[red]usage error:[/red] {escape(message)}", markup=True)
+    return typer.Exit(2)
+
+
+TaxonomyOpt = Annotated[Optional[Path], typer.Option("--taxonomy", help="Taxonomy root (holds knowledge/, compositional_skills/, foundational_skills/). Default: the current directory.")]
+
+
+@taxonomy_app.command("validate")
+def validate_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="qna.yaml files or folders (searched recursively). Default: the taxonomy root.", show_default=False)] = None,
+    taxonomy: TaxonomyOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat size guidance warnings as errors.")] = False,
+    fmt: Annotated[ValidateFormat, typer.Option("--format", help="Output: text, json (one object) or github (workflow annotations).")] = ValidateFormat.text,
+) -> None:
+    """Validate qna.yaml leaves: YAML safety, the reference lint, schemas v1–v3, size guidance."""
+    from labcycle.tasks.taxonomy import report as render
+    from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS, find_in_paths, find_leaf_files
+    from labcycle.tasks.taxonomy.validate import validate_files
+
+    if taxonomy is not None and not taxonomy.is_dir():
+        raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
+    if paths:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise _usage_error(f"no such file or folder: {', '.join(missing)}")
+        files = find_in_paths(paths)
+        where = ", ".join(map(str, paths))
+    else:
+        root = taxonomy or Path(".")
+        files = find_leaf_files(root, DEFAULT_FOLDERS)
+        where = f"{root} (under {', '.join(DEFAULT_FOLDERS)})"
+    if not files:
+        raise _usage_error(f"no qna.yaml found in {where}; pass a taxonomy root with --taxonomy or leaf paths")
+
+    report = validate_files(files, root=taxonomy, strict=strict)
+    if fmt is ValidateFormat.json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    elif fmt is ValidateFormat.github:
+        for line in render.github_lines(report):
+            sys.stdout.write(line + "\n")
+        sys.stdout.write(render.summary(report) + "\n")
+    else:
+        for line in render.text_lines(report):
+            out.print(line, markup=False)
+        style = "green" if report.valid else "red"
+        out.print(f"[{style}]{render.summary(report)}[/{style}]")
+    raise typer.Exit(0 if report.valid else 1)
+
+
+@taxonomy_app.command("diff")
+def diff_cmd(
+    taxonomy: TaxonomyOpt = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="Base ref; 'empty' selects every leaf. Default: origin/main if it exists, else main.")] = None,
+    fmt: Annotated[DiffFormat, typer.Option("--format", help="Output: text or json.")] = DiffFormat.text,
+) -> None:
+    """List the leaves changed since the merge base of --base (committed, staged, unstaged, untracked)."""
+    from labcycle.tasks.taxonomy.diff import changed_leaves
+
+    root = taxonomy or Path(".")
+    if not root.is_dir():
+        raise _usage_error(f"--taxonomy {root}: not a folder")
+    result = changed_leaves(root, base)
+    if fmt is DiffFormat.json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        return
+    for leaf in result.leaves:
+        out.print(f"{leaf.status:<9} {leaf.path}", markup=False)
+    n = len(result.leaves)
+    out.print(f"{n} changed lea{'f' if n == 1 else 'ves'} against {result.base}")
+
+
+@app.command("run")
+def run_cmd(
+    taxonomy: Annotated[Path, typer.Option("--taxonomy", help="Taxonomy root.")] = Path("."),
+    base: Annotated[Optional[str], typer.Option("--base", help="Base ref for changed leaves; 'empty' selects every leaf.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Run folder. Default: runs/<timestamp>.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A labcycle.yaml (see schemas/config.schema.json).")] = None,
+) -> None:
+    """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
+    if not taxonomy.is_dir():
+        raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
+    if config is not None and not config.is_file():
+        raise _usage_error(f"--config {config}: no such file")
+    from labcycle.flows.lab_cycle import lab_cycle
+
+    state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None, config=str(config) if config else None, return_state=True)
+    if not state.is_completed():
+        err.print("[red]lab-cycle failed:[/red]", markup=True)
+        err.print(state.message or "see the Prefect logs above", markup=False)
+        raise typer.Exit(1)
+    result = state.result()
+    out.print(f"[green]lab-cycle completed[/green]: {result['leaves']} leaves; manifest at {escape(result['manifest'])}")
+
+
+def main() -> None:
+    apply_defaults()
+    try:
+        app()
+    except LabcycleError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

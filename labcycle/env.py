@@ -1,0 +1,41 @@
+"""Project-local defaults for Prefect and Hugging Face, applied before either is imported.
+
+A user who configured a Prefect server or profile keeps it: we only fill in what is unset, so
+`PREFECT_API_URL` from the environment or the active profile still wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    """Where labcycle keeps its caches and Prefect home: $LABCYCLE_HOME, else ./.labcycle."""
+    return Path(os.environ.get("LABCYCLE_HOME", ".labcycle")).resolve()
+
+
+def apply_defaults() -> Path:
+    home = state_dir()
+    os.environ.setdefault("LABCYCLE_HOME", str(home))
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("HF_HOME", str(home / "hf"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Prefect creates only the last level of its home; the rest must exist first.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def default_run_dir() -> Path:
+    """runs/<UTC timestamp> under the current directory: one folder per run, never reused by accident."""
+    from datetime import datetime, timezone
+
+    return Path("runs", datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def cache_dir(cfg) -> Path:  # type: ignore[no-untyped-def]
+    """The configured cache folder, else $LABCYCLE_HOME/cache."""
+    return Path(cfg.documents.cache_dir).resolve() if cfg.documents.cache_dir else state_dir() / "cache"

@@ -1,0 +1,208 @@
+"""Read a qna.yaml safely: bounded size, strict UTF-8, no custom tags, no duplicate keys, bounded aliases.
+
+The YAML is composed by ruamel.yaml (its C parser when ruamel.yaml.clib is installed) into a node graph,
+then turned into plain Python values by our own walk. Doing the walk ourselves lets us
+- report every duplicate key, not only the first,
+- count nodes reached through aliases, so a "billion laughs" file is stopped after a fixed budget
+  instead of expanding exponentially,
+- remember the line and column of every key and value, for messages that point at the spot.
+Scalars are resolved with YAML 1.1 rules because the reference tooling (PyYAML) uses them: an unquoted
+`No` is a boolean there, and we must reach the same verdict on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_FILE_BYTES = 1024 * 1024
+# A real leaf has a few hundred nodes; 100k leaves room for any honest file and stops alias bombs fast.
+MAX_NODES = 100_000
+
+_STD = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    column: int
+    rule: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "column": self.column, "rule": self.rule, "message": self.message}
+
+
+@dataclass
+class ParsedYaml:
+    text: str | None = None
+    data: Any = None
+    # (line, column) of each value, and of the key for mapping members; 1-based.
+    value_pos: dict[JsonPath, tuple[int, int]] = field(default_factory=dict)
+    key_pos: dict[JsonPath, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def where(self, path: JsonPath) -> tuple[int, int]:
+        """Best position for a message about `path`: the key that names it, else its value, else its parent."""
+        while True:
+            if path in self.key_pos:
+                return self.key_pos[path]
+            if path in self.value_pos:
+                return self.value_pos[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+def _loader() -> YAML:
+    yaml = YAML(typ="safe")
+    yaml.version = (1, 1)
+    return yaml
+
+
+def _pos(node: Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _decode(raw: bytes, parsed: ParsedYaml) -> str | None:
+    if b"\x00" in raw:
+        parsed.problems.append(Problem(1, 1, "file/binary", "the file is binary (it contains NUL bytes); it must be UTF-8 text"))
+        return None
+    try:
+        # Universal newlines, as the reference reads files (Path.read_text): CRLF files lint clean.
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        parsed.problems.append(
+            Problem(line, column, "file/encoding", f"byte 0x{raw[exc.start]:02x} is not valid UTF-8; save the file as UTF-8")
+        )
+        return None
+
+
+def read_yaml(path: Path) -> ParsedYaml:
+    """Read and parse one file; problems are collected, never raised."""
+    parsed = ParsedYaml()
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            parsed.problems.append(
+                Problem(1, 1, "file/too-large", f"the file is {size / 1048576:.1f} MiB; files here may be at most 1 MiB (move long text into the knowledge documents)")
+            )
+            return parsed
+        raw = path.read_bytes()
+    except OSError as exc:
+        parsed.problems.append(Problem(1, 1, "file/unreadable", f"cannot read the file ({exc.strerror}); check its permissions"))
+        return parsed
+    text = _decode(raw, parsed)
+    if text is not None:
+        parse_text(text, parsed)
+    return parsed
+
+
+def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
+    parsed = parsed or ParsedYaml()
+    parsed.text = text
+    yaml = _loader()
+    try:
+        root = yaml.compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or exc.context or "invalid YAML"
+        parsed.problems.append(Problem(line, column, "yaml/syntax", f"YAML syntax error: {what}"))
+        return parsed
+    except YAMLError as exc:  # reader errors: control characters and the like
+        parsed.problems.append(Problem(1, 1, "yaml/syntax", f"YAML error: {str(exc).splitlines()[0]}"))
+        return parsed
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _STD + "null"):
+        parsed.problems.append(
+            Problem(1, 1, "file/empty", "the file is empty; a leaf needs at least version, created_by and seed_examples")
+        )
+        return parsed
+    if not isinstance(root, MappingNode):
+        parsed.problems.append(
+            Problem(*_pos(root), "file/not-mapping", "the top level must be a mapping of keys (version:, created_by:, seed_examples: ...), not a list or a single value")
+        )
+        return parsed
+    walker = _Walker(yaml, parsed)
+    try:
+        parsed.data = walker.value(root, ())
+    except _TooManyNodes:
+        parsed.data = None
+        parsed.problems.append(
+            Problem(1, 1, "yaml/alias-limit", f"the file expands to more than {MAX_NODES:,} values through aliases (*name); write the content out instead of nesting aliases")
+        )
+    return parsed
+
+
+class _Walker:
+    def __init__(self, yaml: YAML, parsed: ParsedYaml):
+        self.constructor = yaml.constructor
+        self.parsed = parsed
+        self.nodes = 0
+
+    def value(self, node: Node, path: JsonPath) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooManyNodes
+        # Aliases share node objects, so the first position seen for a path is the anchor's; fine for messages.
+        self.parsed.value_pos.setdefault(path, _pos(node))
+        if isinstance(node, MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, SequenceNode):
+            if node.tag != _STD + "seq":
+                return self.bad_tag(node)
+            return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
+        if node.tag not in _SCALAR_TAGS:
+            return self.bad_tag(node)
+        return self.constructor.construct_object(node)
+
+    def mapping(self, node: MappingNode, path: JsonPath) -> Any:
+        if node.tag != _STD + "map":
+            return self.bad_tag(node)
+        out: dict[Any, Any] = {}
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _STD + "merge":
+                self.parsed.problems.append(
+                    Problem(*_pos(key_node), "yaml/merge-key", "merge keys (<<: *anchor) are not supported; write the keys out")
+                )
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.parsed.problems.append(Problem(*_pos(key_node), "yaml/complex-key", "a key must be a plain name, not a list or mapping"))
+                continue
+            if key_node.tag not in _SCALAR_TAGS:
+                self.bad_tag(key_node)
+                continue
+            key = self.constructor.construct_object(key_node)
+            try:
+                hash(key)
+            except TypeError:
+                key = str(key)
+            if key in out:
+                self.parsed.problems.append(
+                    Problem(*_pos(key_node), "yaml/duplicate-key", f"duplicate key '{key}' (first at line {first_line[key]}); YAML keeps only the last value, remove one of them")
+                )
+            first_line.setdefault(key, _pos(key_node)[0])
+            self.parsed.key_pos.setdefault(path + (key,), _pos(key_node))
+            out[key] = self.value(value_node, path + (key,))
+        return out
+
+    def bad_tag(self, node: Node) -> None:
+        self.parsed.problems.append(
+            Problem(*_pos(node), "yaml/tag", f"the tag {node.tag} is not allowed here; remove it and write plain values")
+        )
+        return None
