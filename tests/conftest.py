@@ -1,0 +1,46 @@
+"""Test-wide setup: project-local state under a temporary folder, Prefect's test harness on demand."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect or Hugging Face libraries: keep their state out of the user's home.
+_STATE = Path(tempfile.mkdtemp(prefix="labcycle-tests-"))
+os.environ["LABCYCLE_HOME"] = str(_STATE)
+os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ["HF_HOME"] = str(_STATE / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+# Tests must not depend on the developer's git identity or settings.
+os.environ["GIT_CONFIG_GLOBAL"] = os.devnull
+os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+for _var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+    os.environ[_var] = "labcycle tests"
+for _var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+    os.environ[_var] = "tests@labcycle.invalid"
+(_STATE / "prefect").mkdir(parents=True, exist_ok=True)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real, temporary Prefect server (SQLite) for the whole session; started once, on first use."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def example_taxonomy(tmp_path: Path) -> Path:
+    """The shipped example taxonomy laid out as git repositories, as `make demo` does."""
+    from labcycle.demo import prepare
+
+    prepare(REPO_ROOT / "taxonomy", tmp_path / "demo")
+    return tmp_path / "demo" / "taxonomy"
