@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from labcycle.errors import LabcycleError
 from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS
@@ -54,14 +54,21 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def from_mapping(data: dict[str, Any], source: str = "config") -> Config:
+def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tuple[int, int]] | None = None) -> Config:
+    """A typed Config from parsed YAML; `locate` maps a key path to (line, column) for messages."""
     from labcycle.schemas import validator
 
-    errors = sorted(validator("config.schema.json").iter_errors(data), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator("config.schema.json").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "top level"
-        raise LabcycleError(f"{where}: {err.message}; see schemas/config.schema.json for the allowed keys", where=source)
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            # Point at the first unknown key itself, not at the mapping that holds it.
+            allowed = err.schema.get("properties", {})
+            path += (next(k for k in err.instance if k not in allowed),)
+        key = ".".join(str(p) for p in path) or "the top level"
+        where = f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
+        raise LabcycleError(f"{key}: {err.message}; see schemas/config.schema.json for the allowed keys and values", where=where)
     tax = data.get("taxonomy", {})
     chunk = data.get("chunking", {})
     cfg = Config(
@@ -88,4 +95,4 @@ def load(path: str | Path | None) -> Config:
     if bad:
         p = bad[0]
         raise LabcycleError(p.message, where=f"{path}:{p.line}:{p.column}")
-    return from_mapping(parsed.data or {}, source=str(path))
+    return from_mapping(parsed.data or {}, source=str(path), locate=parsed.where)

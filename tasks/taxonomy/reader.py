@@ -6,8 +6,9 @@ then turned into plain Python values by our own walk. Doing the walk ourselves l
 - count nodes reached through aliases, so a "billion laughs" file is stopped after a fixed budget
   instead of expanding exponentially,
 - remember the line and column of every key and value, for messages that point at the spot.
-Scalars are resolved with YAML 1.1 rules because the reference tooling (PyYAML) uses them: an unquoted
-`No` is a boolean there, and we must reach the same verdict on it.
+Plain scalars are resolved and built exactly as the reference tooling (PyYAML's safe loader) does, with
+PyYAML's own YAML 1.1 tables and constructors: an unquoted `No` is a boolean there and `010` is 8, while
+`y`, `n` and `1e3` stay text (ruamel's YAML 1.1 rules differ on those), and we must reach the same verdict.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import BaseResolver
 
 MAX_FILE_BYTES = 1024 * 1024
 # A real leaf has a few hundred nodes; 100k leaves room for any honest file and stops alias bombs fast.
@@ -66,9 +69,31 @@ class _TooManyNodes(Exception):
     pass
 
 
+class _ReferenceResolver(BaseResolver):
+    """Tags plain scalars with PyYAML's implicit-resolver table (the reference's), not ruamel's YAML 1.1 one."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in pyyaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+
+    def __init__(self, version: Any = None, loader: Any = None, loadumper: Any = None) -> None:
+        BaseResolver.__init__(self, loader if loader is not None else loadumper)
+
+
+_PY_CONSTRUCTOR = pyyaml.constructor.SafeConstructor()
+
+
+def _construct_scalar(node: ScalarNode) -> Any:
+    """The value PyYAML's safe loader builds for this scalar (its constructors, called directly: no cache)."""
+    build = pyyaml.constructor.SafeConstructor.yaml_constructors[node.tag]
+    return build(_PY_CONSTRUCTOR, pyyaml.nodes.ScalarNode(node.tag, node.value))
+
+
+class _BadScalar(Exception):
+    pass
+
+
 def _loader() -> YAML:
     yaml = YAML(typ="safe")
-    yaml.version = (1, 1)
+    yaml.Resolver = _ReferenceResolver
     return yaml
 
 
@@ -137,7 +162,7 @@ def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
             Problem(*_pos(root), "file/not-mapping", "the top level must be a mapping of keys (version:, created_by:, seed_examples: ...), not a list or a single value")
         )
         return parsed
-    walker = _Walker(yaml, parsed)
+    walker = _Walker(parsed)
     try:
         parsed.data = walker.value(root, ())
     except _TooManyNodes:
@@ -149,8 +174,7 @@ def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
 
 
 class _Walker:
-    def __init__(self, yaml: YAML, parsed: ParsedYaml):
-        self.constructor = yaml.constructor
+    def __init__(self, parsed: ParsedYaml):
         self.parsed = parsed
         self.nodes = 0
 
@@ -168,7 +192,21 @@ class _Walker:
             return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
         if node.tag not in _SCALAR_TAGS:
             return self.bad_tag(node)
-        return self.constructor.construct_object(node)
+        try:
+            return self.scalar(node)
+        except _BadScalar:
+            return None
+
+    def scalar(self, node: ScalarNode) -> Any:
+        try:
+            return _construct_scalar(node)
+        except Exception as exc:  # e.g. a date that does not exist, or !!int on text: PyYAML raises here too
+            short = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            kind = node.tag.removeprefix(_STD)
+            self.parsed.problems.append(
+                Problem(*_pos(node), "yaml/value", f"'{short}' is not a valid {kind} ({type(exc).__name__}); put it in quotes to make it text")
+            )
+            raise _BadScalar from exc
 
     def mapping(self, node: MappingNode, path: JsonPath) -> Any:
         if node.tag != _STD + "map":
@@ -187,7 +225,10 @@ class _Walker:
             if key_node.tag not in _SCALAR_TAGS:
                 self.bad_tag(key_node)
                 continue
-            key = self.constructor.construct_object(key_node)
+            try:
+                key = self.scalar(key_node)
+            except _BadScalar:
+                continue
             try:
                 hash(key)
             except TypeError:

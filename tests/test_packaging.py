@@ -1,0 +1,50 @@
+"""What ships in the wheel, and what validating a taxonomy must not import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_carries_packages_and_schemas(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO_ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("labcycle-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in (
+        "labcycle/cli.py",
+        "labcycle/flows/lab_cycle.py",
+        "labcycle/tasks/taxonomy/validate.py",
+        "labcycle/tasks/documents.py",
+        "labcycle/schemas/config.schema.json",
+        "labcycle/schemas/manifest.schema.json",
+        *(f"labcycle/schemas/qna/{family}.v{v}.json" for family in ("knowledge", "compositional_skills") for v in (1, 2, 3)),
+    ):
+        assert required in names, required
+    # Nothing lands at the top of site-packages except our namespace.
+    assert {n.split("/")[0] for n in names} <= {"labcycle", next(n.split("/")[0] for n in names if ".dist-info/" in n)}
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "labcycle = labcycle.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_validating_imports_neither_prefect_nor_torch(tmp_path):
+    leaf = tmp_path / "compositional_skills" / "a" / "qna.yaml"
+    leaf.parent.mkdir(parents=True)
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.leafgen import skill
+
+    leaf.write_text(skill(3, grounded=False))
+    code = (
+        "import sys\n"
+        "from labcycle.cli import main\n"
+        f"sys.argv = ['labcycle', 'taxonomy', 'validate', '--taxonomy', {str(tmp_path)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'prefect', 'transformers', 'vllm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
