@@ -181,13 +181,12 @@ MUTATIONS: dict[str, Callable[[str], str]] = {
 
 # Where labcycle is deliberately stricter than the reference (documented in docs/taxonomy-validation.md):
 # the reference only warns on an empty file, and lints nothing in version-1 files, so it lets a
-# duplicate key there silently keep the last value.
+# duplicate key there silently keep the last value. (Not knowledge-v1: both reject version-1 knowledge.)
 STRICTER = {
     ("empty-file", "*"),
     ("comment-only", "*"),
     ("duplicate-key", "freeform-v1"),
     ("duplicate-key", "grounded-v1"),
-    ("duplicate-key", "knowledge-v1"),
 }
 
 

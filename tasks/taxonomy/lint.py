@@ -6,17 +6,22 @@ We call yamllint's own linter in-process with the same configuration, so its rul
 the reference's exactly.
 
 Most of yamllint's time goes into PyYAML's pure-Python scanner, which it runs twice per file (once for
-tokens, once for the syntax check). For files where libyaml's C scanner provably yields the same tokens
-(only "\\n" line breaks, no tabs, no byte-order mark), we hand yamllint the C scanner's tokens with marks
-rebuilt the way the Python reader makes them, and check syntax with the C parser. Anything else, and any
-file the C scanner rejects, takes yamllint's own path unchanged, so its syntax-error messages stay
-identical. tests/tasks/test_lint.py checks both paths give the same problems on every fixture.
+tokens, once for the syntax check). For files where libyaml's C scanner yields the same tokens (only
+"\\n" line breaks, a final newline, no tabs, no byte-order mark, no flow collections, no block-scalar
+header followed by "#") and its C parser accepts the whole file, we hand yamllint the C scanner's tokens
+with marks rebuilt the way the Python reader makes them, and report no syntax error. Anything else,
+including every file with a syntax error, takes yamllint's own path unchanged, so its messages stay
+identical: libyaml and PyYAML disagree on broken files and in flow collections (`[what?, x]`, `{a:b}`),
+and libyaml accepts `answer: |# note`, which PyYAML rejects. tests/tasks/test_lint.py checks both paths
+give the same problems on every fixture and on random edits of them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import yaml
 from yamllint import linter
@@ -47,10 +52,20 @@ def config() -> YamlLintConfig:
     return _config
 
 
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+_FLOW_STARTS = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
+
+
 def _c_scanner_safe(text: str) -> bool:
     # The Python reader also breaks lines at \r, \x85, \u2028 and \u2029, and treats tabs and a BOM
-    # specially; libyaml differs in corners there, so those files take yamllint's own path.
-    return _C_AVAILABLE and not any(c in text for c in ("\r", "\t", "\x85", "\u2028", "\u2029", "\ufeff"))
+    # specially; libyaml differs in corners there, so those files take yamllint's own path. So do files
+    # without a final newline: libyaml puts the end of a last-line comment on a line of its own.
+    return (
+        _C_AVAILABLE
+        and text.endswith("\n")
+        and not any(c in text for c in ("\r", "\t", "\x85", "\u2028", "\u2029", "\ufeff"))
+        and not _BLOCK_HEADER_COMMENT.search(text)
+    )
 
 
 class _Mark:
@@ -90,13 +105,25 @@ def _c_tokens(text: str) -> list[yaml.Token]:
     return tokens
 
 
-def _fast_token_or_comment_generator(buffer: str) -> Iterator[object]:
+@lru_cache(maxsize=1)  # asked twice per file: for the tokens, then for the syntax check
+def _fast_tokens(buffer: str) -> list[yaml.Token] | None:
+    """libyaml's tokens where they are provably PyYAML's (see the module docstring), else None."""
     if not _c_scanner_safe(buffer):
-        yield from _original_tokens(buffer)
-        return
+        return None
     try:
         tokens = _c_tokens(buffer)
+        if any(isinstance(t, _FLOW_STARTS) for t in tokens):
+            return None
+        for _ in yaml.parse(buffer, Loader=yaml.CBaseLoader):
+            pass
     except yaml.YAMLError:
+        return None
+    return tokens
+
+
+def _fast_token_or_comment_generator(buffer: str) -> Iterator[object]:
+    tokens = _fast_tokens(buffer)
+    if tokens is None:
         yield from _original_tokens(buffer)
         return
     prev = None
@@ -109,13 +136,8 @@ def _fast_token_or_comment_generator(buffer: str) -> Iterator[object]:
 
 
 def _fast_syntax_error(buffer: str):  # type: ignore[no-untyped-def]
-    if _c_scanner_safe(buffer):
-        try:
-            for _ in yaml.parse(buffer, Loader=yaml.CBaseLoader):
-                pass
-            return None
-        except yaml.YAMLError:
-            pass
+    if _fast_tokens(buffer) is not None:
+        return None  # the C parser accepted the whole file, and PyYAML's agrees there
     return _original_syntax(buffer)
 
 

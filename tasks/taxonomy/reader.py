@@ -1,7 +1,11 @@
 """Read a qna.yaml safely: bounded size, strict UTF-8, no custom tags, no duplicate keys, bounded aliases.
 
-The YAML is composed by ruamel.yaml (its C parser when ruamel.yaml.clib is installed) into a node graph,
-then turned into plain Python values by our own walk. Doing the walk ourselves lets us
+The YAML is composed into a node graph, then turned into plain Python values by our own walk. Which
+files are YAML at all is decided as the reference decides it, by PyYAML's pure-Python scanner and parser;
+ruamel.yaml's C parser (libyaml) is used instead where it provably agrees, for speed: libyaml accepts a
+few things PyYAML rejects (`answer: |# note`, `[what?, x]`, a reused &anchor) and rejects a few it accepts
+(`{a:b}`), so files with tabs or odd line breaks, flow collections, a block-scalar header followed by `#`,
+or anything libyaml rejects are composed by PyYAML's Python parser. Doing the walk ourselves lets us
 - report every duplicate key, not only the first,
 - count nodes reached through aliases, so a "billion laughs" file is stopped after a fixed budget
   instead of expanding exponentially,
@@ -13,14 +17,16 @@ PyYAML's own YAML 1.1 tables and constructors: an unquoted `No` is a boolean the
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml as pyyaml
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.error import ReusedAnchorWarning
+from ruamel.yaml.error import YAMLError as RuamelYAMLError
 from ruamel.yaml.resolver import BaseResolver
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -69,19 +75,46 @@ class _TooManyNodes(Exception):
     pass
 
 
+def _pyyaml_resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    """PyYAML's implicit-resolver table as PyYAML itself registers it.
+
+    Importing yamllint (lint.py does) appends a second `int` resolver that reads YAML 1.2 `0o10` octals to
+    PyYAML's global table, while the reference runs yamllint in a subprocess and never sees it. PyYAML
+    registers one resolver per tag, and a later registration only appends, so keeping the first resolver
+    of each tag for every leading character recovers PyYAML's own table whatever was imported before.
+    tests/tasks/test_reader.py checks the result against PyYAML's table in a fresh interpreter.
+    """
+    table: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+    for first, resolvers in pyyaml.resolver.Resolver.yaml_implicit_resolvers.items():
+        kept: dict[str, re.Pattern[str]] = {}
+        for tag, regexp in resolvers:
+            kept.setdefault(tag, regexp)
+        table[first] = list(kept.items())
+    return table
+
+
+IMPLICIT_RESOLVERS = _pyyaml_resolvers()
+
+
 class _ReferenceResolver(BaseResolver):
     """Tags plain scalars with PyYAML's implicit-resolver table (the reference's), not ruamel's YAML 1.1 one."""
 
-    yaml_implicit_resolvers = {k: list(v) for k, v in pyyaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+    yaml_implicit_resolvers = {k: list(v) for k, v in IMPLICIT_RESOLVERS.items()}
 
     def __init__(self, version: Any = None, loader: Any = None, loadumper: Any = None) -> None:
         BaseResolver.__init__(self, loader if loader is not None else loadumper)
 
 
+class _PythonLoader(pyyaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, as the reference's yaml.safe_load, with the table above."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in IMPLICIT_RESOLVERS.items()}
+
+
 _PY_CONSTRUCTOR = pyyaml.constructor.SafeConstructor()
 
 
-def _construct_scalar(node: ScalarNode) -> Any:
+def _construct_scalar(node: Any) -> Any:
     """The value PyYAML's safe loader builds for this scalar (its constructors, called directly: no cache)."""
     build = pyyaml.constructor.SafeConstructor.yaml_constructors[node.tag]
     return build(_PY_CONSTRUCTOR, pyyaml.nodes.ScalarNode(node.tag, node.value))
@@ -97,7 +130,41 @@ def _loader() -> YAML:
     return yaml
 
 
-def _pos(node: Node) -> tuple[int, int]:
+# Where libyaml and PyYAML's Python reader and scanner part ways (see the module docstring).
+_PYTHON_ONLY_CHARS = ("\t", "\x85", "\u2028", "\u2029", "\ufeff")
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+
+
+def _has_flow_collection(root: Any) -> bool:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or node.id == "scalar":
+            continue
+        seen.add(id(node))  # aliases share nodes: each is looked at once
+        if node.flow_style:
+            return True
+        stack.extend(node.value if node.id == "sequence" else (n for pair in node.value for n in pair))
+    return False
+
+
+def _compose(text: str) -> Any:
+    """The root node, composed as PyYAML composes it; raises PyYAML's errors where PyYAML would."""
+    if not any(c in text for c in _PYTHON_ONLY_CHARS) and not _BLOCK_HEADER_COMMENT.search(text):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ReusedAnchorWarning)  # PyYAML: "found duplicate anchor"
+                root = _loader().compose(text)
+        except (RuamelYAMLError, ReusedAnchorWarning):
+            pass  # PyYAML decides, and words the error
+        else:
+            if root is None or not _has_flow_collection(root):
+                return root
+    return pyyaml.compose(text, Loader=_PythonLoader)
+
+
+def _pos(node: Any) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
@@ -109,8 +176,11 @@ def _decode(raw: bytes, parsed: ParsedYaml) -> str | None:
         # Universal newlines, as the reference reads files (Path.read_text): CRLF files lint clean.
         return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        # Everything before the bad byte is valid UTF-8: count lines and characters (not bytes) in it, as
+        # an editor does, with the same universal newlines as the text itself.
+        before = raw[: exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
         parsed.problems.append(
             Problem(line, column, "file/encoding", f"byte 0x{raw[exc.start]:02x} is not valid UTF-8; save the file as UTF-8")
         )
@@ -140,24 +210,28 @@ def read_yaml(path: Path) -> ParsedYaml:
 def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
     parsed = parsed or ParsedYaml()
     parsed.text = text
-    yaml = _loader()
     try:
-        root = yaml.compose(text)
-    except MarkedYAMLError as exc:
+        root = _compose(text)
+    except pyyaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.context.startswith("found duplicate anchor") and exc.context_mark:
+            what = f"{exc.context.split(';')[0]} (first at line {exc.context_mark.line + 1}); give each &anchor its own name"
         parsed.problems.append(Problem(line, column, "yaml/syntax", f"YAML syntax error: {what}"))
         return parsed
-    except YAMLError as exc:  # reader errors: control characters and the like
+    except pyyaml.YAMLError as exc:  # reader errors: control characters and the like
         parsed.problems.append(Problem(1, 1, "yaml/syntax", f"YAML error: {str(exc).splitlines()[0]}"))
         return parsed
-    if root is None or (isinstance(root, ScalarNode) and root.tag == _STD + "null"):
+    except RecursionError:
+        parsed.problems.append(_too_deep())
+        return parsed
+    if root is None or (root.id == "scalar" and root.tag == _STD + "null"):
         parsed.problems.append(
             Problem(1, 1, "file/empty", "the file is empty; a leaf needs at least version, created_by and seed_examples")
         )
         return parsed
-    if not isinstance(root, MappingNode):
+    if root.id != "mapping":
         parsed.problems.append(
             Problem(*_pos(root), "file/not-mapping", "the top level must be a mapping of keys (version:, created_by:, seed_examples: ...), not a list or a single value")
         )
@@ -170,7 +244,15 @@ def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
         parsed.problems.append(
             Problem(1, 1, "yaml/alias-limit", f"the file expands to more than {MAX_NODES:,} values through aliases (*name); write the content out instead of nesting aliases")
         )
+    except RecursionError:
+        parsed.data = None
+        parsed.problems.append(_too_deep())
     return parsed
+
+
+def _too_deep() -> Problem:
+    # PyYAML (the reference) fails on such a file too
+    return Problem(1, 1, "yaml/syntax", "YAML error: lists or mappings are nested too deeply; flatten the structure")
 
 
 class _Walker:
@@ -178,15 +260,15 @@ class _Walker:
         self.parsed = parsed
         self.nodes = 0
 
-    def value(self, node: Node, path: JsonPath) -> Any:
+    def value(self, node: Any, path: JsonPath) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _TooManyNodes
         # Aliases share node objects, so the first position seen for a path is the anchor's; fine for messages.
         self.parsed.value_pos.setdefault(path, _pos(node))
-        if isinstance(node, MappingNode):
+        if node.id == "mapping":
             return self.mapping(node, path)
-        if isinstance(node, SequenceNode):
+        if node.id == "sequence":
             if node.tag != _STD + "seq":
                 return self.bad_tag(node)
             return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
@@ -197,7 +279,7 @@ class _Walker:
         except _BadScalar:
             return None
 
-    def scalar(self, node: ScalarNode) -> Any:
+    def scalar(self, node: Any) -> Any:
         try:
             return _construct_scalar(node)
         except Exception as exc:  # e.g. a date that does not exist, or !!int on text: PyYAML raises here too
@@ -208,7 +290,7 @@ class _Walker:
             )
             raise _BadScalar from exc
 
-    def mapping(self, node: MappingNode, path: JsonPath) -> Any:
+    def mapping(self, node: Any, path: JsonPath) -> Any:
         if node.tag != _STD + "map":
             return self.bad_tag(node)
         out: dict[Any, Any] = {}
@@ -219,7 +301,7 @@ class _Walker:
                     Problem(*_pos(key_node), "yaml/merge-key", "merge keys (<<: *anchor) are not supported; write the keys out")
                 )
                 continue
-            if not isinstance(key_node, ScalarNode):
+            if key_node.id != "scalar":
                 self.parsed.problems.append(Problem(*_pos(key_node), "yaml/complex-key", "a key must be a plain name, not a list or mapping"))
                 continue
             if key_node.tag not in _SCALAR_TAGS:
@@ -242,7 +324,7 @@ class _Walker:
             out[key] = self.value(value_node, path + (key,))
         return out
 
-    def bad_tag(self, node: Node) -> None:
+    def bad_tag(self, node: Any) -> None:
         self.parsed.problems.append(
             Problem(*_pos(node), "yaml/tag", f"the tag {node.tag} is not allowed here; remove it and write plain values")
         )
