@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/validate.py --leaves 1000 --json bench/validate-results.json
+    .venv/bin/python bench/validate.py --leaves 1000 --json /tmp/labcycle-bench-validate.json
 
 Add `--reference-sample 300` when the full reference run would take too long (about 0.1 s a file):
 the reference is then timed on a random sample and its files/s extrapolated to the whole taxonomy.
@@ -17,6 +17,10 @@ from tests/leafgen.py) in a temporary folder, or uses `--taxonomy DIR`, and meas
   labcycle       validate_files(paths, root=root), default workers (a process pool)
   labcycle CLI   `labcycle taxonomy validate --taxonomy DIR --format json` as a subprocess, wall time
                  including interpreter start
+
+The reference runs once; each labcycle measurement runs `--repeat` times (default 3) and the median is
+reported, with every run's time in the JSON. The machine's load average is printed at the start and
+end: anything else running on the same cores skews the numbers, the process pool's most of all.
 
 Every file must be valid under both the reference and labcycle, and a file with trailing spaces must
 give errors under both (proof that yamllint really ran), or the benchmark stops with an error.
@@ -153,6 +157,23 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _load() -> float | None:
+    """The 1-minute load average: other work on the machine skews every number here."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def source_state() -> dict[str, object]:
+    """The commit measured, and whether the validator's sources differed from it."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    dirty = git("status", "--porcelain", "--", "labcycle", "tasks", "schemas")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty) if dirty is not None else None}
+
+
 def machine() -> dict[str, object]:
     cpu_model = platform.processor() or platform.machine()
     try:
@@ -180,17 +201,28 @@ def machine() -> dict[str, object]:
     }
 
 
-def _row(name: str, files: int, seconds: float, note: str = "") -> dict[str, object]:
-    return {"name": name, "files": files, "seconds": seconds, "files_per_s": files / seconds if seconds else float("inf"), "note": note}
+def _row(name: str, files: int, runs: list[float], note: str = "") -> dict[str, object]:
+    seconds = statistics.median(runs)
+    return {
+        "name": name,
+        "files": files,
+        "seconds": seconds,  # the median of the runs
+        "runs_s": [round(t, 3) for t in runs],
+        "files_per_s": files / seconds if seconds else float("inf"),
+        "note": note,
+    }
 
 
-def _median_of(repeat: int, fn):
-    """Run fn `repeat` times; keep the median time (any run with invalid files is returned as is)."""
-    runs = [fn() for _ in range(repeat)]
-    for _, invalid in runs:
+def _runs(repeat: int, what: str, fn) -> list[float]:
+    """Run fn `repeat` times; every run must find every file valid."""
+    times = []
+    for _ in range(repeat):
+        seconds, invalid = fn()
         if invalid:
-            return runs[0]
-    return statistics.median(t for t, _ in runs), []
+            raise BenchError(f"{what} rejects {len(invalid)} files, e.g. {invalid[:3]}")
+        times.append(seconds)
+    print(f"  runs: {', '.join(f'{t:.2f} s' for t in times)}", flush=True)
+    return times
 
 
 def run(root: Path, reference_sample: int | None, repeat: int, scratch: Path) -> dict[str, object]:
@@ -199,6 +231,7 @@ def run(root: Path, reference_sample: int | None, repeat: int, scratch: Path) ->
         raise BenchError(f"no qna.yaml under {root}")
     n = len(paths)
     check_lint_runs(scratch)
+    median = f"median of {repeat} runs" if repeat > 1 else ""
 
     results = []
 
@@ -209,31 +242,25 @@ def run(root: Path, reference_sample: int | None, repeat: int, scratch: Path) ->
     seconds, invalid = time_reference(sample)
     if invalid:
         raise BenchError(f"the reference rejects {len(invalid)} files, e.g. {invalid[:3]}")
-    note = ""
+    note = "one run"
     if len(sample) < n:
-        note = f"timed on a random sample of {len(sample)} files, extrapolated to {n}"
+        note = f"one run, timed on a random sample of {len(sample)} files ({seconds:.2f} s), extrapolated to {n}"
         print(f"reference: {note}", flush=True)
         seconds = seconds * n / len(sample)
-    results.append(_row("reference (instructlab-schema, ilab settings)", n, seconds, note))
+    results.append(_row("reference (instructlab-schema, ilab settings)", n, [seconds], note))
 
     print(f"labcycle: {n} files, one worker, in-process ...", flush=True)
-    seconds, invalid = _median_of(repeat, lambda: time_labcycle(paths, root, workers=1))
-    if invalid:
-        raise BenchError(f"labcycle rejects {len(invalid)} files, e.g. {invalid[:3]}")
-    results.append(_row("labcycle, in-process, workers=1", n, seconds, f"median of {repeat}" if repeat > 1 else ""))
+    runs = _runs(repeat, "labcycle", lambda: time_labcycle(paths, root, workers=1))
+    results.append(_row("labcycle, in-process, workers=1", n, runs, median))
 
     workers = min(os.cpu_count() or 1, 8)
     print(f"labcycle: {n} files, default workers ({workers}) ...", flush=True)
-    seconds, invalid = _median_of(repeat, lambda: time_labcycle(paths, root, workers=None))
-    if invalid:
-        raise BenchError(f"labcycle rejects {len(invalid)} files, e.g. {invalid[:3]}")
-    results.append(_row(f"labcycle, in-process, default workers ({workers})", n, seconds, f"median of {repeat}" if repeat > 1 else ""))
+    runs = _runs(repeat, "labcycle", lambda: time_labcycle(paths, root, workers=None))
+    results.append(_row(f"labcycle, in-process, default workers ({workers})", n, runs, median))
 
     print(f"labcycle CLI: {n} files, end to end ...", flush=True)
-    seconds, invalid = _median_of(repeat, lambda: time_cli(root, n))
-    if invalid:
-        raise BenchError(f"the labcycle CLI rejects {len(invalid)} files, e.g. {invalid[:3]}")
-    results.append(_row("labcycle CLI, end to end (subprocess)", n, seconds, ("median of %d; " % repeat if repeat > 1 else "") + "includes interpreter start"))
+    runs = _runs(repeat, "the labcycle CLI", lambda: time_cli(root, n))
+    results.append(_row("labcycle CLI, end to end (subprocess)", n, runs, "; ".join(filter(None, [median, "includes interpreter start"]))))
 
     ref_rate = results[0]["files_per_s"]
     for r in results:
@@ -245,6 +272,10 @@ def print_table(out: dict[str, object]) -> None:
     m = out["machine"]
     print()
     print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['platform']}, libyaml={m['libyaml']}")
+    load = m["load_average_1min"]
+    print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
+    src = out["source"]
+    print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
     print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))
     print()
     rows = [("", "files", "seconds", "files/s", "vs reference")]
@@ -263,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leaves", type=int, default=1000, help="leaves to generate (default 1000; ignored with --taxonomy)")
     ap.add_argument("--taxonomy", type=Path, help="benchmark this existing taxonomy root instead of generating one")
     ap.add_argument("--reference-sample", type=int, metavar="N", help="time the reference on N random files and extrapolate (default: all files)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each labcycle measurement; the median is kept (default 1)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each labcycle measurement; the median is kept (default 3; the reference runs once)")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
+    load_start = _load()
 
     # The reference finds `yamllint` on PATH; make sure it is the venv's.
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -295,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         "taxonomy": str(args.taxonomy) if args.taxonomy else "generated",
         "generated": generated,
         "reference_sample": args.reference_sample,
-        "machine": machine(),
+        "source": source_state(),
+        "machine": {**machine(), "load_average_1min": {"start": load_start, "end": _load()}},
         **out,
     }
     print_table(out)
