@@ -24,7 +24,10 @@ ifeq ($(GPU),1)
 	$(BIN)/python -m pip install -e '.[test,gpu]'
 else
 	$(BIN)/python -m pip install '$(TORCH)'
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,cpu]'
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break importing transformers and vllm
+	# beside the CPU torch; text models need none of them.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 endif
 	rm -f $(VENV)/.setup-gpu*
 	touch $@

@@ -22,6 +22,8 @@ from labcycle.errors import LabcycleError
 app = typer.Typer(help="labcycle: the LAB method (taxonomy → synthetic data → two-phase QLoRA → eval gate) on Prefect.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 taxonomy_app = typer.Typer(help="Read, validate and diff a qna.yaml taxonomy.", no_args_is_help=True)
 app.add_typer(taxonomy_app, name="taxonomy")
+models_app = typer.Typer(help="Build models for smoke runs and tests.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -108,6 +110,21 @@ def diff_cmd(
         out.print(f"{leaf.status:<9} {leaf.path}", markup=False)
     n = len(result.leaves)
     out.print(f"{n} changed lea{'f' if n == 1 else 'ves'} against {result.base}")
+
+
+@models_app.command("build-tiny")
+def build_tiny_cmd(
+    dest: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write the model and tokenizer to.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the weights.")] = 0,
+    taxonomy: Annotated[Optional[Path], typer.Option("--taxonomy", help="Train the tokenizer on this taxonomy's text (default: a small built-in corpus only).")] = None,
+) -> None:
+    """Build a tiny random Llama and a BPE tokenizer from scratch (nothing is downloaded). Its output is noise."""
+    from labcycle.models import build_tiny, taxonomy_corpus
+
+    if taxonomy is not None and not taxonomy.is_dir():
+        raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
+    build_tiny(dest, seed=seed, texts=taxonomy_corpus(taxonomy) if taxonomy else ())
+    out.print(f"tiny model written to {escape(str(dest))} (random weights: whatever it writes is noise)")
 
 
 @app.command("run")

@@ -1,0 +1,113 @@
+"""Tiny teacher/student models built from scratch, for smoke runs and tests (nothing is downloaded).
+
+    labcycle models build-tiny OUT [--seed N] [--taxonomy ROOT]
+
+A byte-level BPE tokenizer is trained with `tokenizers` on the taxonomy's own text, and a randomly
+initialised Llama (head_dim 64, which vLLM's CPU attention needs) is saved beside it in safetensors.
+Its chat template marks assistant turns with {% generation %} so TRL can train on assistant tokens only.
+The weights are random: whatever such a model writes is noise. Real runs point labcycle at real models;
+the code path is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|pad|>", "<|begin|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+# Roles open with a marker line and every turn ends with <|end|> (the eos token, where vLLM stops).
+# transformers renders templates with trim_blocks, so newlines after block tags are written as {{ '\n' }}.
+CHAT_TEMPLATE = (
+    "{{ '<|begin|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' }}{{ '\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ message['content'] + '<|end|>' }}{{ '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{{ '\n' }}{% endif %}"
+)
+
+# A little fixed text so the tokenizer learns common English and JSON pieces even from a tiny taxonomy.
+_BASE_CORPUS = """\
+The quick brown fox jumps over the lazy dog. Question: what is the answer? Answer: yes, no, maybe.
+{"question": "What is it?", "answer": "It is a test.", "score": 2, "verdict": "YES"}
+Explain, summarise, list, compare and evaluate. 0 1 2 3 4 5 6 7 8 9 10. [ ] { } ( ) : ; , . ! ?
+"""
+
+
+def taxonomy_corpus(root: Path) -> list[str]:
+    """Every qna.yaml and Markdown file under the taxonomy root, as text."""
+    texts = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".md"):
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    return texts
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is representable: no <unk>
+        show_progress=False,
+    )
+    tok.train_from_iterator([_BASE_CORPUS, *texts], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny(out: Path, *, seed: int = 0, texts: Iterable[str] = (), hidden_size: int = 256, layers: int = 2,
+               heads: int = 4, vocab_size: int = 1024, max_positions: int = 2048) -> Path:
+    """Write a tokenizer and a random-init Llama to `out`; returns `out`."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden_size // heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "labcycle-tiny.json").write_text(json.dumps({"seed": seed, "note": "random weights: output is noise"}) + "\n")
+    return out
+
+
+def is_tiny(model_dir: Path) -> bool:
+    """True for a model this module built (its output is noise, and summaries say so)."""
+    return (Path(model_dir) / "labcycle-tiny.json").exists()
