@@ -1,101 +1,54 @@
 """The LAB cycle as one Prefect flow.
 
-    labcycle run --taxonomy PATH [--base REF|empty] [--output RUN_DIR] [--config labcycle.yaml]
+    labcycle run --taxonomy ROOT [--base REF|empty] [--output RUN_DIR] [--config labcycle.yaml]
+                 [--teacher-endpoint URL] [--teacher-model NAME] [--until taxonomy|generate]
 
-Today's stages: discover → validate → select changed leaves → fetch documents → chunk → manifest.
-Each stage is a task in labcycle.tasks; this module only wires them together.
+Stages so far: the taxonomy subflow (discover → validate → select changed leaves → fetch documents →
+chunk → manifest), then the generate subflow (one task per leaf, teacher on vLLM, judge filters).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
-from prefect.futures import PrefectFuture
 from prefect.states import Failed
+from prefect.utilities.asyncutils import run_coro_as_sync
 
-from labcycle import config as config_module
-from labcycle.env import cache_dir, default_run_dir
-from labcycle.errors import LabcycleError
-from labcycle.tasks.chunk import chunk_leaf_documents
-from labcycle.tasks.documents import fetch_leaf_documents
-from labcycle.tasks.manifest import leaves_table, write_run_manifest
-from labcycle.tasks.taxonomy import report as render
-from labcycle.tasks.taxonomy.stage import discover_leaves, select_changed_leaves, validate_taxonomy
-
-
-def _failure(futures: dict[str, PrefectFuture]) -> str | None:
-    """The first user-facing error among finished futures, as one line per failed leaf."""
-    lines = []
-    for future in futures.values():
-        future.wait()
-        if future.state.is_failed():
-            try:
-                future.result()
-            except LabcycleError as exc:
-                lines.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - reported, and the run stops
-                lines.append(f"{type(exc).__name__}: {exc}")
-    return "\n".join(lines) or None
+from labcycle.env import default_run_dir
+from labcycle.flows.generate import generate
+from labcycle.flows.taxonomy import prepare_taxonomy
 
 
 @flow(name="lab-cycle", log_prints=True)
-def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None) -> Any:
+def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None,
+              teacher_endpoint: str | None = None, teacher_model: str | None = None, max_concurrency: int | None = None,
+              until: Literal["taxonomy", "generate"] = "generate") -> Any:
     """Run the LAB cycle on a qna.yaml taxonomy.
 
     Args:
         taxonomy: the taxonomy root (a folder holding knowledge/, compositional_skills/, ...).
-        base: the git ref the changed leaves are selected against; "empty" selects every leaf;
+        base: the git ref changed leaves are selected against; "empty" selects every leaf;
             default origin/main, else main.
         output: the run folder; default runs/<timestamp>.
         config: a labcycle.yaml; default: built-in defaults.
+        teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
+        teacher_model: the served model name, or a local model folder for the in-process engine.
+        max_concurrency: most teacher requests in flight at once.
+        until: the last stage to run.
     """
-    try:
-        cfg = config_module.load(config)
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    root = Path(taxonomy).resolve()
     run_dir = Path(output).resolve() if output else default_run_dir()
-    folders = cfg.taxonomy.folders
+    prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(run_dir), config=config, return_state=True)
+    if not prepared.is_completed():
+        return Failed(message=prepared.message)
+    result: dict[str, Any] = {"run_dir": str(run_dir), **prepared.result()}
+    if until == "taxonomy":
+        return result
 
-    files = discover_leaves(root, folders)
-    if not files:
-        return Failed(message=f"{root}: no qna.yaml found under {', '.join(folders)}; point --taxonomy at the taxonomy root")
-    report = validate_taxonomy(root, files, folders, cfg.taxonomy.strict, run_dir)
-    if not report.valid:
-        return Failed(message="\n".join([render.summary(report), *render.text_lines(report)]))
-
-    try:
-        diff = select_changed_leaves(root, base, folders)
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    by_path = {Path(f.path).resolve(): f for f in report.files}
-    selected = {leaf.path: (leaf, by_path[(root / leaf.path).resolve()]) for leaf in diff.leaves}
-
-    documents = {
-        path: fetch_leaf_documents.submit(Path(path).parent.as_posix(), leaf_report.data["document"], cache_dir(cfg), root)
-        for path, (_, leaf_report) in selected.items()
-        if leaf_report.kind == "knowledge"
-    }
-    if problem := _failure(documents):
-        return Failed(message=problem)
-    chunks = {
-        path: chunk_leaf_documents.submit(future.result(), cfg.chunking, run_dir)
-        for path, future in documents.items()
-    }
-    if problem := _failure(chunks):
-        return Failed(message=problem)
-
-    manifest = write_run_manifest(
-        root=root,
-        run_dir=run_dir,
-        base=diff.base,
-        selected=[(leaf, leaf_report) for leaf, leaf_report in selected.values()],
-        documents={p: f.result() for p, f in documents.items()},
-        chunk_counts={p: f.result() for p, f in chunks.items()},
-        all_leaves=len(files),
-        config_digest=cfg.digest(),
-    )
-    leaves_table(manifest)
-    return {"run_dir": str(run_dir), "manifest": str(run_dir / "manifest.json"), "leaves": len(manifest["leaves"])}
+    generated = run_coro_as_sync(generate(manifest=result["manifest"], output=str(run_dir / "generated"), config=config,
+                                          teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
+                                          max_concurrency=max_concurrency, return_state=True))
+    if not generated.is_completed():
+        return Failed(message=generated.message)
+    return {**result, "generation": generated.result()}

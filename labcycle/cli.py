@@ -127,27 +127,113 @@ def build_tiny_cmd(
     out.print(f"tiny model written to {escape(str(dest))} (random weights: whatever it writes is noise)")
 
 
-@app.command("run")
-def run_cmd(
-    taxonomy: Annotated[Path, typer.Option("--taxonomy", help="Taxonomy root.")] = Path("."),
-    base: Annotated[Optional[str], typer.Option("--base", help="Base ref for changed leaves; 'empty' selects every leaf.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Run folder. Default: runs/<timestamp>.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A labcycle.yaml (see schemas/config.schema.json).")] = None,
-) -> None:
-    """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
+TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1). Default: an in-process vLLM engine.")]
+TeacherModelOpt = Annotated[Optional[str], typer.Option("--teacher-model", help="Served model name, or a local model folder for the in-process engine.")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="Most teacher requests in flight at once.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A labcycle.yaml (see schemas/config.schema.json).")]
+BaseOpt = Annotated[Optional[str], typer.Option("--base", help="Base ref for changed leaves; 'empty' selects every leaf.")]
+
+
+class Until(str, Enum):
+    taxonomy = "taxonomy"
+    generate = "generate"
+
+
+def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
+              teacher_model: str | None, max_concurrency: int | None, until: Until) -> None:
     if not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     if config is not None and not config.is_file():
         raise _usage_error(f"--config {config}: no such file")
     from labcycle.flows.lab_cycle import lab_cycle
 
-    state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None, config=str(config) if config else None, return_state=True)
+    with _progress_bars(until is Until.generate):
+        state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
+                          config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
+                          teacher_model=teacher_model, max_concurrency=max_concurrency, until=until.value, return_state=True)
     if not state.is_completed():
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
         raise typer.Exit(1)
-    result = state.result()
+    _print_summary(state.result(), teacher_model)
+
+
+def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
+    """A rich progress bar per leaf (samples kept / target) while generation runs in this process."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bars():  # type: ignore[no-untyped-def]
+        if not enabled:
+            yield
+            return
+        from labcycle.tasks.generate import report
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
+        tasks: dict[str, object] = {}
+
+        def listener(leaf_id: str, kept: int, target: int) -> None:
+            if leaf_id not in tasks:
+                tasks[leaf_id] = progress.add_task(leaf_id, total=target)
+            progress.update(tasks[leaf_id], completed=min(kept, target))  # type: ignore[arg-type]
+
+        report.LISTENERS.append(listener)
+        try:
+            with progress:
+                yield
+        finally:
+            report.LISTENERS.remove(listener)
+
+    return bars()
+
+
+def _print_summary(result: dict, teacher_model: str | None) -> None:
     out.print(f"[green]lab-cycle completed[/green]: {result['leaves']} leaves; manifest at {escape(result['manifest'])}")
+    gen = result.get("generation")
+    if not gen:
+        return
+    out.print(f"generated {gen['samples']} samples in {escape(gen['output'])} ({gen['requests']} teacher requests, "
+              f"{gen['completion_tokens']} completion tokens, {gen['wall_s']} s)")
+    for leaf_id, info in gen["per_leaf"].items():
+        line = f"  {leaf_id}: {info['kept']}/{info['target']}"
+        out.print(escape(line) + (f" — {escape(info['advice'])}" if info.get("advice") else ""))
+    from labcycle.models import is_tiny
+
+    if teacher_model and Path(teacher_model).is_dir() and is_tiny(Path(teacher_model)):
+        out.print("[yellow]note:[/yellow] the teacher was a tiny model with random weights, so the generated text is noise. "
+                  "Point labcycle at a real teacher with --teacher-endpoint http://HOST:PORT/v1 --teacher-model NAME "
+                  "(any OpenAI-compatible server, e.g. vLLM), or --teacher-model /path/to/model for the in-process engine.")
+
+
+@app.command("run")
+def run_cmd(
+    taxonomy: Annotated[Path, typer.Option("--taxonomy", help="Taxonomy root.")] = Path("."),
+    base: BaseOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Run folder. Default: runs/<timestamp>.")] = None,
+    config: ConfigOpt = None,
+    teacher_endpoint: TeacherEndpointOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    until: Annotated[Until, typer.Option("--until", help="The last stage to run.")] = Until.generate,
+) -> None:
+    """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until)
+
+
+@app.command("generate")
+def generate_cmd(
+    taxonomy: Annotated[Path, typer.Option("--taxonomy", help="Taxonomy root.")],
+    output: Annotated[Path, typer.Option("--output", help="Run folder: manifest.json, generated/<leaf>/samples.jsonl, ...")],
+    base: BaseOpt = None,
+    teacher_endpoint: TeacherEndpointOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate synthetic data for the changed leaves: the taxonomy stage, then generation."""
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate)
 
 
 def main() -> None:

@@ -42,10 +42,39 @@ class ChunkingConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    endpoint: str | None = None
+    model: str | None = None
+    max_concurrency: int = 32
+    structured_mode: str = "vllm"
+    max_model_len: int = 4096
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    samples_per_seed: int = 30
+    max_rounds: int = 3
+    max_units_per_round: int = 64
+    max_tokens_cap: int | None = None
+    pipelines: dict[str, str] = field(default_factory=dict)
+    leaves: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def settings_for(self, leaf_id: str):  # type: ignore[no-untyped-def]
+        from labcycle.tasks.generate.runner import GenerationSettings
+
+        per_leaf = self.leaves.get(leaf_id, {})
+        return GenerationSettings(samples_per_seed=per_leaf.get("samples_per_seed", self.samples_per_seed),
+                                  max_rounds=self.max_rounds, max_units_per_round=self.max_units_per_round,
+                                  max_tokens_cap=self.max_tokens_cap)
+
+
+@dataclass(frozen=True)
 class Config:
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     documents: DocumentsConfig = field(default_factory=DocumentsConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,11 +104,17 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         taxonomy=TaxonomyConfig(folders=tuple(tax.get("folders", DEFAULT_FOLDERS)), strict=tax.get("strict", False)),
         documents=DocumentsConfig(**data.get("documents", {})),
         chunking=ChunkingConfig(**chunk),
+        generation=_generation(data.get("generation", {})),
     )
     for max_key, overlap_key in (("max_words", "overlap_words"), ("max_tokens", "overlap_tokens")):
         if getattr(cfg.chunking, overlap_key) >= getattr(cfg.chunking, max_key):
             raise LabcycleError(f"chunking.{overlap_key} must be smaller than chunking.{max_key}", where=source)
     return cfg
+
+
+def _generation(data: dict[str, Any]) -> GenerationConfig:
+    rest = {k: v for k, v in data.items() if k != "teacher"}
+    return GenerationConfig(teacher=TeacherConfig(**data.get("teacher", {})), **rest)
 
 
 def load(path: str | Path | None) -> Config:

@@ -24,6 +24,8 @@ def apply_defaults() -> Path:
     os.environ.setdefault("HF_HOME", str(home / "hf"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The embedded server migrates its database on first start; 20 s (the default) is short on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # Prefect creates only the last level of its home; the rest must exist first.
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     return home

@@ -75,7 +75,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):  # type: igno
 
 
 def build_tiny(out: Path, *, seed: int = 0, texts: Iterable[str] = (), hidden_size: int = 256, layers: int = 2,
-               heads: int = 4, vocab_size: int = 1024, max_positions: int = 2048) -> Path:
+               heads: int = 4, vocab_size: int = 1024, max_positions: int = 8192) -> Path:
     """Write a tokenizer and a random-init Llama to `out`; returns `out`."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM

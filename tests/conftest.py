@@ -44,3 +44,25 @@ def example_taxonomy(tmp_path: Path) -> Path:
 
     prepare(REPO_ROOT / "taxonomy", tmp_path / "demo")
     return tmp_path / "demo" / "taxonomy"
+
+
+# --- teacher fixtures (real vLLM on a tiny random model; one server for the whole session) ----------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a tokenizer trained on the shipped taxonomy (seed 0; seconds, no downloads)."""
+    from labcycle.models import build_tiny, taxonomy_corpus
+
+    return build_tiny(tmp_path_factory.mktemp("models") / "tiny-teacher", seed=0,
+                      texts=taxonomy_corpus(REPO_ROOT / "taxonomy"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM OpenAI-compatible server on `tiny_model` (about 30 s to start on CPU)."""
+    from labcycle.tasks.teacher.server import VLLMServer
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(tiny_model, log_path=log) as server:
+        yield server

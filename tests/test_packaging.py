@@ -22,6 +22,13 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/documents.py",
         "labcycle/schemas/config.schema.json",
         "labcycle/schemas/manifest.schema.json",
+        "labcycle/schemas/pipeline.schema.json",
+        "labcycle/schemas/record.schema.json",
+        "labcycle/tasks/generate/pipelines/knowledge.yaml",
+        "labcycle/tasks/generate/pipelines/freeform_skills.yaml",
+        "labcycle/tasks/generate/pipelines/grounded_skills.yaml",
+        "labcycle/tasks/generate/prompts/knowledge/generate_qa.j2",
+        "labcycle/tasks/teacher/openai_client.py",
         *(f"labcycle/schemas/qna/{family}.v{v}.json" for family in ("knowledge", "compositional_skills") for v in (1, 2, 3)),
     ):
         assert required in names, required

@@ -1,4 +1,4 @@
-"""The lab_cycle flow on a real (temporary) Prefect server, over real git repositories."""
+"""The taxonomy flow (first stage of lab_cycle) on a real (temporary) Prefect server, over real git repositories."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labcycle.flows.lab_cycle import lab_cycle
+from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.io import read_jsonl
 from labcycle.schemas import validator
 
@@ -33,7 +33,7 @@ def _artifact(key: str):  # type: ignore[no-untyped-def]
 
 def test_runs_every_stage_and_writes_the_run_folder(prefect_harness, example_taxonomy, tmp_path):
     run = tmp_path / "run"
-    state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
     assert state.is_completed(), state.message
 
     manifest = json.loads((run / "manifest.json").read_text())
@@ -70,7 +70,7 @@ def test_selects_only_leaves_changed_since_the_base(prefect_harness, example_tax
     _git(example_taxonomy, "commit", "-qam", "edit one skill")
 
     run = tmp_path / "run"
-    state = lab_cycle(taxonomy=str(example_taxonomy), base="main", output=str(run), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(example_taxonomy), base="main", output=str(run), return_state=True)
     assert state.is_completed(), state.message
     manifest = json.loads((run / "manifest.json").read_text())
     assert [(e["id"], e["status"]) for e in manifest["leaves"]] == [("compositional_skills/writing/risk_summaries", "modified")]
@@ -80,7 +80,7 @@ def test_selects_only_leaves_changed_since_the_base(prefect_harness, example_tax
 
 def test_leaf_hash_follows_content_not_the_run(prefect_harness, example_taxonomy, tmp_path):
     def hashes(run: Path) -> dict[str, str]:
-        state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
+        state = prepare_taxonomy(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
         assert state.is_completed(), state.message
         return {e["id"]: e["hash"] for e in json.loads((run / "manifest.json").read_text())["leaves"]}
 
@@ -99,7 +99,7 @@ def test_invalid_taxonomy_fails_with_the_readable_report(prefect_harness, exampl
     leaf = example_taxonomy / "compositional_skills/writing/risk_summaries/qna.yaml"
     leaf.write_text(leaf.read_text().replace("created_by: labcycle\n", "created_by: labcycle   \nmood: happy\n"))
     run = tmp_path / "run"
-    state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
     assert state.is_failed()
     assert "1 invalid" in state.message
     assert "risk_summaries/qna.yaml:2:21: trailing spaces" in state.message
@@ -116,7 +116,7 @@ def test_document_errors_name_the_leaf(prefect_harness, example_taxonomy, tmp_pa
     leaf = example_taxonomy / KNOWLEDGE / "qna.yaml"
     leaf.write_text(leaf.read_text().replace('- "*.md"', '- "missing/*.md"'))
     run = tmp_path / "run"
-    state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(example_taxonomy), base="empty", output=str(run), return_state=True)
     assert state.is_failed()
     assert KNOWLEDGE in state.message and "missing/*.md" in state.message
     assert (run / "validation.json").exists()  # what was produced before the failure is kept
@@ -124,10 +124,10 @@ def test_document_errors_name_the_leaf(prefect_harness, example_taxonomy, tmp_pa
 
 def test_empty_taxonomy_and_bad_config_fail_clearly(prefect_harness, tmp_path):
     (tmp_path / "tax" / "knowledge").mkdir(parents=True)
-    state = lab_cycle(taxonomy=str(tmp_path / "tax"), base="empty", output=str(tmp_path / "run"), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(tmp_path / "tax"), base="empty", output=str(tmp_path / "run"), return_state=True)
     assert state.is_failed() and "no qna.yaml found" in state.message
 
     cfg = tmp_path / "labcycle.yaml"
     cfg.write_text("chunking:\n  max_words: 10\n  overlap_words: 100\n")
-    state = lab_cycle(taxonomy=str(tmp_path / "tax"), config=str(cfg), return_state=True)
+    state = prepare_taxonomy(taxonomy=str(tmp_path / "tax"), config=str(cfg), return_state=True)
     assert state.is_failed() and "labcycle.yaml" in state.message

@@ -1,0 +1,56 @@
+"""Synthetic data generation for the leaves of a run, on a teacher model served by vLLM.
+
+    labcycle generate --taxonomy ROOT [--base REF] --output DIR [--teacher-endpoint URL]
+                      [--teacher-model NAME] [--max-concurrency N] [--config FILE]
+
+One task per leaf, all awaited together in one event loop so that a single teacher client caps the
+requests in flight across every leaf. Also a subflow of lab_cycle, and deployable on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.states import Failed
+
+from labcycle import config as config_module
+from labcycle.errors import LabcycleError
+from labcycle.tasks.generate import inputs, report
+from labcycle.tasks.generate.stage import generate_leaf_task, publish_generated
+from labcycle.tasks.teacher import make_teacher
+
+
+@flow(name="generate", log_prints=True)
+async def generate(manifest: str, output: str, config: str | None = None, teacher_endpoint: str | None = None,
+                   teacher_model: str | None = None, max_concurrency: int | None = None) -> Any:
+    """Generate samples for every leaf of a run manifest into OUTPUT/<leaf-id>/.
+
+    Args:
+        manifest: the run's manifest.json (from the taxonomy stage).
+        output: where samples.jsonl and yield.json go, one folder per leaf.
+        config: a labcycle.yaml; its `generation` section, overridden by the arguments below.
+        teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
+        teacher_model: the served model name, or a local model folder for the in-process engine.
+        max_concurrency: most teacher requests in flight at once, across all leaves.
+    """
+    try:
+        cfg = config_module.load(config).generation
+        teacher_cfg = inputs.teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
+        leaves, specs = inputs.load_leaves(Path(manifest), cfg)
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    out = Path(output)
+    teacher = make_teacher(teacher_cfg.endpoint, teacher_cfg.model, max_concurrency=teacher_cfg.max_concurrency,
+                           structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len)
+    tracker = await report.ProgressTracker.start(leaves, cfg)
+    try:
+        results = await asyncio.gather(*(
+            generate_leaf_task(leaf, specs[leaf.kind], teacher, cfg.settings_for(leaf.id), tracker.update) for leaf in leaves
+        ))
+    finally:
+        await teacher.aclose()
+    published = [publish_generated(r, out) for r in results]
+    return await report.finish(published, teacher, out, tracker)

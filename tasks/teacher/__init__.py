@@ -1,0 +1,57 @@
+"""Teachers: the model that writes synthetic data, behind one async `chat` interface.
+
+`make_teacher(endpoint, model, ...)` gives an OpenAITeacher for an OpenAI-compatible endpoint (a vLLM
+server or any other), else an EngineTeacher running vLLM in-process on the local model directory.
+Heavy modules (openai, vllm, transformers) are imported only when a teacher is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from labcycle.tasks.teacher.base import (
+    Completion,
+    Sampling,
+    Structured,
+    Teacher,
+    TeacherStats,
+    parse_choice,
+    parse_json,
+)
+
+if TYPE_CHECKING:
+    from labcycle.tasks.teacher.engine import EngineTeacher
+    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+
+
+def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, structured_mode: str = "vllm",
+                 api_key: str | None = None, max_model_len: int = 4096) -> Teacher:
+    """OpenAITeacher(endpoint, model) when an endpoint is given, else EngineTeacher(model) (a local dir)."""
+    if endpoint:
+        from labcycle.tasks.teacher.openai_client import OpenAITeacher
+
+        return OpenAITeacher(endpoint, model, api_key=api_key, max_concurrency=max_concurrency,
+                             structured_mode=structured_mode)
+    from labcycle.tasks.teacher.engine import EngineTeacher
+
+    return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len)
+
+
+def __getattr__(name: str):  # lazy: `from labcycle.tasks.teacher import OpenAITeacher` without eager imports
+    if name == "OpenAITeacher":
+        from labcycle.tasks.teacher.openai_client import OpenAITeacher
+
+        return OpenAITeacher
+    if name == "EngineTeacher":
+        from labcycle.tasks.teacher.engine import EngineTeacher
+
+        return EngineTeacher
+    if name == "VLLMServer":
+        from labcycle.tasks.teacher.server import VLLMServer
+
+        return VLLMServer
+    raise AttributeError(name)
+
+
+__all__ = ["Completion", "EngineTeacher", "OpenAITeacher", "Sampling", "Structured", "Teacher", "TeacherStats",
+           "make_teacher", "parse_choice", "parse_json"]

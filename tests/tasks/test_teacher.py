@@ -1,0 +1,474 @@
+"""Teachers against a real vLLM server (and vLLM in-process) on a tiny random model, plus a loopback stub
+for faults vLLM cannot be made to produce (429 with Retry-After, 503, 401 echoing the key)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labcycle.errors import LabcycleError
+from labcycle.tasks.teacher import Sampling, Structured, TeacherStats, make_teacher, parse_choice, parse_json
+from labcycle.tasks.teacher.openai_client import OpenAITeacher, list_models, metrics, parse_prometheus, retry_after_s
+
+SECRET = "sk-labcycle-test-5f2b9c1e7d"
+MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsers and small pieces (fast)
+
+
+def test_parse_choice_examples():
+    choices = ("YES", "NO", "MAYBE")
+    assert parse_choice("YES", choices) == "YES"
+    assert parse_choice("  no \n", choices) == "NO"
+    assert parse_choice('"maybe".', choices) == "MAYBE"
+    assert parse_choice("I think the answer is no, not yes.", choices) == "NO"
+    assert parse_choice("nothing here; yesterday is not a choice", choices) is None
+    assert parse_choice("score: 10", ("1", "10")) == "10"
+    assert parse_choice("", choices) is None
+    assert parse_choice("yes", ()) is None
+
+
+def test_parse_json_examples():
+    assert parse_json('{"a": 1}') == {"a": 1}
+    assert parse_json('{"a": "line\nbreak\x07"}') == {"a": "line\nbreak\x07"}  # raw control chars: strict=False
+    assert parse_json('Sure! ```json\n{"a": [1, {"b": "}"}]}\n``` done') == {"a": [1, {"b": "}"}]}
+    assert parse_json("prefix [1, 2, 3] suffix {") == [1, 2, 3]
+    assert parse_json('{broken} then {"ok": true}') == {"ok": True}
+    assert parse_json("3") == 3
+    assert parse_json("no json here") is None
+    assert parse_json('{"unclosed": [1, 2') is None
+    assert parse_json("[" * 100_000) is None
+    assert parse_json(None) is None  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list('{}[]",:\\ \n\x00abcYESno1\u00e9') + ["yes", "NO", '{"a": ', "[1, "]),
+                max_size=80).map("".join),
+       st.lists(st.text(max_size=6), max_size=4))
+def test_parsers_never_raise(text, choices):
+    parse_json(text)
+    got = parse_choice(text, choices)
+    assert got is None or got in choices
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_parsers_never_raise_on_bytes_garbage(data):
+    text = data.decode("latin-1")
+    parse_json(text)
+    parse_choice(text, ("a", "b"))
+
+
+def test_dataclasses_to_json_and_structured_validation():
+    assert Sampling(n=2, seed=7).to_json() == {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512, "n": 2,
+                                               "seed": 7, "ignore_eos": False}
+    assert TeacherStats(requests=3).to_json()["requests"] == 3
+    assert Structured(choice=["a", "b"]).choice == ("a", "b")
+    with pytest.raises(ValueError):
+        Structured()
+    with pytest.raises(ValueError):
+        Structured(choice=("a",), json_schema={})
+
+
+def test_retry_after_values():
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "1500"}) == 1.5
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= retry_after_s({"retry-after": date}, now=now) <= 31
+    assert retry_after_s({"retry-after": "garbage"}) is None
+    assert retry_after_s({}) is None
+
+
+def test_parse_prometheus_sums_labels():
+    text = (
+        "# HELP vllm:request_success_total x\n# TYPE vllm:request_success_total counter\n"
+        'vllm:request_success_total{finished_reason="stop",model_name="m"} 3.0\n'
+        'vllm:request_success_total{finished_reason="length",model_name="m"} 4.0\n'
+        'vllm:num_requests_running{model_name="m {weird}"} 2.0\n'
+        "process_open_fds 12\n"
+    )
+    assert parse_prometheus(text) == {"vllm:request_success_total": 7.0, "vllm:num_requests_running": 2.0,
+                                      "process_open_fds": 12.0}
+
+
+def test_make_teacher_dispatch(tmp_path):
+    from labcycle.tasks.teacher.engine import EngineTeacher
+
+    t = make_teacher("http://127.0.0.1:9/v1", "m", max_concurrency=3, structured_mode="none", api_key=SECRET)
+    assert isinstance(t, OpenAITeacher) and t.max_concurrency == 3 and not t.supports_structured
+    assert SECRET not in repr(t)
+    e = make_teacher(None, str(tmp_path), max_concurrency=5)
+    assert isinstance(e, EngineTeacher) and e.max_concurrency == 5
+    with pytest.raises(LabcycleError):
+        make_teacher("http://x/v1", "m", max_concurrency=1, structured_mode="guided")
+
+
+def test_request_body_per_structured_mode():
+    schema = {"type": "object"}
+    vllm_body = OpenAITeacher("http://x/v1", "m")._request(MESSAGES, Sampling(seed=1, ignore_eos=True),
+                                                          Structured(choice=("a", "b")))
+    assert vllm_body["extra_body"] == {"ignore_eos": True, "structured_outputs": {"choice": ["a", "b"]}}
+    assert vllm_body["seed"] == 1
+    body = OpenAITeacher("http://x/v1", "m")._request(MESSAGES, Sampling(), Structured(json_schema=schema))
+    assert body["extra_body"]["structured_outputs"]["json"] == schema
+    rf = OpenAITeacher("http://x/v1", "m", structured_mode="response_format")._request(
+        MESSAGES, Sampling(ignore_eos=True), Structured(json_schema=schema))
+    assert rf["response_format"]["type"] == "json_schema" and "extra_body" not in rf
+    none = OpenAITeacher("http://x/v1", "m", structured_mode="none")._request(MESSAGES, Sampling(), Structured(json_schema=schema))
+    assert "response_format" not in none and "extra_body" not in none
+
+
+# --------------------------------------------------------------------------------------------------
+# A loopback stub for faults (fast)
+
+
+def _completion_body(content: str = "ok") -> dict:
+    return {"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+
+
+class Stub:
+    """Answers POST /v1/chat/completions from a script of (status, headers, body) in order; the last repeats."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls: list[tuple[float, dict]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("content-length", 0))
+                self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                stub.calls.append((time.monotonic(), headers))
+                status, reply_headers, body = stub.script[min(len(stub.calls), len(stub.script)) - 1]
+                if callable(body):
+                    body = body(headers)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in reply_headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retries_honour_retry_after_then_succeed():
+    err = {"error": {"message": "slow down", "type": "rate_limit"}}
+    script = [(429, {"Retry-After": "1"}, err), (503, {}, {"error": {"message": "overloaded"}}), (200, {}, _completion_body("hello"))]
+    with Stub(script) as stub:
+        async def go():
+            t = OpenAITeacher(stub.base_url, "stub", max_retries=3, backoff_base_s=0.05)
+            try:
+                return await t.chat(MESSAGES, Sampling(max_tokens=4)), t.stats
+            finally:
+                await t.aclose()
+
+        completion, stats = run(go())
+    assert completion.texts == ["hello"] and completion.prompt_tokens == 5 and completion.completion_tokens == 1
+    assert len(stub.calls) == 3
+    assert stats.requests == 1 and stats.retries == 2 and stats.failures == 0
+    assert stub.calls[1][0] - stub.calls[0][0] >= 0.95  # Retry-After: 1 was honoured
+    assert stub.calls[2][0] - stub.calls[1][0] < 1.0  # the 503 had none: a short jittered backoff
+
+
+def test_gives_up_as_transient_after_max_retries():
+    with Stub([(503, {}, {"error": {"message": "down"}})]) as stub:
+        async def go():
+            t = OpenAITeacher(stub.base_url, "stub", max_retries=2, backoff_base_s=0.01)
+            try:
+                with pytest.raises(LabcycleError) as info:
+                    await t.chat(MESSAGES, Sampling(max_tokens=4))
+                return info.value, t.stats
+            finally:
+                await t.aclose()
+
+        err, stats = run(go())
+    assert err.transient and "503" in str(err) and "3 attempts" in str(err)
+    assert len(stub.calls) == 3 and stats.retries == 2 and stats.failures == 1
+
+
+def test_connection_refused_is_transient():
+    from labcycle.tasks.teacher.server import free_port
+
+    async def go():
+        t = OpenAITeacher(f"http://127.0.0.1:{free_port()}/v1", "m", api_key=SECRET, max_retries=1, backoff_base_s=0.01)
+        try:
+            with pytest.raises(LabcycleError) as info:
+                await t.chat(MESSAGES, Sampling(max_tokens=4))
+            return info.value, t.stats
+        finally:
+            await t.aclose()
+
+    err, stats = run(go())
+    assert err.transient and stats.retries == 1 and stats.failures == 1
+    assert SECRET not in str(err)
+
+
+def test_one_teacher_across_event_loops():
+    with Stub([(200, {}, _completion_body("again"))]) as stub:
+        t = OpenAITeacher(stub.base_url, "stub", max_concurrency=2)
+        assert run(t.chat(MESSAGES, Sampling())).texts == ["again"]
+        assert run(t.chat(MESSAGES, Sampling())).texts == ["again"]  # a second asyncio.run: fresh client and semaphore
+        run(t.aclose())
+    assert t.stats.requests == 2 and t.stats.prompt_tokens == 10
+
+
+def test_api_key_resolution_and_never_in_messages(monkeypatch):
+    def echo_key(headers):  # a server that (unwisely) echoes the key it was given
+        return {"error": {"message": f"Incorrect API key provided: {headers.get('authorization', '')}"}}
+
+    monkeypatch.setenv("LABCYCLE_TEACHER_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-should-not-be-used")
+    with Stub([(401, {}, echo_key)]) as stub:
+        async def go():
+            t = OpenAITeacher(stub.base_url, "stub", max_retries=3)
+            try:
+                with pytest.raises(LabcycleError) as info:
+                    await t.chat(MESSAGES, Sampling(max_tokens=4))
+                return info.value, t
+            finally:
+                await t.aclose()
+
+        err, teacher = run(go())
+    assert stub.calls[0][1]["authorization"] == f"Bearer {SECRET}"
+    assert len(stub.calls) == 1 and not err.transient  # 401 is not retried
+    assert "401" in str(err) and "API key" in str(err)
+    for text in (str(err), repr(err), err.message, repr(teacher), json.dumps(teacher.stats.to_json())):
+        assert SECRET not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# The real vLLM server (one per session)
+
+
+@pytest.mark.slow
+def test_chat_n3_counts_tokens_and_server_metrics(vllm_server):
+    before = metrics(vllm_server.base_url)
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model)
+        try:
+            assert await list_models(vllm_server.base_url) == [vllm_server.model]
+            return await t.chat(MESSAGES, Sampling(n=3, max_tokens=12, seed=1)), t.stats
+        finally:
+            await t.aclose()
+
+    c, stats = run(go())
+    assert len(c.texts) == 3 and len(c.finish_reasons) == 3
+    assert c.prompt_tokens > 0 and 3 <= c.completion_tokens <= 36
+    assert stats.requests == 1 and stats.completion_tokens == c.completion_tokens
+    after = metrics(vllm_server.base_url)
+    assert after["vllm:request_success_total"] - before.get("vllm:request_success_total", 0) == 3  # n=3: 3 sequences
+    assert after["vllm:generation_tokens_total"] - before.get("vllm:generation_tokens_total", 0) == c.completion_tokens
+    assert "vllm:num_requests_running" in after
+
+
+@pytest.mark.slow
+def test_choice_is_always_one_of_the_choices(vllm_server):
+    choices = ("yes", "no", "maybe")
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model)
+        try:
+            return await asyncio.gather(*[
+                t.chat([{"role": "user", "content": f"Question {i}?"}], Sampling(n=2, max_tokens=8, temperature=1.0),
+                       Structured(choice=choices))
+                for i in range(8)
+            ])
+        finally:
+            await t.aclose()
+
+    texts = [text for c in run(go()) for text in c.texts]
+    assert len(texts) == 16 and set(texts) <= set(choices)
+    assert all(parse_choice(t, choices) == t for t in texts)
+
+
+@pytest.mark.slow
+def test_json_schema_output_parses_and_validates(vllm_server):
+    schema = {"type": "object",
+              "properties": {"verdict": {"type": "string", "enum": ["YES", "NO"]},
+                             "score": {"type": "integer", "minimum": 0, "maximum": 5},
+                             "reason": {"type": "string", "maxLength": 24}},
+              "required": ["verdict", "score", "reason"], "additionalProperties": False}
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model)
+        try:
+            return await asyncio.gather(*[
+                t.chat([{"role": "user", "content": f"Judge answer {i} as JSON."}], Sampling(max_tokens=200, temperature=1.0),
+                       Structured(json_schema=schema))
+                for i in range(5)
+            ])
+        finally:
+            await t.aclose()
+
+    for c in run(go()):
+        assert c.finish_reasons == ["stop"], c.texts
+        obj = parse_json(c.texts[0])
+        assert obj is not None, c.texts[0]
+        jsonschema.validate(obj, schema)
+
+
+@pytest.mark.slow
+def test_response_format_mode_against_vllm(vllm_server):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model, structured_mode="response_format")
+        try:
+            return await asyncio.gather(
+                t.chat(MESSAGES, Sampling(n=3, max_tokens=40, temperature=1.0), Structured(choice=("left", "right"))),
+                t.chat(MESSAGES, Sampling(max_tokens=40, temperature=1.0), Structured(json_schema=schema)))
+        finally:
+            await t.aclose()
+
+    chose, js = run(go())
+    assert set(chose.texts) <= {"left", "right"}  # {"answer": ...} unwrapped
+    jsonschema.validate(parse_json(js.texts[0]), schema)
+
+
+@pytest.mark.slow
+def test_concurrency_never_exceeds_the_cap(vllm_server):
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            m = metrics(vllm_server.base_url)
+            seen.append(m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0))
+            time.sleep(0.005)
+
+    before = metrics(vllm_server.base_url)["vllm:request_success_total"]
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=4)
+        try:
+            results = await asyncio.gather(*[
+                t.chat([{"role": "user", "content": f"Write about topic {i}."}], Sampling(max_tokens=48, ignore_eos=True))
+                for i in range(40)
+            ])
+            return results, t.stats
+        finally:
+            await t.aclose()
+
+    try:
+        results, stats = run(go())
+    finally:
+        stop.set()
+        sampler.join()
+    assert len(results) == 40 and all(c.completion_tokens == 48 for c in results)  # ignore_eos: always max_tokens
+    assert stats.requests == 40 and stats.in_flight == 0
+    assert stats.max_in_flight == 4  # 40 calls queued at once fill every slot, never more
+    assert seen and max(seen) <= 4, max(seen)
+    assert max(seen) >= 1  # the sampler did see the server working
+    assert metrics(vllm_server.base_url)["vllm:request_success_total"] - before == 40
+
+
+@pytest.mark.slow
+def test_unknown_model_is_a_clear_error_not_retried(vllm_server):
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, "no-such-model", api_key=SECRET, max_retries=5)
+        try:
+            with pytest.raises(LabcycleError) as info:
+                await t.chat(MESSAGES, Sampling(max_tokens=4))
+            return info.value, t.stats
+        finally:
+            await t.aclose()
+
+    err, stats = run(go())
+    msg = str(err)
+    assert "no-such-model" in msg and "404" in msg and vllm_server.model in msg  # names what the endpoint serves
+    assert "\n" not in msg and not err.transient
+    assert stats.requests == 1 and stats.retries == 0 and stats.failures == 1
+    assert SECRET not in msg and SECRET not in repr(err)
+
+
+@pytest.mark.slow
+def test_server_kill_and_restart(vllm_server):
+    """A crash (SIGKILL) makes calls fail as transient; restart() serves again at the same address.
+    Runs after the other server tests: it resets the server's metrics."""
+    url = vllm_server.base_url
+    vllm_server.kill()
+    assert not vllm_server.alive() and not vllm_server.healthy()
+
+    async def call(retries):
+        t = OpenAITeacher(url, vllm_server.model, max_retries=retries, backoff_base_s=0.01)
+        try:
+            return await t.chat(MESSAGES, Sampling(max_tokens=4))
+        finally:
+            await t.aclose()
+
+    with pytest.raises(LabcycleError) as info:
+        run(call(1))
+    assert info.value.transient
+    vllm_server.restart()
+    assert vllm_server.base_url == url and vllm_server.alive()
+    assert len(run(call(0)).texts) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM in-process (one engine start)
+
+
+@pytest.mark.slow
+def test_engine_teacher_in_process(tiny_model):
+    from labcycle.tasks.teacher.engine import EngineTeacher
+
+    async def go():
+        t = EngineTeacher(tiny_model, max_model_len=1024, max_concurrency=8)
+        try:
+            sampled = await t.chat(MESSAGES, Sampling(n=2, max_tokens=10, seed=3))
+            chosen = await asyncio.gather(*[
+                t.chat([{"role": "user", "content": f"Pick {i}"}], Sampling(max_tokens=8, temperature=1.0),
+                       Structured(choice=("alpha", "beta")))
+                for i in range(6)
+            ])
+            return sampled, chosen, t.stats
+        finally:
+            await t.aclose()
+
+    sampled, chosen, stats = run(go())
+    assert len(sampled.texts) == 2 and sampled.prompt_tokens > 0 and 2 <= sampled.completion_tokens <= 20
+    assert all(c.texts[0] in ("alpha", "beta") for c in chosen)
+    assert stats.requests == 7 and stats.failures == 0 and stats.in_flight == 0
+    assert 1 < stats.max_in_flight <= 6  # the six choice calls were in the engine together
