@@ -12,6 +12,7 @@ GPU    ?= 0
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.setup-gpu$(GPU)
 DEMO   := .labcycle/demo
+TINY   := .labcycle/models/tiny
 
 .PHONY: setup demo test clean
 
@@ -32,9 +33,14 @@ endif
 	rm -f $(VENV)/.setup-gpu*
 	touch $@
 
-demo: setup
+demo: setup $(TINY)/config.json
 	$(BIN)/python -m labcycle.demo taxonomy $(DEMO)
-	$(BIN)/labcycle run --taxonomy $(DEMO)/taxonomy --base empty --output runs/demo
+	$(BIN)/labcycle run --taxonomy $(DEMO)/taxonomy --base empty --output runs/demo \
+	  --teacher-model $(TINY) --config taxonomy/labcycle.yaml
+
+# The demo's teacher: a tiny random model built from scratch once (no downloads); its output is noise.
+$(TINY)/config.json: | setup
+	$(BIN)/labcycle models build-tiny $(TINY) --taxonomy taxonomy
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

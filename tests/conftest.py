@@ -60,9 +60,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real vLLM OpenAI-compatible server on `tiny_model` (about 30 s to start on CPU)."""
+    """A real vLLM OpenAI-compatible server on `tiny_model` (about 30 s to start on CPU).
+
+    Its context is 4096 tokens, the teacher default: a knowledge prompt (a document chunk, seed examples
+    with their contexts) runs to about 2,000 of the tiny tokenizer's tokens."""
     from labcycle.tasks.teacher.server import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(tiny_model, log_path=log) as server:
+    with VLLMServer(tiny_model, log_path=log, max_model_len=4096) as server:
         yield server

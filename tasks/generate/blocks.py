@@ -180,33 +180,48 @@ class Generate(Block):
         return items or None
 
 
+_JSON_KEY = re.compile(r'"\w+"\s*:')  # the text is (the start of) a JSON object
+
+
 class Judge(Block):
     """Teacher-as-judge: a verdict from a fixed choice list, or an integer score; keeps rows that pass."""
 
-    def _schema(self) -> dict[str, Any]:
+    def _schema(self, cap: int | None = None) -> dict[str, Any]:
         if "verdict" in self.params:
             key: dict[str, Any] = {"verdict": {"type": "string", "enum": self.params["verdict"]["choices"]}}
         else:
             s = self.params["score"]
             key = {"score": {"type": "integer", "minimum": s["min"], "maximum": s["max"]}}
         # The reason comes first, as the prompts ask: a judge that explains before it decides judges better.
-        # Its length is capped so the decision always fits in the judge's max_tokens.
-        return {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 300}, **key},
+        # Its length is capped so the decision always fits in the judge's max_tokens; with max_tokens capped
+        # (smoke runs on tiny models) it gets half the cap, as Generate's strings do, or a random model fills
+        # the cap inside the reason and never writes the decision.
+        reason_max = min(300, max(8, cap // 2)) if cap else 300
+        return {"type": "object", "properties": {"reason": {"type": "string", "maxLength": reason_max}, **key},
                 "required": ["reason", *key], "additionalProperties": False}
 
     def _read(self, text: str) -> Any:
+        """The judgement in `text`, else None. A JSON object is read by its key only; free text (a teacher
+        without structured outputs) falls back to the first choice or number in it. A JSON answer cut off
+        before its decision (max_tokens) is unreadable: a choice or number inside its reason is not one."""
         data = parse_json(text)
+        jsonish = isinstance(data, dict) or _JSON_KEY.search(text) is not None
         if "verdict" in self.params:
             choices = self.params["verdict"]["choices"]
-            raw = data.get("verdict") if isinstance(data, dict) else None
-            if isinstance(raw, str) and raw in choices:
-                return raw
+            if isinstance(data, dict):
+                raw = data.get("verdict")
+                if isinstance(raw, str) and raw in choices:
+                    return raw
+                return parse_choice(raw, choices) if isinstance(raw, str) else None
             m = re.search(r'"verdict"\s*:\s*"([^"]*)"', text)
-            return parse_choice(m.group(1) if m else text, choices)
+            if m:
+                return parse_choice(m.group(1), choices)
+            return None if jsonish else parse_choice(text, choices)
         s = self.params["score"]
-        raw = data.get("score") if isinstance(data, dict) else None
-        if raw is None:
-            m = re.search(r'"score"\s*:\s*(-?\d+)', text) or re.search(r"(-?\d+)", text)
+        if isinstance(data, dict):
+            raw = data.get("score")
+        else:
+            m = re.search(r'"score"\s*:\s*(-?\d+)', text) or (None if jsonish else re.search(r"(-?\d+)", text))
             raw = int(m.group(1)) if m else None
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not s["min"] <= raw <= s["max"]:
             return None
@@ -218,7 +233,7 @@ class Judge(Block):
         return value >= self.params["score"]["keep_at_least"]
 
     async def apply(self, rows: list[Row], ctx: UnitContext, stats: BlockStats) -> list[Row]:
-        structured = Structured(json_schema=self._schema())
+        structured = Structured(json_schema=self._schema(ctx.max_tokens_cap))
 
         async def one(i: int, row: Row) -> Row | None:
             sampling = ctx.sampling(self.params, {"temperature": 0.0, "max_tokens": 256}, salt=hash_text(self.name) + i)

@@ -242,12 +242,14 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
             entry = {"unit": unit, "round": round_, "records": records,
                      "rows": [{k: v for k, v in r.items() if not k.startswith("_") and k != "chunk"} for r in rows],
                      "stats": {name: s.to_json() for name, s in stats.items()}}
-            async with lock:
-                append_journal(journal_path, entry)
-                done[unit] = entry
-                kept += len(records)
-            if progress:
-                progress(leaf.id, kept, target)
+        # Journal outside the unit's slot (the next unit starts while this one is written), and in a thread:
+        # an fsync takes milliseconds, and on the event loop it would stall every request in flight.
+        async with lock:
+            await asyncio.to_thread(append_journal, journal_path, entry)
+            done[unit] = entry
+            kept += len(records)
+        if progress:
+            progress(leaf.id, kept, target)
 
     rounds = max((e["round"] for e in entries), default=-1) + 1
     for round_ in range(settings.max_rounds):

@@ -60,25 +60,35 @@ def load_spec(path: Path) -> PipelineSpec:
         key = ".".join(str(x) for x in err.absolute_path) or "the top level"
         raise LabcycleError(f"{key}: {err.message}; see schemas/pipeline.schema.json", where=f"{path}:{loc}")
     data = parsed.data
+
+    def at(*key: Any) -> str:  # file:line:col of a key in the spec
+        return f"{path}:{':'.join(map(str, parsed.where(tuple(key))))}"
+
     prompts = Path(data["prompts"])
     prompts_dir = PROMPTS_DIR / prompts if (PROMPTS_DIR / prompts).is_dir() and not prompts.is_absolute() else (path.parent / prompts)
     if not prompts_dir.is_dir():
-        raise LabcycleError(f"prompts folder {data['prompts']!r} not found (looked in {prompts_dir})", where=str(path))
+        raise LabcycleError(f"prompts folder {data['prompts']!r} not found (looked in {prompts_dir})", where=at("prompts"))
     blocks = [BlockSpec(b["name"], b["type"], {k: v for k, v in b.items() if k not in ("name", "type")}) for b in data["blocks"]]
     names = [b.name for b in blocks]
     if len(set(names)) != len(names):
-        raise LabcycleError(f"block names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}", where=str(path))
+        again = next(i for i, n in enumerate(names) if n in names[:i])  # the first repeat
+        raise LabcycleError(f"block names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}",
+                            where=at("blocks", again, "name"))
     spec = PipelineSpec(
         name=data["name"], kind=data["kind"], unit=data["unit"], examples_per_prompt=data.get("examples_per_prompt", 3),
         blocks=blocks, prompts_dir=prompts_dir, source=path,
     )
-    wanted = {"system.j2"} | {b.params["template"] for b in blocks if "template" in b.params}
-    for name in sorted(wanted):
+    # Template name -> the first block that uses it (for the error's line); system.j2 is optional.
+    wanted: dict[str, int | None] = {"system.j2": None}
+    for i, b in enumerate(blocks):
+        if "template" in b.params:
+            wanted.setdefault(b.params["template"], i)
+    for name, block in sorted(wanted.items()):
         file = prompts_dir / name
         if not file.is_file():
-            if name == "system.j2":
+            if block is None:
                 continue
-            raise LabcycleError(f"template {name!r} not found in {prompts_dir}", where=str(path))
+            raise LabcycleError(f"template {name!r} not found in {prompts_dir}", where=at("blocks", block, "template"))
         spec.templates[name] = file.read_text(encoding="utf-8")
     h = hashlib.sha256(path.read_bytes())
     for name, text in sorted(spec.templates.items()):

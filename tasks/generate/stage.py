@@ -26,8 +26,14 @@ from labcycle.tasks.generate.runner import GenerationSettings, LeafInput
 from labcycle.tasks.generate.spec import PipelineSpec
 
 
+# Bumped whenever what the runner or the blocks produce from the same inputs changes, so that cached
+# generation made by older code is not served as if it were current.
+GENERATION_FORMAT = 2
+
+
 def cache_key(leaf_hash: str, spec_digest: str, teacher_model: str, settings: GenerationSettings) -> str:
-    payload = json.dumps({"leaf": leaf_hash, "spec": spec_digest, "teacher": teacher_model, "settings": settings.to_json()}, sort_keys=True)
+    payload = json.dumps({"format": GENERATION_FORMAT, "leaf": leaf_hash, "spec": spec_digest, "teacher": teacher_model,
+                          "settings": settings.to_json()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

