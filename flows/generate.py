@@ -40,17 +40,24 @@ async def generate(manifest: str, output: str, config: str | None = None, teache
         cfg = config_module.load(config).generation
         teacher_cfg = inputs.teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
         leaves, specs = inputs.load_leaves(Path(manifest), cfg)
+        api_key = await inputs.api_key(teacher_cfg)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     out = Path(output)
     teacher = make_teacher(teacher_cfg.endpoint, teacher_cfg.model, max_concurrency=teacher_cfg.max_concurrency,
-                           structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len)
+                           structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len,
+                           api_key=api_key)
     tracker = await report.ProgressTracker.start(leaves, cfg)
     try:
+        # Every leaf runs to its end even when another fails, so whatever finished is kept and published.
         results = await asyncio.gather(*(
             generate_leaf_task(leaf, specs[leaf.kind], teacher, cfg.settings_for(leaf.id), tracker.update) for leaf in leaves
-        ))
+        ), return_exceptions=True)
     finally:
         await teacher.aclose()
-    published = [publish_generated(r, out) for r in results]
-    return await report.finish(published, teacher, out, tracker)
+    published = [publish_generated(r, out) for r in results if isinstance(r, dict)]
+    summary = await report.finish(published, teacher, out, tracker)
+    failures = [f"{leaf.id}: {r}" for leaf, r in zip(leaves, results) if isinstance(r, BaseException)]
+    if failures:
+        return Failed(message="generation failed for " + "; ".join(failures) + " (finished work is kept: rerun to resume)")
+    return summary

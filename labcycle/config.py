@@ -48,6 +48,7 @@ class TeacherConfig:
     max_concurrency: int = 32
     structured_mode: str = "vllm"
     max_model_len: int = 4096
+    api_key_secret: str | None = None  # a Prefect Secret block's name
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,21 @@ def teacher_config(base: TeacherConfig, endpoint: str | None, model: str | None,
     return cfg
 
 
+async def api_key(cfg: TeacherConfig) -> str | None:
+    """The key from the named Prefect Secret block, if one is configured; else None (the teacher client
+    then reads LABCYCLE_TEACHER_API_KEY or OPENAI_API_KEY)."""
+    if not cfg.api_key_secret:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = await Secret.aload(cfg.api_key_secret)
+    except ValueError as exc:
+        raise LabcycleError(f"Prefect Secret block {cfg.api_key_secret!r} not found; create it (prefect block create secret) "
+                            "or unset generation.teacher.api_key_secret") from exc
+    return secret.get()
+
+
 def load_leaves(manifest_path: Path, cfg: GenerationConfig) -> tuple[list[LeafInput], dict[str, PipelineSpec]]:
     if not manifest_path.is_file():
         raise LabcycleError("run manifest not found; run the taxonomy stage first (labcycle run)", where=str(manifest_path))
