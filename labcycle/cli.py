@@ -158,6 +158,17 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
     _print_summary(state.result(), teacher_model)
 
 
+def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_model: str | None,
+                   max_concurrency: int | None) -> None:
+    """Before any stage runs: the config loads and names a usable teacher, else one line and exit 1
+    (main prints the LabcycleError), not a failed flow after the taxonomy stage."""
+    from labcycle import config as config_module
+    from labcycle.tasks.generate.inputs import teacher_config
+
+    cfg = config_module.load(config)
+    teacher_config(cfg.generation.teacher, teacher_endpoint, teacher_model, max_concurrency)
+
+
 def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     """A rich progress bar per leaf (samples kept / target) while generation runs in this process."""
     from contextlib import contextmanager
@@ -194,7 +205,7 @@ def _print_summary(result: dict, teacher_model: str | None) -> None:
     gen = result.get("generation")
     if not gen:
         return
-    out.print(f"generated {gen['samples']} samples in {escape(gen['output'])} ({gen['requests']} teacher requests, "
+    out.print(f"generated {gen['samples']} samples in {escape(gen['output'])} (this run: {gen['requests']} teacher requests, "
               f"{gen['completion_tokens']} completion tokens, {gen['wall_s']} s)")
     for leaf_id, info in gen["per_leaf"].items():
         line = f"  {leaf_id}: {info['kept']}/{info['target']}"
@@ -233,6 +244,8 @@ def generate_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Generate synthetic data for the changed leaves: the taxonomy stage, then generation."""
+    if taxonomy.is_dir() and (config is None or config.is_file()):
+        _check_teacher(config, teacher_endpoint, teacher_model, max_concurrency)
     _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate)
 
 

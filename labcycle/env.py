@@ -19,6 +19,10 @@ def apply_defaults() -> Path:
     home = state_dir()
     os.environ.setdefault("LABCYCLE_HOME", str(home))
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Prefect 3.7 derives these two from ~/.prefect, not from PREFECT_HOME: without them persisted task
+    # results (generation's cache) land in the user's home and are shared by every project and test run.
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "storage"))
+    os.environ.setdefault("PREFECT_SERVER_MEMO_STORE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "memo_store.toml"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HOME", str(home / "hf"))

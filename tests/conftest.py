@@ -12,6 +12,10 @@ import pytest
 _STATE = Path(tempfile.mkdtemp(prefix="labcycle-tests-"))
 os.environ["LABCYCLE_HOME"] = str(_STATE)
 os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+# Prefect 3.7 puts these under ~/.prefect whatever PREFECT_HOME says (see labcycle/env.py): persisted
+# task results from an earlier session would otherwise be cache hits in this one.
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_STATE / "prefect" / "storage")
+os.environ["PREFECT_SERVER_MEMO_STORE_PATH"] = str(_STATE / "prefect" / "memo_store.toml")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["HF_HOME"] = str(_STATE / "hf")

@@ -63,16 +63,20 @@ class ProgressTracker:
 
 
 def summarize(reports: list[dict[str, Any]], teacher_stats: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    completion = sum(r["completion_tokens"] for r in reports)
+    """Requests and tokens are what THIS run sent (cached leaves send none); `generation` totals what
+    producing the published samples cost, whenever that happened."""
+    completion = teacher_stats.get("completion_tokens", 0)
     return {
         "leaves": len(reports),
         "samples": sum(r["kept"] for r in reports),
         "below_target": [r["leaf_id"] for r in reports if r.get("below_target")],
-        "requests": sum(r["requests"] for r in reports),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in reports),
+        "requests": teacher_stats.get("requests", 0),
+        "prompt_tokens": teacher_stats.get("prompt_tokens", 0),
         "completion_tokens": completion,
         "wall_s": round(wall_s, 3),
         "completion_tokens_per_s": round(completion / wall_s, 1) if wall_s > 0 else None,
+        "generation": {"requests": sum(r["requests"] for r in reports), "prompt_tokens": sum(r["prompt_tokens"] for r in reports),
+                       "completion_tokens": sum(r["completion_tokens"] for r in reports)},
         "teacher": teacher_stats,
         "per_leaf": {r["leaf_id"]: {"kept": r["kept"], "target": r["target"], "advice": r.get("advice"),
                                     "dropped": {b: s["dropped"] for b, s in r.get("blocks", {}).items()}} for r in reports},

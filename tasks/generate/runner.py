@@ -196,6 +196,9 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
                         progress: Callable[[str, int, int], None] | None = None) -> LeafResult:
     """Generate samples for one leaf into work_dir (journal, samples.jsonl, yield.json); resumable."""
     start = time.monotonic()
+    if (done_report := read_complete(work_dir)) is not None:
+        # A complete leaf is never generated again (its target was decided when it ran).
+        return LeafResult(**{k: done_report[k] for k in LeafResult.__dataclass_fields__})
     work_dir.mkdir(parents=True, exist_ok=True)
     journal_path = work_dir / JOURNAL
     entries = read_journal(journal_path)
@@ -258,7 +261,9 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
         if spec.unit == "chunk":
             if not leaf.chunks:
                 break
-            units = [(f"r{round_}-u{i}", c) for i, c in enumerate(leaf.chunks[: settings.max_units_per_round])]
+            # Each round takes the next chunks, wrapping around, so a capped round never starves later chunks.
+            n, m = len(leaf.chunks), min(settings.max_units_per_round, len(leaf.chunks))
+            units = [(f"r{round_}-u{i}", leaf.chunks[(round_ * m + i) % n]) for i in range(m)]
         else:
             finished = [e for e in done.values()]
             per_unit = (sum(len(e["records"]) for e in finished) / len(finished)) if finished else _optimistic_yield(spec)

@@ -65,7 +65,8 @@ def load_spec(path: Path) -> PipelineSpec:
         return f"{path}:{':'.join(map(str, parsed.where(tuple(key))))}"
 
     prompts = Path(data["prompts"])
-    prompts_dir = PROMPTS_DIR / prompts if (PROMPTS_DIR / prompts).is_dir() and not prompts.is_absolute() else (path.parent / prompts)
+    # A folder beside the spec wins over a shipped set of the same name: users' own prompts are never shadowed.
+    prompts_dir = path.parent / prompts if (path.parent / prompts).is_dir() else PROMPTS_DIR / prompts
     if not prompts_dir.is_dir():
         raise LabcycleError(f"prompts folder {data['prompts']!r} not found (looked in {prompts_dir})", where=at("prompts"))
     blocks = [BlockSpec(b["name"], b["type"], {k: v for k, v in b.items() if k not in ("name", "type")}) for b in data["blocks"]]

@@ -191,7 +191,8 @@ def test_complete_leaf_sends_no_requests(vllm_server):
 
 def test_one_concurrency_cap_across_leaves(vllm_server, tmp_path):
     """Two leaves generated at once share one teacher: never more than its cap in flight, at the client or
-    at the server."""
+    at the server. (Pipelines whose requests all have n=1: vLLM counts each of a request's n samples as
+    a request of its own.)"""
     cap = 3
     seen: list[float] = []
     stop = threading.Event()
@@ -202,7 +203,7 @@ def test_one_concurrency_cap_across_leaves(vllm_server, tmp_path):
             seen.append(m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0))
             time.sleep(0.005)
 
-    specs = {kind: load_spec(shipped_spec_path(kind)) for kind in ("grounded_skill", "freeform_skill")}
+    specs = {kind: load_spec(shipped_spec_path(kind)) for kind in ("knowledge", "freeform_skill")}
     leaves = {kind: genhelp.leaf(kind, "cap") for kind in specs}
     teacher = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=cap)
 

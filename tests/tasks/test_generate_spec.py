@@ -477,3 +477,37 @@ def test_block_stats_merge_and_json():
     assert len(a.examples) == blocks.MAX_EXAMPLES
     assert runner.unit_seed(LEAF_HASH, "r0-u0") == runner.unit_seed(LEAF_HASH, "r0-u0") != runner.unit_seed(LEAF_HASH, "r0-u1")
     assert blocks.hash_text("judge") == blocks.hash_text("judge")  # stable across processes, unlike hash()
+
+
+# --------------------------------------------------------------------------------------------------
+# Unit scheduling (runner logic; the real-server runs are in test_generate.py)
+
+
+def test_knowledge_rounds_rotate_through_chunks_and_a_complete_leaf_is_not_redone(tmp_path):
+    import asyncio
+
+    from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf
+    from labcycle.tasks.generate.spec import load_spec
+
+    spec_dir = tmp_path / "spec"
+    (spec_dir / "p").mkdir(parents=True)
+    (spec_dir / "p" / "gen.j2").write_text("write about: {{ chunk }}")
+    (spec_dir / "spec.yaml").write_text(
+        "version: 1\nname: probe\nkind: knowledge\nprompts: p\nunit: chunk\nblocks:\n"
+        "  - name: gen\n    type: generate\n    template: gen.j2\n    parse: json_list\n    fields: [question, answer]\n"
+    )
+    spec = load_spec(spec_dir / "spec.yaml")
+    chunks = [{"source": "d.md", "start": i, "end": i + 1, "text": f"chunk-{i}"} for i in range(5)]
+    seeds = [{"context": f"c{i}", "questions_and_answers": [{"question": f"q{i}{j}", "answer": f"a{i}{j}"} for j in range(3)]} for i in range(5)]
+    leaf = LeafInput(id="knowledge/x", kind="knowledge", hash="a" * 64, qna={"seed_examples": seeds}, chunks=chunks)
+    teacher = ScriptedTeacher(*["not json"] * 6)
+    settings = GenerationSettings(samples_per_seed=1, max_rounds=3, max_units_per_round=2)
+
+    result = asyncio.run(generate_leaf(leaf, spec, teacher, settings, tmp_path / "work"))
+    seen = [next(c for c in chunks if c["text"] in msgs[-1]["content"])["text"] for msgs, _, _ in teacher.calls]
+    # Three rounds of two units: chunks 0,1 then 2,3 then 4,0 — every chunk is used before any repeats.
+    assert sorted(seen) == sorted(["chunk-0", "chunk-1", "chunk-2", "chunk-3", "chunk-4", "chunk-0"])
+    assert result.units == 6 and result.kept == 0
+
+    again = asyncio.run(generate_leaf(leaf, spec, ScriptedTeacher(), settings, tmp_path / "work"))
+    assert again.units == 6  # read from yield.json; the empty script would raise on any request
