@@ -194,3 +194,52 @@ def test_generate_command(prefect_harness, example_taxonomy, vllm_server, tmp_pa
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert "--teacher-model" in res.stderr and not (tmp_path / "none").exists()
+
+
+def test_sigkilled_generate_resumes_without_losing_or_repeating_a_sample(prefect_harness, example_taxonomy, vllm_server, tmp_path):
+    """SIGKILL the labcycle process itself mid-generation; the same command run again finishes the job."""
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "home"  # a LABCYCLE_HOME of its own: the journal lives in its cache
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "LABCYCLE_HOME": str(home)}
+    folder = tmp_path / "specs"
+    pipelines = {kind: str(genhelp.permissive_spec_file(kind, folder)) for kind in genhelp.LEAVES}
+    cfg = tmp_path / "labcycle.yaml"
+    cfg.write_text(yaml.safe_dump({"chunking": {"max_words": 150, "overlap_words": 15}, "generation": {
+        "samples_per_seed": 3, "max_rounds": 2, "max_units_per_round": 4, "max_tokens_cap": 64, "pipelines": pipelines,
+        "teacher": {"max_concurrency": 2}}}))
+    args = [sys.executable, "-m", "labcycle.cli", "generate", "--taxonomy", str(example_taxonomy), "--base", "empty",
+            "--output", str(tmp_path / "run"), "--teacher-endpoint", vllm_server.base_url,
+            "--teacher-model", vllm_server.model, "--config", str(cfg)]
+
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journals = home / "cache" / "generated"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(len(genhelp.lines(j)) for j in journals.glob("*/journal.jsonl")) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "generation finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {j.parent.name: j.read_bytes() for j in journals.glob("*/journal.jsonl")}
+    unfinished = {key for key in before if not (journals / key / runner.YIELD).exists()}
+    assert unfinished, "every leaf finished before the kill; make generation longer"
+
+    res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for key, old in before.items():
+        work = journals / key
+        new = (work / runner.JOURNAL).read_bytes()
+        # What the killed run journaled is kept as it was (a torn last line, if any, is cut off).
+        complete_old = old[: old.rfind(b"\n") + 1]
+        assert new.startswith(complete_old)
+        units = [json.loads(line)["unit"] for line in new.splitlines()]
+        assert len(units) == len(set(units))
+        ids = [json.loads(line)["id"] for line in (work / runner.SAMPLES).read_text().splitlines()]
+        assert len(ids) == len(set(ids))
+        if key in unfinished:  # the second run picked up exactly the units the first one had journaled
+            assert json.loads((work / runner.YIELD).read_text())["resumed_units"] == complete_old.count(b"\n")
