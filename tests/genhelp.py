@@ -4,6 +4,10 @@ variants, and checks of a finished leaf's work folder."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +116,26 @@ def check_work_folder(work: Path, spec: PipelineSpec, result: runner.LeafResult 
     if result is not None:
         assert result.to_json() == {k: report[k] for k in result.to_json()}
     return report
+
+
+@contextmanager
+def server_load(base_url: str) -> Iterator[list[float]]:
+    """Samples the vLLM server's running + waiting requests every 5 ms while the block runs."""
+    from labcycle.tasks.teacher.openai_client import metrics
+
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            m = metrics(base_url)
+            seen.append(m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        sampler.join()

@@ -194,15 +194,6 @@ def test_one_concurrency_cap_across_leaves(vllm_server, tmp_path):
     at the server. (Pipelines whose requests all have n=1: vLLM counts each of a request's n samples as
     a request of its own.)"""
     cap = 3
-    seen: list[float] = []
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            m = metrics(vllm_server.base_url)
-            seen.append(m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0))
-            time.sleep(0.005)
-
     specs = {kind: load_spec(shipped_spec_path(kind)) for kind in ("knowledge", "freeform_skill")}
     leaves = {kind: genhelp.leaf(kind, "cap") for kind in specs}
     teacher = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=cap)
@@ -213,13 +204,8 @@ def test_one_concurrency_cap_across_leaves(vllm_server, tmp_path):
         finally:
             await teacher.aclose()
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with genhelp.server_load(vllm_server.base_url) as seen:
         results = asyncio.run(go())
-    finally:
-        stop.set()
-        sampler.join()
     for kind, result in zip(specs, results):
         genhelp.check_work_folder(tmp_path / kind, specs[kind], result)
     assert teacher.stats.requests == sum(r.requests for r in results)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from labcycle.errors import LabcycleError
 from labcycle.tasks.teacher import Sampling, Structured, TeacherStats, make_teacher, parse_choice, parse_json
 from labcycle.tasks.teacher.openai_client import OpenAITeacher, list_models, metrics, parse_prometheus, retry_after_s
+from tests import genhelp
 
 SECRET = "sk-labcycle-test-5f2b9c1e7d"
 MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
@@ -367,18 +368,7 @@ def test_response_format_mode_against_vllm(vllm_server):
 
 @pytest.mark.slow
 def test_concurrency_never_exceeds_the_cap(vllm_server):
-    seen: list[float] = []
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            m = metrics(vllm_server.base_url)
-            seen.append(m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0))
-            time.sleep(0.005)
-
     before = metrics(vllm_server.base_url)["vllm:request_success_total"]
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
 
     async def go():
         t = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=4)
@@ -391,11 +381,8 @@ def test_concurrency_never_exceeds_the_cap(vllm_server):
         finally:
             await t.aclose()
 
-    try:
+    with genhelp.server_load(vllm_server.base_url) as seen:
         results, stats = run(go())
-    finally:
-        stop.set()
-        sampler.join()
     assert len(results) == 40 and all(c.completion_tokens == 48 for c in results)  # ignore_eos: always max_tokens
     assert stats.requests == 40 and stats.in_flight == 0
     assert stats.max_in_flight == 4  # 40 calls queued at once fill every slot, never more

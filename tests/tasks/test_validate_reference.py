@@ -4,7 +4,6 @@ labcycle is deliberately stricter (tests/leafgen.py STRICTER, docs/taxonomy-vali
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
