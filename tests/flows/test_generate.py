@@ -243,3 +243,19 @@ def test_sigkilled_generate_resumes_without_losing_or_repeating_a_sample(prefect
         assert len(ids) == len(set(ids))
         if key in unfinished:  # the second run picked up exactly the units the first one had journaled
             assert json.loads((work / runner.YIELD).read_text())["resumed_units"] == complete_old.count(b"\n")
+
+
+def test_teacher_api_key_from_a_prefect_secret_block(prefect_harness):
+    import asyncio
+
+    from prefect.blocks.system import Secret
+
+    from labcycle.config import TeacherConfig
+    from labcycle.errors import LabcycleError
+    from labcycle.tasks.generate.inputs import api_key
+
+    Secret(value="sk-test-secret").save("labcycle-teacher-key", overwrite=True)
+    assert asyncio.run(api_key(TeacherConfig(api_key_secret="labcycle-teacher-key"))) == "sk-test-secret"
+    assert asyncio.run(api_key(TeacherConfig())) is None  # the client then reads the environment
+    with pytest.raises(LabcycleError, match="no-such-block"):
+        asyncio.run(api_key(TeacherConfig(api_key_secret="no-such-block")))
