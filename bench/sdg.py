@@ -4,6 +4,11 @@ Run from the repository root:
 
     .venv/bin/python bench/sdg.py --json /tmp/labcycle-bench-sdg.json
 
+or with a stub endpoint instead of vLLM, which answers every request after exactly S seconds
+whatever the load (then only the client's dispatch can separate the two paths; see below):
+
+    .venv/bin/python bench/sdg.py --stub-latency 0.5 --json /tmp/labcycle-bench-sdg-stub.json
+
 or against a server that is already running (nothing is started or built then):
 
     .venv/bin/python bench/sdg.py --endpoint http://127.0.0.1:8000/v1 --model NAME --json OUT
@@ -19,14 +24,16 @@ yields exactly that many completion tokens whatever the model writes:
   raw        openai.AsyncOpenAI, all requests started at once behind asyncio.Semaphore(C): the best
              case, the server always has C requests (the server is never idle on our account)
   labcycle   runner.generate_leaf (the function the Prefect generation task calls, without Prefect)
-             over a one-block pipeline spec written to a temporary folder (`generate`, parse: text, a
-             template that renders the fixed prompt), with an OpenAITeacher(max_concurrency=C):
-             one unit of work per request (unit: seed, max_rounds 1, max_units_per_round = requests),
-             so every unit goes through the real path: the runner's unit semaphore, UnitContext
-             rendering (Jinja), the Generate block's fan-out, the teacher's semaphore and retry loop,
-             parsing, records, and one fsync'ed journal line per unit, then samples.jsonl and
-             yield.json. Pipeline specs have no ignore_eos knob, so the teacher is a subclass whose
-             chat() only sets Sampling.ignore_eos=True before calling OpenAITeacher.chat.
+             over a two-block pipeline spec written to a temporary folder (`generate` a question, then
+             `generate` an answer: a record needs both; parse: text; both blocks render the same
+             fixed template), with an OpenAITeacher(max_concurrency=C). One round of requests/2 units
+             (unit: seed, max_rounds 1), each unit two requests in a row, so every request goes through
+             the real path: the runner's unit semaphore, UnitContext and Jinja rendering, the Generate
+             block's fan-out, the teacher's semaphore and retry loop, parsing, records, one fsync'ed
+             journal line per unit, then samples.jsonl and yield.json. Pipeline specs have no
+             ignore_eos knob, so the teacher is a subclass whose chat() only sets
+             Sampling.ignore_eos=True before calling OpenAITeacher.chat (and sums the time its calls
+             were in progress).
 
 for each concurrency C in `--concurrency` (default 8,32,64). Each measurement runs `--repeat` times
 (default 3, raw and labcycle alternating) and the median completion tokens/s is reported, with every
@@ -36,12 +43,22 @@ waits until the server has no request running or waiting.
 Checks (the benchmark stops with an error otherwise): every request of both paths returns exactly
 `--max-tokens` completion tokens, so the completion-token totals are equal; the prompt-token totals are
 equal; the server's own counter (vllm:generation_tokens_total from /metrics) grew by the same total in
-every run; labcycle sent exactly `--requests` requests with no retry or failure, and kept one sample
-per request.
+every run; labcycle sent exactly `--requests` requests with no retry or failure, journaled every unit and
+kept one sample (question and answer) per unit. A run with a transient error (the teacher retried a request, or
+a raw request failed) sends more work than the other path, so it is discarded, logged with its reason
+(in the JSON too) and run again, at most twice.
+
+Reported per C: the median completion tokens/s of each path and their ratio (labcycle / raw), the
+median of the per-repeat ratios (each labcycle run against the raw run just before it, which shares
+its machine conditions best), the mean number of requests in flight (the summed duration of all
+requests divided by the run's wall time: C means the server was always given C requests), and the
+client process's CPU seconds.
 
 The machine's load average is printed at the start and end (and recorded per run): on a small machine
-the client shares the cores with the server, so anything else running, and the client's own CPU time
-(also recorded), moves the numbers. Results go into docs/benchmarks.md by hand; see bench/README.md.
+the client shares the cores with the server, so anything else running, and the client's own CPU time,
+moves the numbers. Per run the JSON also has the CPU seconds the whole machine, the server's processes
+(when started here) and the client used (from /proc); "other work" is the rest: another program on
+the same cores. Compare runs with little of it. Results go into docs/benchmarks.md by hand; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -50,6 +67,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
@@ -81,11 +99,38 @@ class BenchError(RuntimeError):
     pass
 
 
+class Redo(BenchError):
+    """A run that hit a transient error (labcycle retried a request, or a raw request failed): its token
+    counts no longer match the work, so it is discarded and run again."""
+
+
+class _Collect(logging.Handler):
+    """Keeps the teacher's log lines (its retry reasons) of the current run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+TEACHER_LOG = _Collect()
+logging.getLogger("labcycle.tasks.teacher.openai_client").addHandler(TEACHER_LOG)
+
+
 class IgnoreEOSTeacher(OpenAITeacher):
-    """OpenAITeacher with ignore_eos forced on (pipeline specs cannot ask for it); nothing else changes."""
+    """OpenAITeacher with ignore_eos forced on (pipeline specs cannot ask for it), and the seconds its chat
+    calls were in progress summed up (for the mean number in flight); nothing else changes."""
+
+    busy_s = 0.0
 
     async def chat(self, messages: list[dict[str, str]], sampling: Sampling, structured: Structured | None = None):
-        return await super().chat(messages, dataclasses.replace(sampling, ignore_eos=True), structured)
+        start = time.perf_counter()
+        try:
+            return await super().chat(messages, dataclasses.replace(sampling, ignore_eos=True), structured)
+        finally:
+            self.busy_s += time.perf_counter() - start
 
 
 # --- the synthetic pipeline -------------------------------------------------------------------------
@@ -181,6 +226,86 @@ def calibrate(base_url: str, model: str, folder: Path, target: int, max_tokens: 
     return spec_path, tokens, messages
 
 
+# --- a stub server (--stub-latency) -----------------------------------------------------------------
+#
+# An OpenAI-compatible endpoint with unlimited capacity: every chat completion is answered after exactly
+# `latency` seconds with max_tokens completion tokens, whatever the concurrency. With it the server is
+# never the bottleneck and costs almost no CPU, so the only thing that can separate the two paths is the
+# client: how quickly each sends the next request when one finishes. It also serves the /metrics counters
+# and /health the benchmark reads.
+
+
+async def _stub_main(port: int, latency: float) -> None:
+    counters = {"gen": 0, "prompt": 0, "running": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                path = head[0].split(" ")[1]
+                length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0)
+                data = await reader.readexactly(length) if length else b""
+                ctype = "application/json"
+                if path.endswith("/chat/completions"):
+                    req = json.loads(data)
+                    counters["running"] += 1
+                    await asyncio.sleep(latency)
+                    counters["running"] -= 1
+                    n, prompt = int(req.get("max_tokens") or 16), sum(len(m["content"]) for m in req["messages"]) // 4
+                    counters["gen"] += n
+                    counters["prompt"] += prompt
+                    body = json.dumps({
+                        "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": req.get("model"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * n}, "finish_reason": "length"}],
+                        "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}}).encode()
+                elif path == "/metrics":
+                    ctype = "text/plain"
+                    body = (f"{GEN_TOKENS} {counters['gen']}\n{PROMPT_TOKENS} {counters['prompt']}\n"
+                            f"vllm:num_requests_running {counters['running']}\nvllm:num_requests_waiting 0\n").encode()
+                else:
+                    body = b"{}"
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+class StubServer:
+    def __init__(self, latency: float):
+        from labcycle.tasks.teacher.server import free_port
+
+        self.latency, self.port, self.model, self.proc = latency, free_port(), "stub", None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> StubServer:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(self.port), str(self.latency)],
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                metrics(self.base_url, timeout_s=1)
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+        self.stop()
+        raise BenchError("the stub server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 # --- the two clients ----------------------------------------------------------------------------------
 
 
@@ -191,18 +316,21 @@ async def run_raw(base_url: str, model: str, messages: list[dict[str, str]], req
     client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
     sem = asyncio.Semaphore(concurrency)
     in_flight = peak = 0
+    busy = 0.0
 
     async def one(i: int) -> tuple[int, int]:
-        nonlocal in_flight, peak
+        nonlocal in_flight, peak, busy
         async with sem:
             in_flight += 1
             peak = max(peak, in_flight)
+            t0 = time.perf_counter()
             try:
                 r = await client.chat.completions.create(
                     model=model, messages=messages, temperature=0.7, top_p=1.0, max_tokens=max_tokens, n=1,
                     seed=i, extra_body={"ignore_eos": True})
             finally:
                 in_flight -= 1
+                busy += time.perf_counter() - t0
         return r.usage.prompt_tokens, r.usage.completion_tokens
 
     try:
@@ -214,7 +342,7 @@ async def run_raw(base_url: str, model: str, messages: list[dict[str, str]], req
     per_request = [c for _, c in results]
     return {"seconds": seconds, "requests": len(results), "prompt_tokens": sum(p for p, _ in results),
             "completion_tokens": sum(per_request), "min_completion": min(per_request), "max_completion": max(per_request),
-            "max_in_flight": peak}
+            "max_in_flight": peak, "mean_in_flight": busy / seconds}
 
 
 async def run_labcycle(base_url: str, model: str, spec: Any, requests: int, concurrency: int, work_dir: Path) -> dict[str, Any]:
@@ -228,18 +356,25 @@ async def run_labcycle(base_url: str, model: str, spec: Any, requests: int, conc
     s = teacher.stats
     return {"seconds": seconds, "requests": s.requests, "retries": s.retries, "failures": s.failures,
             "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens, "max_in_flight": s.max_in_flight,
-            "kept": result.kept, "units": result.units, "leaf_completion_tokens": result.completion_tokens,
+            "mean_in_flight": teacher.busy_s / seconds, "kept": result.kept, "units": result.units, "leaf_completion_tokens": result.completion_tokens,
             "leaf_wall_s": result.wall_s}
 
 
 def measure(kind: str, base_url: str, model: str, *, messages: list[dict[str, str]], spec: Any, requests: int,
-            concurrency: int, max_tokens: int, scratch: Path) -> dict[str, Any]:
+            concurrency: int, max_tokens: int, scratch: Path, server_sid: int | None = None) -> dict[str, Any]:
     """One timed run (in a fresh event loop, like a separate task), with server and client counters."""
     wait_idle(base_url)
     before = server_counters(base_url)
+    ticks0 = _ticks(server_sid)
     cpu0, load0 = time.process_time(), _load()
+    TEACHER_LOG.lines.clear()
     if kind == "raw":
-        out = asyncio.run(run_raw(base_url, model, messages, requests, concurrency, max_tokens))
+        import openai
+
+        try:
+            out = asyncio.run(run_raw(base_url, model, messages, requests, concurrency, max_tokens))
+        except (openai.APIConnectionError, openai.InternalServerError) as e:
+            raise Redo(f"raw: a request failed: {type(e).__name__}: {e}") from e
     else:
         work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
         try:
@@ -247,6 +382,16 @@ def measure(kind: str, base_url: str, model: str, *, messages: list[dict[str, st
         finally:
             shutil.rmtree(work, ignore_errors=True)
     out["client_cpu_s"] = round(time.process_time() - cpu0, 3)
+    out["teacher_log"] = list(TEACHER_LOG.lines)
+    ticks1 = _ticks(server_sid)
+    if ticks0 is not None and ticks1 is not None:
+        hz = os.sysconf("SC_CLK_TCK")
+        machine_s = (ticks1[0] - ticks0[0]) / hz
+        out["machine_cpu_s"] = round(machine_s, 2)  # the whole machine, out of cpu_count x wall seconds
+        if server_sid is not None:
+            out["server_cpu_s"] = round((ticks1[1] - ticks0[1]) / hz, 2)
+            # Everything else: other work on the machine competing with the server and the client.
+            out["other_cpu_s"] = round(machine_s - out["server_cpu_s"] - out["client_cpu_s"], 2)
     out["load_1min"] = [load0, _load()]
     after = server_counters(base_url)
     out["server_generation_tokens"] = int(after[GEN_TOKENS] - before[GEN_TOKENS])
@@ -269,7 +414,9 @@ def check(kind: str, r: dict[str, Any], requests: int, max_tokens: int, prompt_t
     if kind == "raw" and (r["min_completion"] != max_tokens or r["max_completion"] != max_tokens):
         problems.append(f"completions of {r['min_completion']}..{r['max_completion']} tokens, not all {max_tokens}")
     if kind == "labcycle":
-        if r["retries"] or r["failures"]:
+        if r["retries"] and not r["failures"]:
+            raise Redo(f"labcycle: the teacher retried {r['retries']} request(s): {'; '.join(r['teacher_log'][:3])}")
+        if r["failures"]:
             problems.append(f"{r['retries']} retries, {r['failures']} failures")
         if r["leaf_completion_tokens"] != want:
             problems.append(f"the leaf's yield report counts {r['leaf_completion_tokens']} completion tokens, not {want}")
@@ -280,6 +427,26 @@ def check(kind: str, r: dict[str, Any], requests: int, max_tokens: int, prompt_t
 
 
 # --- running ------------------------------------------------------------------------------------------
+
+
+def _ticks(server_sid: int | None) -> tuple[int, int] | None:
+    """(CPU ticks used by the whole machine, by the server's session) so far; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        busy = user + nice + system + irq + softirq + steal
+        server = 0
+        if server_sid is not None:
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    rest = stat.read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue  # the process is gone
+                if int(rest[3]) == server_sid:  # field 6, session
+                    server += int(rest[11]) + int(rest[12])  # fields 14, 15: utime, stime
+        return busy, server
+    except (OSError, ValueError):
+        return None
 
 
 def _load() -> float | None:
@@ -325,11 +492,13 @@ def _median_row(kind: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"tokens_per_s": statistics.median(rates), "runs_tokens_per_s": [round(x, 1) for x in rates],
             "seconds": statistics.median(r["seconds"] for r in runs),
             "client_cpu_s": statistics.median(r["client_cpu_s"] for r in runs),
+            "mean_in_flight": statistics.median(r["mean_in_flight"] for r in runs),
+            "other_cpu_s": statistics.median(r["other_cpu_s"] for r in runs) if all("other_cpu_s" in r for r in runs) else None,
             "completion_tokens": runs[0]["completion_tokens"], "max_in_flight": max(r["max_in_flight"] for r in runs),
             "runs": runs}
 
 
-def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path, server_sid: int | None = None) -> dict[str, Any]:
     spec_path, prompt_tokens, messages = calibrate(base_url, model, scratch / "spec", args.prompt_tokens, args.max_tokens)
     spec = load_spec(spec_path)
     print(f"prompt: {prompt_tokens} tokens (chat template included); {args.max_tokens} completion tokens a request", flush=True)
@@ -339,25 +508,39 @@ def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path) -> d
     print(f"warming up: {warm} requests with each path at C={top} ...", flush=True)
     for kind in ("raw", "labcycle"):
         measure(kind, base_url, model, messages=messages, spec=spec, requests=warm, concurrency=top,
-                max_tokens=args.max_tokens, scratch=scratch)
+                max_tokens=args.max_tokens, scratch=scratch, server_sid=server_sid)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    discarded: list[dict[str, Any]] = []
     for c in args.concurrency:
         runs: dict[str, list[dict[str, Any]]] = {"raw": [], "labcycle": []}
         for i in range(args.repeat):
             for kind in ("raw", "labcycle"):
-                r = measure(kind, base_url, model, messages=messages, spec=spec, requests=args.requests, concurrency=c,
-                            max_tokens=args.max_tokens, scratch=scratch)
-                check(kind, r, args.requests, args.max_tokens, prompt_tokens)
+                for attempt in range(3):
+                    try:
+                        r = measure(kind, base_url, model, messages=messages, spec=spec, requests=args.requests,
+                                    concurrency=c, max_tokens=args.max_tokens, scratch=scratch, server_sid=server_sid)
+                        check(kind, r, args.requests, args.max_tokens, prompt_tokens)
+                        break
+                    except Redo as e:
+                        if attempt == 2:
+                            raise
+                        print(f"  C={c} run {i + 1}/{args.repeat} {kind:8s}: discarded and run again: {e}", flush=True)
+                        discarded.append({"concurrency": c, "kind": kind, "run": i + 1, "reason": str(e)})
                 runs[kind].append(r)
+                other = f", other work {r['other_cpu_s']:.1f} CPU s" if "other_cpu_s" in r else ""
                 print(f"  C={c} run {i + 1}/{args.repeat} {kind:8s}: {r['seconds']:6.2f} s, {r['tokens_per_s']:7.1f} tok/s, "
-                      f"client CPU {r['client_cpu_s']:.2f} s, load {r['load_1min'][1]}", flush=True)
+                      f"{r['mean_in_flight']:5.1f} in flight, client CPU {r['client_cpu_s']:.2f} s{other}, load {r['load_1min'][1]}",
+                      flush=True)
         raw, lab = _median_row("raw", runs["raw"]), _median_row("labcycle", runs["labcycle"])
         if raw["completion_tokens"] != lab["completion_tokens"]:
             raise BenchError(f"C={c}: completion tokens differ: raw {raw['completion_tokens']}, labcycle {lab['completion_tokens']}")
+        paired = [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(runs["raw"], runs["labcycle"])]
         rows.append({"concurrency": c, "requests": args.requests, "completion_tokens": raw["completion_tokens"],
-                     "raw": raw, "labcycle": lab, "ratio": lab["tokens_per_s"] / raw["tokens_per_s"]})
-    return {"prompt_tokens": prompt_tokens, "max_tokens": args.max_tokens, "requests": args.requests, "results": rows}
+                     "raw": raw, "labcycle": lab, "ratio": lab["tokens_per_s"] / raw["tokens_per_s"],
+                     "paired_ratios": [round(x, 3) for x in paired], "paired_ratio_median": statistics.median(paired)})
+    return {"prompt_tokens": prompt_tokens, "max_tokens": args.max_tokens, "requests": args.requests, "results": rows,
+            "discarded_runs": discarded}
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -373,14 +556,18 @@ def print_table(out: dict[str, Any]) -> None:
     print(f"work: {out['requests']} requests x ({out['prompt_tokens']} prompt + {out['max_tokens']} completion tokens), "
           f"median of {out['repeat']} runs")
     print()
-    rows = [("C", "completion tokens", "raw tok/s", "labcycle tok/s", "b/a", "client CPU s raw/labcycle")]
+    rows = [("C", "completion tokens", "raw tok/s", "labcycle tok/s", "b/a", "paired b/a", "in flight raw/labcycle",
+             "client CPU s raw/labcycle")]
     for r in out["results"]:
         rows.append((str(r["concurrency"]), str(r["completion_tokens"]), f"{r['raw']['tokens_per_s']:.1f}",
-                     f"{r['labcycle']['tokens_per_s']:.1f}", f"{r['ratio']:.3f}",
+                     f"{r['labcycle']['tokens_per_s']:.1f}", f"{r['ratio']:.3f}", f"{r['paired_ratio_median']:.3f}",
+                     f"{r['raw']['mean_in_flight']:.1f} / {r['labcycle']['mean_in_flight']:.1f}",
                      f"{r['raw']['client_cpu_s']:.2f} / {r['labcycle']['client_cpu_s']:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    for d in out["discarded_runs"]:
+        print(f"  discarded and run again: C={d['concurrency']} {d['kind']} run {d['run']}: {d['reason']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,8 +580,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request, exactly (default 64)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is kept (default 3)")
     ap.add_argument("--max-model-len", type=int, default=2048, help="the started server's --max-model-len (default 2048)")
+    ap.add_argument("--stub-latency", type=float, metavar="S",
+                    help="use a stub endpoint that answers every request after exactly S seconds instead of vLLM "
+                         "(measures the client's dispatch alone)")
+    ap.add_argument("--serve-stub", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
+    if args.serve_stub:  # the stub server's own process
+        asyncio.run(_stub_main(int(args.serve_stub[0]), float(args.serve_stub[1])))
+        return 0
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
@@ -405,7 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--requests must be even (labcycle sends two requests a unit: question, then answer)")
     if args.endpoint and not args.model:
         ap.error("--endpoint needs --model")
+    if args.endpoint and args.stub_latency is not None:
+        ap.error("--endpoint and --stub-latency exclude each other")
     load_start = _load()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("labcycle.tasks.teacher.openai_client").setLevel(logging.INFO)  # retry reasons
 
     with tempfile.TemporaryDirectory(prefix="labcycle-bench-sdg-") as tmp:
         tmp_path = Path(tmp)
@@ -416,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.endpoint:
                 base_url, model = args.endpoint.rstrip("/"), args.model
                 server_info = f"existing server at {base_url}, model {model}"
+            elif args.stub_latency is not None:
+                server = StubServer(args.stub_latency).start()
+                base_url, model = server.base_url, server.model
+                server_info = (f"stub endpoint (started here): every request answered after exactly {args.stub_latency} s, "
+                               "unlimited concurrency")
             else:
                 from labcycle.models import build_tiny
                 from labcycle.tasks.teacher.server import VLLMServer
@@ -433,9 +636,13 @@ def main(argv: list[str] | None = None) -> int:
                                f"--no-enable-chunked-prefill, VLLM_CPU_KVCACHE_SPACE={server.environment().get('VLLM_CPU_KVCACHE_SPACE')}")
             scratch = tmp_path / "scratch"
             scratch.mkdir()
-            out = run(base_url, model, args, scratch)
+            out = run(base_url, model, args, scratch, server.proc.pid if server is not None and server.proc else None)
         except BenchError as e:
             print(f"error: {e}", file=sys.stderr)
+            if server is not None and hasattr(server, "log_path"):
+                from labcycle.tasks.teacher.server import tail
+
+                print(f"server log tail:\n{tail(server.log_path)}", file=sys.stderr)
             return 1
         finally:
             if server is not None:
