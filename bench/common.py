@@ -1,0 +1,52 @@
+"""What every benchmark records beside its figures: the machine, the load on it, the commit measured."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine skews every number a benchmark takes."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def source_state() -> dict[str, object]:
+    """The commit measured, and whether labcycle's sources differed from it."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    dirty = git("status", "--porcelain", "--", "labcycle", "tasks", "schemas")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty) if dirty is not None else None}
+
+
+def machine(packages: tuple[str, ...]) -> dict[str, object]:
+    """CPU, memory, Python and the versions of the named packages (None when not installed)."""
+    cpu_model = platform.processor() or platform.machine()
+    mem_gib = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for dist in packages:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_gib, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
