@@ -36,21 +36,27 @@ yields exactly that many completion tokens whatever the model writes:
              were in progress).
 
 for each concurrency C in `--concurrency` (default 8,32,64). Each measurement runs `--repeat` times
-(default 3, raw and labcycle alternating) and the median completion tokens/s is reported, with every
-run in the JSON. Before timing, the server is warmed up with both paths. Before every run the script
-waits until the server has no request running or waiting.
+(default 3; raw and labcycle back to back, raw first in odd repeats, labcycle first in even ones) and
+the median completion tokens/s is reported, with every run in the JSON. Before timing, the server is
+warmed up with both paths. Before every run the script waits until the server has no request running
+or waiting.
+
+With `--stub-latency S` the server is a stub started by the script instead (an OpenAI-compatible
+endpoint in its own process that answers every request after exactly S seconds, with unlimited
+concurrency, and serves the same /metrics counters): the server can then never be the bottleneck or
+vary, so the ratio measures the client's dispatch alone.
 
 Checks (the benchmark stops with an error otherwise): every request of both paths returns exactly
 `--max-tokens` completion tokens, so the completion-token totals are equal; the prompt-token totals are
 equal; the server's own counter (vllm:generation_tokens_total from /metrics) grew by the same total in
-every run; labcycle sent exactly `--requests` requests with no retry or failure, journaled every unit and
-kept one sample (question and answer) per unit. A run with a transient error (the teacher retried a request, or
-a raw request failed) sends more work than the other path, so it is discarded, logged with its reason
-(in the JSON too) and run again, at most twice.
+every run; labcycle sent exactly `--requests` requests with no retry or failure, journaled every
+unit and kept one sample (question and answer) per unit. A run with a transient error (the teacher
+retried a request, or a raw request failed) sends more work than the other path, so it is discarded,
+logged with its reason (in the JSON too) and run again, at most twice.
 
 Reported per C: the median completion tokens/s of each path and their ratio (labcycle / raw), the
-median of the per-repeat ratios (each labcycle run against the raw run just before it, which shares
-its machine conditions best), the mean number of requests in flight (the summed duration of all
+median of the per-repeat ratios (each labcycle run against the raw run right next to it, which
+shares its machine conditions best), the mean number of requests in flight (the summed duration of all
 requests divided by the run's wall time: C means the server was always given C requests), and the
 client process's CPU seconds.
 
@@ -477,7 +483,8 @@ def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path, serv
     for c in args.concurrency:
         runs: dict[str, list[dict[str, Any]]] = {"raw": [], "labcycle": []}
         for i in range(args.repeat):
-            for kind in ("raw", "labcycle"):
+            # Alternate which path goes first, so that neither always runs on a server the other just warmed.
+            for kind in (("raw", "labcycle") if i % 2 == 0 else ("labcycle", "raw")):
                 for attempt in range(3):
                     try:
                         r = measure(kind, base_url, model, messages=messages, spec=spec, requests=args.requests,
@@ -513,7 +520,7 @@ def print_table(out: dict[str, Any]) -> None:
     print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
     src = out["source"]
     print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
-    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v is not None))
     print(f"server: {out['server']}")
     print(f"work: {out['requests']} requests x ({out['prompt_tokens']} prompt + {out['max_tokens']} completion tokens), "
           f"median of {out['repeat']} runs")
