@@ -50,3 +50,14 @@ def machine(packages: tuple[str, ...]) -> dict[str, object]:
             versions[dist] = None
     return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_gib, "python": platform.python_version(),
             "platform": platform.platform(), "packages": versions}
+
+
+def write_results(path: Path | None, results: dict[str, object]) -> None:
+    """The run's results as JSON at `path` (given with --json), for docs/benchmarks.md."""
+    if path is None:
+        return
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"results written to {path}")

@@ -87,7 +87,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for bench/common.py
 
-from bench.common import load_average, machine, source_state  # noqa: E402
+from bench.common import load_average, machine, source_state, write_results  # noqa: E402
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
 from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
@@ -629,10 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(out)
     worst = min(r["ratio"] for r in out["results"])
     print(f"\ngoal (labcycle >= 0.95x the raw client's tokens/s at every C): {'met' if worst >= 0.95 else 'NOT met'} (worst {worst:.3f})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {args.json}")
+    write_results(args.json, out)
     return 0
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))  # for tests/leafgen.py
 
 from tests.leafgen import MUTATIONS, knowledge_v3, skill  # noqa: E402
 
-from bench.common import load_average, machine, source_state  # noqa: E402
+from bench.common import load_average, machine, source_state, write_results  # noqa: E402
 from labcycle.tasks.taxonomy.discover import find_leaf_files  # noqa: E402
 from labcycle.tasks.taxonomy.validate import validate_file, validate_files  # noqa: E402
 
@@ -295,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(out)
     labcycle_best = max(r["speedup"] for r in out["results"][1:])
     print(f"\ngoal (labcycle >= 20x the reference's files/s): {'met' if labcycle_best >= 20 else 'NOT met'} (best {labcycle_best:.1f}x)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {args.json}")
+    write_results(args.json, out)
     return 0
 
 
