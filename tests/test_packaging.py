@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -24,11 +25,15 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/schemas/manifest.schema.json",
         "labcycle/schemas/pipeline.schema.json",
         "labcycle/schemas/record.schema.json",
+        "labcycle/schemas/recipe.schema.json",
         "labcycle/tasks/generate/pipelines/knowledge.yaml",
         "labcycle/tasks/generate/pipelines/freeform_skills.yaml",
         "labcycle/tasks/generate/pipelines/grounded_skills.yaml",
         "labcycle/tasks/generate/prompts/knowledge/generate_qa.j2",
         "labcycle/tasks/teacher/openai_client.py",
+        "labcycle/tasks/mix/stage.py",
+        "labcycle/tasks/tune/trainer.py",
+        "labcycle/flows/tune.py",
         *(f"labcycle/schemas/qna/{family}.v{v}.json" for family in ("knowledge", "compositional_skills") for v in (1, 2, 3)),
     ):
         assert required in names, required
@@ -55,3 +60,18 @@ def test_validating_imports_neither_prefect_nor_torch(tmp_path):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_shipped_configs_and_recipes_are_valid():
+    """Every labcycle.yaml and recipe.yaml in the repository loads, checked against its schema."""
+    from labcycle import config
+    from labcycle.tasks.mix import load_recipe
+
+    loaders = {"labcycle.yaml": config.load, "recipe.yaml": load_recipe}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("build", "runs") and not d.endswith(".egg-info")]
+        found += [Path(dirpath) / name for name in filenames if name in loaders]
+    assert {p.name for p in found} == set(loaders)  # the example taxonomy ships one of each
+    for path in found:
+        loaders[path.name](path)

@@ -1,0 +1,95 @@
+"""Sample lengths and the dataset card of one phase set."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from labcycle.errors import LabcycleError
+from labcycle.tasks.mix.phases import Row
+from labcycle.tasks.mix.recipe import Recipe
+
+
+def sample_lengths(phases: dict[str, list[Row]], recipe: Recipe) -> tuple[str, dict[str, list[int]]]:
+    """Each sample's length: tokens of the recipe's tokenizer (chat template applied), else whitespace words."""
+    def text(row: Row) -> str:
+        return "\n\n".join(m["content"] for m in row["messages"])
+
+    if recipe.tokenizer is None:
+        return "words", {p: [len(text(r).split()) for r in rows] for p, rows in phases.items()}
+    from transformers import AutoTokenizer
+
+    path = recipe.resolve(recipe.tokenizer)
+    if not path.is_dir():
+        raise LabcycleError("tokenizer folder not found; set the recipe's `tokenizer` to a local Hugging Face "
+                            "tokenizer folder (the student's), or to null to count words", where=str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise LabcycleError(f"cannot load a tokenizer from this folder ({exc.__class__.__name__}: {exc}); set the "
+                            "recipe's `tokenizer` to the student's tokenizer folder", where=str(path))
+    out = {}
+    for phase, rows in phases.items():
+        counts: list[int] = []
+        for start in range(0, len(rows), 512):
+            batch = rows[start:start + 512]
+            if tok.chat_template:
+                ids = tok.apply_chat_template([r["messages"] for r in batch], tokenize=True)
+            else:
+                ids = tok([text(r) for r in batch])
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            counts += [len(x) for x in ids]
+        out[phase] = counts
+    return "tokens", out
+
+
+def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+    """min/mean/p50/p95/max (nearest-rank percentiles) and how many exceed max_length."""
+    if not lengths:
+        return {"min": None, "mean": None, "p50": None, "p95": None, "max": None, "over_max_length": 0}
+    s = sorted(lengths)
+
+    def pct(q: float) -> int:
+        return s[max(0, math.ceil(q * len(s)) - 1)]
+
+    return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p50": pct(0.5), "p95": pct(0.95), "max": s[-1],
+            "over_max_length": sum(x > max_length for x in s)}
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The dataset card (Markdown) for one phase's card.json."""
+    title = {"knowledge": "phase 1, knowledge", "skills": "phase 2, skills"}[card["phase"]]
+    t = card["lengths"]
+    unit = (f"tokens of `{card['recipe']['tokenizer']}`, chat template applied" if t["unit"] == "tokens"
+            else "whitespace-separated words: the recipe names no tokenizer, so these only approximate tokens")
+    parts = [f"# labcycle training set ({title})", "",
+             f"- samples: {card['samples']}", f"- fingerprint (sha256 of data.jsonl): `{card['fingerprint']}`",
+             f"- seed: {card['seed']}", f"- recipe digest: `{card['recipe_digest']}`", ""]
+    if not card["samples"]:
+        parts += [f"**This set is empty**: {card['empty_reason']}", ""]
+    parts += ["## Sources", "", _table(("source", "before upsampling", "samples", "upsampled"), [
+        (k, v["before"], v["samples"], "yes" if k in card["upsampled"] else "") for k, v in card["sources"].items()]), ""]
+    if card["upsampled"]:
+        parts += [f"Sources below min_share {card['recipe']['min_share']} of the set were repeated deterministically "
+                  "until they reached it: " + ", ".join(f"{k} {v['from']} -> {v['to']}" for k, v in card["upsampled"].items()), ""]
+    if card["datasets"]:
+        parts += ["## User datasets", "", _table(("name", "path", "rows", "weight", "samples"), [
+            (d["name"], f"`{d['path']}`", d["rows"], d["weight"], d["samples"]) for d in card["datasets"]]), ""]
+    if card["leaves"]:
+        parts += ["## Leaves", "", _table(("leaf", "samples"), sorted(card["leaves"].items())), ""]
+    parts += ["## Sample lengths", "", f"In {unit}.", "",
+              _table(("min", "mean", "p50", "p95", "max"), [tuple(t[k] for k in ("min", "mean", "p50", "p95", "max"))]), "",
+              f"{t['over_max_length']} samples are longer than max_length ({card['recipe']['max_length']} {t['unit']}); "
+              "they are kept in the set.", ""]
+    if card["warnings"]:
+        parts += ["## Warnings", "", *(f"- {w}" for w in card["warnings"]), ""]
+    parts += ["## Recipe", "", "```json", json.dumps(card["recipe"], indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(parts)
+
+

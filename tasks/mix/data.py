@@ -1,0 +1,121 @@
+"""Reading the mix's inputs: the generation stage's samples.jsonl files and user chat datasets, with every
+row's `messages` checked so a bad row is named by file and line before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from labcycle.errors import LabcycleError
+
+SAMPLES = "samples.jsonl"
+KINDS = ("knowledge", "freeform_skill", "grounded_skill")
+ROLES = ("system", "user", "assistant")
+MESSAGES_HELP = ("each row needs `messages`: a list of {role, content} turns (role system, user or assistant; "
+                 "content non-empty text) with at least one user and one assistant turn")
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "`messages` is missing or not a non-empty list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            return f"messages[{i}].role is not one of system, user, assistant"
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            return f"messages[{i}].content is not non-empty text"
+    roles = {m["role"] for m in messages}
+    if "user" not in roles or "assistant" not in roles:
+        return "`messages` has no user turn or no assistant turn"
+    return None
+
+
+def _jsonl(path: Path) -> list[tuple[str, Any]]:
+    """(file:line, parsed value) for each non-blank line."""
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append((f"{path}:{n}", json.loads(line)))
+                except ValueError as exc:
+                    raise LabcycleError(f"not valid JSON ({exc}); each line must be one JSON object", where=f"{path}:{n}")
+    return out
+
+
+def _rows_of_saved(path: Path) -> list[tuple[str, Any]]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except (OSError, ValueError) as exc:
+        raise LabcycleError(f"not a folder written by datasets' save_to_disk ({exc.__class__.__name__}); pass one, "
+                            "or a .jsonl or .parquet file", where=str(path))
+    if isinstance(ds, DatasetDict):
+        if len(ds) != 1 and "train" not in ds:
+            raise LabcycleError(f"this dataset has splits {sorted(ds)}; save the one to train on alone", where=str(path))
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    return [(f"{path}, row {i} (from 0)", row) for i, row in enumerate(ds)]
+
+
+def load_chat_dataset(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, a Parquet file or a save_to_disk folder, each with a checked `messages` list
+    (turns reduced to {role, content}); other columns are kept as they are."""
+    path = Path(path)
+    if not path.exists():
+        raise LabcycleError("dataset not found; fix its `path` (relative paths resolve against the recipe's folder)",
+                            where=str(path))
+    if path.is_dir():
+        rows = _rows_of_saved(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            raise LabcycleError(f"cannot read it as Parquet ({exc}); pass a valid .parquet file", where=str(path))
+        rows = [(f"{path}, row {i} (from 0)", row) for i, row in enumerate(table.to_pylist())]
+    elif path.suffix == ".jsonl":
+        rows = _jsonl(path)
+    else:
+        raise LabcycleError("unsupported dataset format; use a .jsonl or .parquet file, or a folder written by "
+                            "datasets' save_to_disk", where=str(path))
+    out = []
+    for where, row in rows:
+        problem = _messages_problem(row.get("messages")) if isinstance(row, dict) else "the row is not an object"
+        if problem:
+            raise LabcycleError(f"{problem}; {MESSAGES_HELP}", where=where)
+        out.append({**row, "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+    return out
+
+
+def sample_files(generated: Path) -> list[Path]:
+    if not generated.is_dir():
+        return []
+    return sorted(generated.rglob(SAMPLES), key=lambda p: p.relative_to(generated).as_posix())
+
+
+def read_generated(generated: Path) -> list[dict[str, Any]]:
+    """Every record of every GENERATED/**/samples.jsonl, sorted by (leaf id, record id)."""
+    if not generated.is_dir():
+        raise LabcycleError("generated samples folder not found; pass the generation stage's output folder to "
+                            "--generated", where=str(generated))
+    records, seen = [], {}
+    for f in sample_files(generated):
+        for where, rec in _jsonl(f):
+            meta = rec.get("metadata") if isinstance(rec, dict) else None
+            problem = _messages_problem(rec.get("messages")) if isinstance(rec, dict) else "the line is not an object"
+            if not problem and not (isinstance(meta, dict) and isinstance(meta.get("leaf_id"), str)
+                                    and meta.get("kind") in KINDS and isinstance(rec.get("id"), str)):
+                problem = "id, metadata.leaf_id or metadata.kind is missing"
+            if problem:
+                raise LabcycleError(f"{problem}; samples.jsonl must hold records as the generation stage writes them "
+                                    "(schemas/record.schema.json): generate this leaf again", where=where)
+            if rec["id"] in seen:
+                raise LabcycleError(f"sample id {rec['id']!r} is also in {seen[rec['id']]}; remove the copied leaf folder",
+                                    where=where)
+            seen[rec["id"]] = where
+            records.append(rec)
+    return sorted(records, key=lambda r: (r["metadata"]["leaf_id"], r["id"]))
+
+
