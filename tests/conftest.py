@@ -71,5 +71,5 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     from labcycle.tasks.teacher.server import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(tiny_model, log_path=log, max_model_len=4096) as server:
+    with VLLMServer(tiny_model, log_path=log, max_model_len=4096, enable_lora=True) as server:
         yield server

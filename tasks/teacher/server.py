@@ -53,6 +53,12 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data[-lines:])
 
 
+def vllm_lora_rank(r: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds rank r."""
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    return next((a for a in allowed if a >= r), allowed[-1])
+
+
 class VLLMServer:
     """A vLLM server on a free loopback port; a context manager.
 
@@ -67,7 +73,8 @@ class VLLMServer:
     def __init__(self, model_dir: str | Path, port: int | None = None, max_model_len: int = 2048,
                  extra_args: Sequence[str] = (), *, served_model_name: str | None = None,
                  dtype: str = "bfloat16", enforce_eager: bool | None = True, log_path: str | Path | None = None,
-                 startup_timeout_s: float = 180.0, env: dict[str, str] | None = None, compact_json: bool = True):
+                 startup_timeout_s: float = 180.0, env: dict[str, str] | None = None, compact_json: bool = True,
+                 enable_lora: bool = False, lora_modules: dict[str, str | Path] | None = None, max_lora_rank: int = 16):
         self.model_dir = Path(model_dir)
         self.port = port or free_port()
         self.max_model_len = max_model_len
@@ -79,6 +86,9 @@ class VLLMServer:
         self.startup_timeout_s = startup_timeout_s
         self.extra_env = dict(env or {})
         self.compact_json = compact_json
+        self.lora_modules = {k: str(v) for k, v in (lora_modules or {}).items()}
+        self.enable_lora = enable_lora or bool(self.lora_modules)
+        self.max_lora_rank = vllm_lora_rank(max_lora_rank)
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses ---------------------------------------------------------------------------------
@@ -102,12 +112,30 @@ class VLLMServer:
             cmd.append("--no-enable-chunked-prefill")
         if self.compact_json and not any(a.startswith("--structured-outputs-config") for a in self.extra_args):
             cmd += ["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+        if self.enable_lora:
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
+            for name, path in self.lora_modules.items():
+                cmd += ["--lora-modules", f"{name}={path}"]
         return cmd + list(self.extra_args)
+
+    def load_lora(self, name: str, path: str | Path, timeout_s: float = 120.0) -> None:
+        """Serve one more adapter under `name` (POST /v1/load_lora_adapter); the server needs enable_lora."""
+        body = json.dumps({"lora_name": name, "lora_path": str(path)}).encode()
+        request = urllib.request.Request(self.base_url + "/load_lora_adapter", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            raise LabcycleError(f"vLLM refused the adapter ({exc.code}): {detail}", where=str(path)) from None
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         for key, value in CPU_ENV_DEFAULTS.items():
             env.setdefault(key, value)
+        if self.enable_lora:
+            env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.update(self.extra_env)
         return env
 

@@ -1,0 +1,1 @@
+"""Two-phase tuning of the student (knowledge, then skills): QLoRA by default, with TRL, PEFT and bitsandbytes."""

@@ -1,0 +1,95 @@
+"""The data one tuning phase trains on: chat samples from JSONL or a saved HF dataset, in the form TRL reads.
+
+Loss falls on assistant tokens only. When the student's chat template marks assistant turns with
+{% generation %} (or TRL knows how to patch it to), samples stay in `messages` form and TRL masks every
+assistant turn. Otherwise each sample becomes prompt/completion (everything before the last assistant
+turn, then that turn), which works with any chat template and trains on the final answer only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+from labcycle.errors import LabcycleError
+
+
+def fingerprint_path(path: Path, *, edge_bytes: int | None = None) -> str:
+    """A content fingerprint of a file or a folder's files.
+
+    With edge_bytes, each file contributes its size and its first and last edge_bytes only: model
+    weights run to many GB, and a changed checkpoint changes its size or its safetensors header.
+    """
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if edge_bytes is None or size <= 2 * edge_bytes:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            else:
+                h.update(fh.read(edge_bytes))
+                fh.seek(size - edge_bytes)
+                h.update(fh.read(edge_bytes))
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    return fingerprint_path(model_dir, edge_bytes=1 << 20)
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """Chat samples (rows with a valid `messages` list) from JSONL, Parquet or a save_to_disk folder."""
+    from labcycle.tasks.mix import load_chat_dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise LabcycleError("training data not found; pass a JSONL file in chat `messages` format or a folder "
+                            "saved with datasets' save_to_disk (e.g. the mix stage's OUTPUT/<phase>/dataset)", where=str(path))
+    if path.is_dir() and (path / "dataset").is_dir() and not (path / "state.json").exists():
+        path = path / "dataset"  # the mix stage's phase folder
+    return [{"messages": r["messages"]} for r in load_chat_dataset(path)]
+
+
+def uses_assistant_masks(tokenizer: Any) -> bool:
+    """True when TRL can mask assistant turns with this chat template (as is, or patched by TRL)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if not template:
+        raise LabcycleError("the student's tokenizer has no chat template; give the base model one "
+                            "(tokenizer_config.json `chat_template` or chat_template.jinja)")
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    if has_generation_markers(template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+    except Exception:  # TRL knows no training version of this template
+        return False
+    return True
+
+
+def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"prompt": messages[:last], "completion": [messages[last]]}
+
+
+def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a deterministic held-out slice of at least one sample when eval_fraction > 0."""
+    if eval_fraction <= 0:
+        return rows, []
+    if len(rows) < 2:
+        raise LabcycleError(f"eval_fraction {eval_fraction} needs at least 2 samples; this phase has {len(rows)}: "
+                            "set eval_fraction: 0 for this phase")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * eval_fraction))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -1,0 +1,102 @@
+"""Typed tuning settings (the `tuning:` section of labcycle.yaml, checked against schemas/config.schema.json).
+
+Defaults are the reference LAB recipe adapted for adapters on one GPU (see ../docs/tuning.md):
+- epochs as the reference (7 for knowledge, 10 for skills);
+- learning rates ten times the reference's full fine-tuning rates (2e-5 and 6e-6), the usual scaling
+  for LoRA, keeping the reference's ratio between the phases;
+- an effective batch of 128 samples in both phases: the reference's 3,840 for skills assumes hundreds of
+  thousands of samples on many GPUs, and would leave a taxonomy-sized set a handful of steps;
+- the reference's LoRA shape (rank 4, alpha 32, dropout 0.1) on every linear layer.
+No torch import here: the config module loads these without the heavy stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+PHASES = ("knowledge", "skills")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 4
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: str | tuple[str, ...] = "all-linear"
+    use_rslora: bool = False
+    init: str = "default"  # PEFT's init_lora_weights: default (= True), gaussian, pissa, olora, ...
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto: bfloat16 where the hardware has it, else float16 (GPU) / float32 (CPU)
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    epochs: float = 7
+    max_steps: int | None = None  # overrides epochs when set
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    batch_size: int = 8  # per device; the effective batch is batch_size x gradient_accumulation
+    gradient_accumulation: int = 16
+    max_length: int = 4096
+    packing: bool = True  # padding-free best-fit-decreasing packing: no pad token is ever computed
+    save_steps: int = 50
+    keep_checkpoints: int = 2
+    eval_fraction: float = 0.0  # a held-out split of the data, scored every save_steps
+    select: str = "last"  # last | best (lowest held-out loss; needs eval_fraction > 0)
+    logging_steps: int = 5
+    seed: int = 42
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optimizer: str = "auto"  # auto: paged_adamw_8bit for qlora, adamw_torch otherwise
+    gradient_checkpointing: str | bool = "auto"  # auto: on with a GPU, off on CPU
+
+
+KNOWLEDGE_DEFAULTS = PhaseSettings()
+SKILLS_DEFAULTS = PhaseSettings(epochs=10, learning_rate=6e-5)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    method: str = "qlora"  # qlora | lora | full
+    phase2_start: str = "continue"  # continue (the phase-1 adapter keeps training) | merge (new adapter on a merged base)
+    merge: bool = False  # also write a merged full-precision model per phase
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    knowledge: PhaseSettings = KNOWLEDGE_DEFAULTS
+    skills: PhaseSettings = SKILLS_DEFAULTS
+
+    def phase(self, name: str) -> PhaseSettings:
+        return getattr(self, name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest_for(self, phase: str) -> str:
+        """What decides one phase's result: the method, adapter shape, quantization and that phase's settings."""
+        data = {k: v for k, v in self.to_json().items() if k not in PHASES}
+        data["phase"] = asdict(self.phase(phase))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def from_mapping(data: dict[str, Any]) -> TuneSettings:
+    """TuneSettings from an already schema-checked `tuning:` mapping."""
+    lora = dict(data.get("lora", {}))
+    if isinstance(lora.get("target_modules"), list):
+        lora["target_modules"] = tuple(lora["target_modules"])
+    rest = {k: v for k, v in data.items() if k not in ("lora", "quantization", *PHASES)}
+    return TuneSettings(
+        lora=LoraSettings(**lora),
+        quantization=QuantizationSettings(**data.get("quantization", {})),
+        knowledge=replace(KNOWLEDGE_DEFAULTS, **data.get("knowledge", {})),
+        skills=replace(SKILLS_DEFAULTS, **data.get("skills", {})),
+        **rest,
+    )

@@ -1,0 +1,337 @@
+"""One tuning phase with TRL's SFTTrainer: QLoRA (default), LoRA or full fine-tuning, resumable.
+
+The work folder of a phase:
+
+    WORK/checkpoints/checkpoint-<step>/   the Trainer's checkpoints (weights, optimizer, scheduler, RNG,
+                                          trainer_state.json), the last `keep_checkpoints` kept
+    WORK/adapter/                         the result: PEFT adapter (safetensors) + tokenizer; `model/` for full
+    WORK/merged/                          optional: the adapter merged into a full-precision base
+    WORK/log_history.json, loss.png, model_card.md
+    WORK/result.json                      written last: the phase is complete and is never trained again
+
+A run killed at any point resumes from the newest complete checkpoint: the Trainer restores the step
+counter, optimizer and scheduler state and RNG, and skips the batches already seen, so the data order
+is the one an uninterrupted run would have used. A checkpoint counts as complete once its
+trainer_state.json (which the Trainer writes after everything else) parses; the Trainer's own
+checkpoint folder can otherwise be left half-written by a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from labcycle.errors import LabcycleError
+from labcycle.io import write_json
+from labcycle.tasks.tune import data as tune_data
+from labcycle.tasks.tune.settings import TuneSettings
+
+RESULT = "result.json"
+CHECKPOINTS = "checkpoints"
+
+# Called as listener(event) with {phase, step, max_steps, loss, tokens_per_s, ...} on every logging step:
+# the CLI draws its progress bar here.
+LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def read_result(work_dir: Path) -> dict[str, Any] | None:
+    path = Path(work_dir) / RESULT
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    return result if Path(result["output"]).exists() else None
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+def _step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The folder's complete checkpoints, oldest first; half-written ones (a kill mid-save) are removed."""
+    found = []
+    for path in sorted(Path(folder).glob("checkpoint-*"), key=lambda p: _step(p) if p.name.split("-")[-1].isdigit() else -1):
+        if not path.name.split("-")[-1].isdigit():
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            found.append(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def compute_dtype(settings: TuneSettings):  # type: ignore[no-untyped-def]
+    import torch
+
+    name = settings.quantization.compute_dtype
+    if name != "auto":
+        return getattr(torch, name)
+    if has_gpu():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16  # CPU: bf16 autocast runs on every x86_64 with AVX512 and is what the tests use
+
+
+def load_student(base_model: Path, settings: TuneSettings, gradient_checkpointing: bool):  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = compute_dtype(settings)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if settings.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = settings.quantization
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=dtype)
+        if has_gpu():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if settings.method == "full":
+        kwargs["dtype"] = torch.float32  # full-precision master weights; compute runs in `dtype` under autocast
+    return AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+
+
+def lora_config(settings: TuneSettings):  # type: ignore[no-untyped-def]
+    from peft import LoraConfig
+
+    lora = settings.lora
+    init: Any = True if lora.init == "default" else lora.init
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      use_rslora=lora.use_rslora, init_lora_weights=init, task_type="CAUSAL_LM", bias="none")
+
+
+def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool, assistant_masks: bool):  # type: ignore[no-untyped-def]
+    import torch
+    from trl import SFTConfig
+
+    p = settings.phase(phase)
+    gpu = has_gpu()
+    gc = p.gradient_checkpointing if isinstance(p.gradient_checkpointing, bool) else gpu
+    optim = p.optimizer if p.optimizer != "auto" else ("paged_adamw_8bit" if settings.method == "qlora" else "adamw_torch")
+    dtype = compute_dtype(settings)
+    best = p.select == "best" and has_eval
+    return SFTConfig(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps if p.max_steps is not None else -1,
+        learning_rate=p.learning_rate,
+        lr_scheduler_type=p.lr_scheduler,
+        warmup_steps=p.warmup_ratio,  # below 1: a share of the total steps
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation,
+        weight_decay=p.weight_decay,
+        max_grad_norm=p.max_grad_norm,
+        optim=optim,
+        max_length=p.max_length,
+        packing=p.packing,
+        packing_strategy="bfd",  # best-fit decreasing, padding-free: no pad token is ever computed
+        assistant_only_loss=assistant_masks,
+        gradient_checkpointing=gc,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16 and gpu,
+        use_cpu=not gpu,
+        seed=p.seed,
+        data_seed=p.seed,
+        logging_steps=p.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=p.save_steps,
+        save_total_limit=p.keep_checkpoints,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=p.save_steps if has_eval else None,
+        load_best_model_at_end=best,
+        metric_for_best_model="eval_loss" if best else None,
+        greater_is_better=False if best else None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _callbacks(phase: str, started: float):  # type: ignore[no-untyped-def]
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Steps, loss and tokens/s (TRL logs the tokens seen) to every listener, on each log."""
+
+        def __init__(self) -> None:
+            self.last: tuple[float, float] | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            logs = logs or {}
+            now = time.monotonic()
+            tokens = logs.get("num_tokens")
+            rate = None
+            if tokens is not None:
+                if self.last is not None and now > self.last[0] and tokens > self.last[1]:
+                    rate = (tokens - self.last[1]) / (now - self.last[0])
+                self.last = (now, tokens)
+            event = {"phase": phase, "step": state.global_step, "max_steps": state.max_steps,
+                     "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
+                     "learning_rate": logs.get("learning_rate"), "tokens": tokens, "tokens_per_s": rate,
+                     "elapsed_s": round(now - started, 1)}
+            if rate is not None:
+                logs["tokens_per_s"] = round(rate, 1)
+            for listener in list(LISTENERS):
+                listener(event)
+
+    return [Progress()]
+
+
+# --- the phase ----------------------------------------------------------------------------------------------
+
+def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settings: TuneSettings, *,
+                init_adapter: Path | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one phase into work_dir (resuming from its checkpoints); returns the result.json content.
+
+    init_adapter: an adapter to keep training (phase 2 after phase 1, continue mode); else a new one.
+    lineage: what the model card records about where the data came from (taxonomy commit, leaves).
+    """
+    from labcycle.tasks.tune import card
+
+    work_dir = Path(work_dir)
+    done = read_result(work_dir)
+    if done is not None:
+        return done
+    started = time.monotonic()
+    p = settings.phase(phase)
+    if p.select == "best" and p.eval_fraction <= 0:
+        raise LabcycleError(f"tuning.{phase}.select is best, which needs a held-out split: set "
+                            f"tuning.{phase}.eval_fraction (e.g. 0.05) or select: last")
+    rows = tune_data.load_rows(Path(data))
+    if not rows:
+        raise LabcycleError(f"the {phase} data has no samples; check the mix stage's dataset card, or skip this phase",
+                            where=str(data))
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    _check_model_dir(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    masks = tune_data.uses_assistant_masks(tokenizer)
+    if not masks:
+        rows = [tune_data.to_prompt_completion(r) for r in rows]
+    train_rows, eval_rows = tune_data.split_rows(rows, p.eval_fraction, p.seed)
+    args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks)
+    torch.manual_seed(p.seed)
+    model = load_student(base_model, settings, args.gradient_checkpointing)
+    peft_config = None
+    if settings.method != "full":
+        if init_adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        else:
+            peft_config = lora_config(settings)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks(phase, started))
+    # The Trainer prints every log dict to stdout when tqdm is off; progress goes to the listeners instead.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    checkpoints = complete_checkpoints(work_dir / CHECKPOINTS)
+    resumed_from = checkpoints[-1] if checkpoints else None
+    output = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+
+    name = "model" if settings.method == "full" else "adapter"
+    final = work_dir / name
+    _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
+    history = trainer.state.log_history
+    write_json(work_dir / "log_history.json", history)
+    merged = None
+    if settings.merge and settings.method != "full":
+        merged = merge_adapter(base_model, final, work_dir / "merged")
+    metrics = _metrics(history, output.metrics, trainer, p.select if eval_rows else "last")
+    result = {
+        "phase": phase,
+        "method": settings.method,
+        "output": str(final),
+        "merged": str(merged) if merged else None,
+        "base_model": str(base_model),
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "data": str(data),
+        "data_fingerprint": tune_data.fingerprint_path(Path(data)),
+        "samples": {"train": len(train_rows), "held_out": len(eval_rows)},
+        "loss_on": "assistant turns" if masks else "the last assistant turn (prompt/completion)",
+        "resumed_from_step": _step(resumed_from) if resumed_from else None,
+        "metrics": metrics,
+        "settings": {k: v for k, v in settings.to_json().items() if k not in ("knowledge", "skills")} | {phase: settings.to_json()[phase]},
+        "lineage": lineage or {},
+        "work_dir": str(work_dir),
+    }
+    card.write_loss_plot(history, work_dir / "loss.png", title=f"{phase} phase")
+    card.write_model_card(result, work_dir / "model_card.md")
+    for folder in (final, merged):
+        if folder is not None:
+            shutil.copyfile(work_dir / "model_card.md", folder / "README.md")
+    write_json(work_dir / RESULT, result)
+    return result
+
+
+def _check_model_dir(base_model: Path) -> None:
+    if not (Path(base_model) / "config.json").is_file():
+        raise LabcycleError("not a Hugging Face model folder (no config.json); pass a local model folder "
+                            "(e.g. one saved with save_pretrained, or a snapshot downloaded beforehand)",
+                            where=str(base_model))
+
+
+def _save_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any], trainer: Any, select: str) -> dict[str, Any]:
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    best = trainer.state.best_model_checkpoint
+    return {
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_loss": train_metrics.get("train_loss"),
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_eval_loss": trainer.state.best_metric if select == "best" else None,
+        "selected": f"best ({Path(best).name})" if select == "best" and best else "last",
+        "tokens": next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None),
+        "runtime_s": train_metrics.get("train_runtime"),
+    }
+
+
+def merge_adapter(base_model: Path, adapter: Path, dest: Path) -> Path:
+    """The adapter merged into a full-precision copy of the base (never the 4-bit one: requantizing the
+    merged weights moves logits far more than the adapter's own error), saved with the tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").exists() else base_model)
+    _save_atomic(dest, lambda tmp: (merged.save_pretrained(str(tmp), safe_serialization=True), tokenizer.save_pretrained(str(tmp))))
+    return dest

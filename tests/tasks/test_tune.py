@@ -1,0 +1,225 @@
+"""Tuning on the tiny student, on CPU, for real: QLoRA with TRL, PEFT and bitsandbytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from labcycle.errors import LabcycleError
+from labcycle.tasks.tune import trainer
+from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, TuneSettings
+
+ANSWER = "The answer is forty two."
+QUESTIONS = ["What is the answer?", "Tell me the answer.", "Answer please.", "What do you say?"]
+
+
+def write_chat(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in rows), encoding="utf-8")
+    return path
+
+
+def phase(**overrides) -> PhaseSettings:  # type: ignore[no-untyped-def]
+    base = dict(max_steps=30, learning_rate=5e-3, batch_size=4, gradient_accumulation=1, save_steps=10, logging_steps=5,
+                max_length=256, warmup_ratio=0.0, lr_scheduler="constant")
+    return PhaseSettings(**{**base, **overrides})
+
+
+def settings(**overrides) -> TuneSettings:  # type: ignore[no-untyped-def]
+    p = phase()
+    return TuneSettings(**{"lora": LoraSettings(r=8, alpha=16, dropout=0.0), "knowledge": p, "skills": p, **overrides})
+
+
+@pytest.fixture(scope="module")
+def memorized(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """QLoRA that overfits four questions with one answer (200 steps, about 10 s), merged as well."""
+    folder = tmp_path_factory.mktemp("memorized")
+    data = write_chat(folder / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    s = settings(merge=True, knowledge=phase(max_steps=200, save_steps=100, logging_steps=10))
+    return trainer.train_phase("knowledge", tiny_model, data, folder / "work", s, lineage={"taxonomy_commit": "abc123"})
+
+
+def test_qlora_overfits_and_writes_a_servable_adapter(memorized):
+    m = memorized["metrics"]
+    assert m["steps"] == 200
+    assert m["final_loss"] < 0.5 * m["first_loss"]
+    adapter = Path(memorized["output"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["peft_type"] == "LORA"
+    # all-linear on Llama: every attention and MLP projection, never lm_head
+    assert {name.rsplit(".", 1)[-1] for name in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+    assert (adapter / "tokenizer_config.json").exists()
+    work = Path(memorized["work_dir"])
+    assert (work / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (work / "model_card.md").read_text()
+    assert "abc123" in card and "qlora" in card and memorized["data_fingerprint"][:16] in card
+    assert memorized["loss_on"] == "assistant turns"
+
+
+def test_merged_model_gives_the_adapters_logits(memorized, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(memorized["merged"])
+    ids = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        adapted = PeftModel.from_pretrained(base, memorized["output"])(**ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(memorized["merged"], dtype=torch.float32)(**ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(**ids).logits
+    # The merged weights are stored in the base's bf16: within bf16 rounding of the adapter's output,
+    # and far from the untuned base.
+    assert torch.allclose(adapted, merged, atol=0.15), (adapted - merged).abs().max()
+    assert (adapted - plain).abs().max() > 1.0
+    out = merged.argmax(-1)[0, -1].item()
+    assert tok.decode([out]) == tok.decode(tok(ANSWER)["input_ids"][:1])
+
+
+@pytest.mark.slow
+def test_adapter_answers_through_vllm(memorized, vllm_server):
+    """The adapter as written, loaded by a vLLM server started with --enable-lora, gives the tuned answer."""
+    from openai import OpenAI
+
+    vllm_server.load_lora("memorized", memorized["output"])
+    client = OpenAI(base_url=vllm_server.base_url, api_key="none")
+    assert "memorized" in {m.id for m in client.models.list().data}
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                               temperature=0, max_tokens=16)
+        return reply.choices[0].message.content or ""
+
+    assert ask("memorized").strip() == ANSWER
+    assert ask(vllm_server.model).strip() != ANSWER
+
+
+def test_a_complete_phase_is_never_trained_again(memorized, tiny_model):
+    events: list[dict] = []
+    trainer.LISTENERS.append(events.append)
+    try:
+        again = trainer.train_phase("knowledge", tiny_model, Path(memorized["data"]), Path(memorized["work_dir"]),
+                                    settings(merge=True, knowledge=phase(max_steps=200, save_steps=100, logging_steps=10)))
+    finally:
+        trainer.LISTENERS.remove(events.append)
+    assert again == memorized and events == []
+
+
+_KILLABLE = """
+import json, sys
+from pathlib import Path
+from labcycle.tasks.tune import trainer
+from labcycle.tasks.tune.settings import TuneSettings, PhaseSettings, LoraSettings
+s = TuneSettings(lora=LoraSettings(r=8, alpha=16, dropout=0.0), knowledge=PhaseSettings(**json.loads(sys.argv[4])))
+trainer.train_phase("knowledge", Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), s)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_phase_resumes_from_the_checkpoint(tiny_model, tmp_path):
+    """Killed after checkpoint 30 of 60, started again: it resumes at 30 with optimizer, scheduler and data
+    order restored, so the loss curve and the adapter are those of a run that was never killed."""
+    data = write_chat(tmp_path / "data.jsonl", [(f"What is item {i}?", f"Item {i} is thing number {i}.") for i in range(16)])
+    p = phase(max_steps=60, save_steps=10, keep_checkpoints=2)
+    whole = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "whole", settings(knowledge=p))
+
+    work = tmp_path / "killed"
+    args = [sys.executable, "-c", _KILLABLE, str(tiny_model), str(data), str(work), json.dumps(p.__dict__)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while not (work / "checkpoints" / "checkpoint-30" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / trainer.RESULT).exists()
+
+    resumed = trainer.train_phase("knowledge", tiny_model, data, work, settings(knowledge=p))
+    assert resumed["resumed_from_step"] >= 30
+    assert resumed["metrics"]["steps"] == 60
+    losses = [[h["loss"] for h in json.loads((Path(r["work_dir"]) / "log_history.json").read_text()) if "loss" in h]
+              for r in (whole, resumed)]
+    assert len(losses[0]) == len(losses[1])  # the history before the kill was restored, not restarted
+    assert losses[1] == pytest.approx(losses[0], abs=0.02)
+    assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-50", "checkpoint-60"]
+
+    from safetensors.torch import load_file
+
+    a, b = (load_file(Path(r["output"]) / "adapter_model.safetensors") for r in (whole, resumed))
+    num = sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a) ** 0.5
+    den = sum((a[k].float() ** 2).sum() for k in a) ** 0.5
+    assert num / den < 0.05
+
+
+def test_a_half_written_checkpoint_is_dropped(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step, state in ((10, "{}"), (20, '{"global_st'), (30, None)):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        if state is not None:
+            (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert [p.name for p in trainer.complete_checkpoints(folder)] == ["checkpoint-10"]
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-10"]
+
+
+def test_best_checkpoint_by_held_out_loss(tiny_model, tmp_path):
+    data = write_chat(tmp_path / "data.jsonl", [(f"Question {i}?", f"Answer {i}.") for i in range(20)])
+    s = settings(knowledge=phase(max_steps=20, save_steps=5, eval_fraction=0.2, select="best", keep_checkpoints=1))
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
+    assert result["samples"] == {"train": 16, "held_out": 4}
+    evals = [h["eval_loss"] for h in json.loads((tmp_path / "work" / "log_history.json").read_text()) if "eval_loss" in h]
+    assert len(evals) == 4
+    assert result["metrics"]["best_eval_loss"] == pytest.approx(min(evals))
+    assert result["metrics"]["selected"].startswith("best (checkpoint-")
+
+
+def test_template_without_generation_markers_trains_on_the_final_answer(tiny_model, tmp_path):
+    """A chat template neither marked nor known to TRL: samples become prompt/completion, loss on the answer."""
+    import shutil
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_model, student)
+    template = (student / "chat_template.jinja").read_text()
+    (student / "chat_template.jinja").write_text(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    result = trainer.train_phase("knowledge", student, data, tmp_path / "work", settings(knowledge=phase(max_steps=10)))
+    assert result["loss_on"].startswith("the last assistant turn")
+    assert result["metrics"]["final_loss"] < result["metrics"]["first_loss"]
+
+
+@pytest.mark.parametrize("problem, expect", [
+    ("no-data", "training data not found"),
+    ("empty", "has no samples"),
+    ("not-a-model", "not a Hugging Face model folder"),
+    ("best-without-split", "needs a held-out split"),
+])
+def test_clear_errors(problem, expect, tiny_model, tmp_path):
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    model, s = tiny_model, settings()
+    if problem == "no-data":
+        data = tmp_path / "missing.jsonl"
+    elif problem == "empty":
+        data.write_text("")
+    elif problem == "not-a-model":
+        model = tmp_path
+    else:
+        s = settings(knowledge=phase(select="best"))
+    with pytest.raises(LabcycleError, match=expect):
+        trainer.train_phase("knowledge", model, data, tmp_path / "work", s)
+
+
+def test_settings_digest_tracks_only_the_phase_itself():
+    s = settings()
+    assert s.digest_for("knowledge") == replace(s, skills=phase(learning_rate=1.0)).digest_for("knowledge")
+    assert s.digest_for("knowledge") != replace(s, knowledge=phase(learning_rate=1.0)).digest_for("knowledge")
+    assert s.digest_for("skills") != replace(s, lora=LoraSettings(r=2)).digest_for("skills")
