@@ -1,5 +1,6 @@
 # labcycle: two commands on a fresh machine.
 #   make demo   set up (if needed), then run the lab-cycle flow on the shipped example taxonomy
+#               (generate with a tiny random teacher, mix, tune both phases of a tiny random student)
 #   make test   set up (if needed), then run the whole test suite
 # GPU machines: make setup GPU=1 (CUDA torch, vllm and bitsandbytes from the [gpu] extra).
 
@@ -36,7 +37,7 @@ endif
 demo: setup $(TINY)/config.json
 	$(BIN)/python -m labcycle.demo taxonomy $(DEMO)
 	$(BIN)/labcycle run --taxonomy $(DEMO)/taxonomy --base empty --output runs/demo \
-	  --teacher-model $(TINY) --config taxonomy/labcycle.yaml
+	  --teacher-model $(TINY) --student-model $(TINY) --config taxonomy/labcycle.yaml
 
 # The demo's teacher: a tiny random model built from scratch once (no downloads); its output is noise.
 $(TINY)/config.json: | setup

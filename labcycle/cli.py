@@ -134,23 +134,35 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A labcycle.
 BaseOpt = Annotated[Optional[str], typer.Option("--base", help="Base ref for changed leaves; 'empty' selects every leaf.")]
 
 
+StudentModelOpt = Annotated[Optional[str], typer.Option("--student-model", help="The base model to tune: a local Hugging Face model folder. Default: student.model in the config.")]
+
+
 class Until(str, Enum):
     taxonomy = "taxonomy"
     generate = "generate"
+    mix = "mix"
+    tune = "tune"
+
+
+class Phase(str, Enum):
+    knowledge = "knowledge"
+    skills = "skills"
+    both = "both"
 
 
 def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
-              teacher_model: str | None, max_concurrency: int | None, until: Until) -> None:
+              teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None) -> None:
     if not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     if config is not None and not config.is_file():
         raise _usage_error(f"--config {config}: no such file")
     from labcycle.flows.lab_cycle import lab_cycle
 
-    with _progress_bars(until is Until.generate):
+    with _progress_bars(until is not Until.taxonomy), _tuning_progress(until is Until.tune):
         state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
                           config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
-                          teacher_model=teacher_model, max_concurrency=max_concurrency, until=until.value, return_state=True)
+                          teacher_model=teacher_model, max_concurrency=max_concurrency, student_model=student_model,
+                          until=until.value, return_state=True)
     if not state.is_completed():
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
@@ -200,6 +212,47 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     return bars()
 
 
+def _tuning_progress(enabled: bool):  # type: ignore[no-untyped-def]
+    """A rich progress bar per tuning phase: steps, loss and tokens/s, while tuning runs in this process."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bar():  # type: ignore[no-untyped-def]
+        if not enabled:
+            yield
+            return
+        from labcycle.tasks.tune import trainer
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), console=err, transient=False)
+        tasks: dict[str, object] = {}
+
+        def listener(event: dict) -> None:
+            phase = event["phase"]
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(f"tune {phase}", total=event["max_steps"] or None, info="")
+            info = []
+            if event.get("loss") is not None:
+                info.append(f"loss {event['loss']:.4f}")
+            if event.get("eval_loss") is not None:
+                info.append(f"held-out {event['eval_loss']:.4f}")
+            if event.get("tokens_per_s"):
+                info.append(f"{event['tokens_per_s']:.0f} tok/s")
+            fields = {"info": ", ".join(info)} if info else {}
+            progress.update(tasks[phase], completed=event["step"], total=event["max_steps"] or None, **fields)  # type: ignore[arg-type]
+
+        trainer.LISTENERS.append(listener)
+        try:
+            with progress:
+                yield
+        finally:
+            trainer.LISTENERS.remove(listener)
+
+    return bar()
+
+
 def _print_summary(result: dict, teacher_model: str | None) -> None:
     out.print(f"[green]lab-cycle completed[/green]: {result['leaves']} leaves; manifest at {escape(result['manifest'])}")
     gen = result.get("generation")
@@ -210,6 +263,12 @@ def _print_summary(result: dict, teacher_model: str | None) -> None:
     for leaf_id, info in gen["per_leaf"].items():
         line = f"  {leaf_id}: {info['kept']}/{info['target']}"
         out.print(escape(line) + (f" — {escape(info['advice'])}" if info.get("advice") else ""))
+    if result.get("mix"):
+        for phase in ("knowledge", "skills"):
+            info = result["mix"]["phases"][phase]
+            out.print(f"mixed {phase}: {info['samples']} samples in {escape(result['mix']['output'])}/{escape(info['data'])}")
+    if result.get("tuning"):
+        _print_tuned(result["tuning"])
     from labcycle.models import is_tiny
 
     if teacher_model and Path(teacher_model).is_dir() and is_tiny(Path(teacher_model)):
@@ -227,10 +286,11 @@ def run_cmd(
     teacher_endpoint: TeacherEndpointOpt = None,
     teacher_model: TeacherModelOpt = None,
     max_concurrency: ConcurrencyOpt = None,
-    until: Annotated[Until, typer.Option("--until", help="The last stage to run.")] = Until.generate,
+    student_model: StudentModelOpt = None,
+    until: Annotated[Until, typer.Option("--until", help="The last stage to run.")] = Until.tune,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until)
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model)
 
 
 @app.command("generate")
@@ -247,6 +307,65 @@ def generate_cmd(
     if taxonomy.is_dir() and (config is None or config.is_file()):
         _check_teacher(config, teacher_endpoint, teacher_model, max_concurrency)
     _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate)
+
+
+@app.command("mix")
+def mix_cmd(
+    generated: Annotated[Path, typer.Option("--generated", help="The generation stage's output: <leaf-id>/samples.jsonl folders (RUN/generated).")],
+    output: Annotated[Path, typer.Option("--output", help="Where knowledge/ and skills/ (HF dataset, data.jsonl, dataset card) go.")],
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A mixing recipe (see schemas/recipe.schema.json). Default: built-in defaults.")] = None,
+) -> None:
+    """Mix generated samples into the phase-1 knowledge set and the phase-2 skills set."""
+    from labcycle.tasks.mix import load_recipe, mix
+
+    if not generated.is_dir():
+        raise _usage_error(f"--generated {generated}: not a folder")
+    if recipe is not None and not recipe.is_file():
+        raise _usage_error(f"--recipe {recipe}: no such file")
+    summary = mix(generated, output, load_recipe(recipe))
+    for phase in ("knowledge", "skills"):
+        info = summary["phases"][phase]
+        out.print(f"{phase}: {info['samples']} samples in {escape(str(output / info['data']))} (card: {escape(str(output / info['card']))})")
+    for warning in summary.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", markup=True)
+
+
+@app.command("tune")
+def tune_cmd(
+    base_model: Annotated[Path, typer.Option("--base-model", help="The student: a local Hugging Face model folder.")],
+    output: Annotated[Path, typer.Option("--output", help="Where <phase>/adapter/, model_card.md, loss.png go.")],
+    phase: Annotated[Phase, typer.Option("--phase", help="knowledge (phase 1), skills (phase 2), or both.")] = Phase.both,
+    knowledge_data: Annotated[Optional[Path], typer.Option("--knowledge-data", help="Phase-1 data: JSONL in chat `messages` format or a saved HF dataset.")] = None,
+    skills_data: Annotated[Optional[Path], typer.Option("--skills-data", help="Phase-2 data: JSONL in chat `messages` format or a saved HF dataset.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Tune the student: QLoRA by default; resumes from the last checkpoint when started again after a kill."""
+    if not base_model.is_dir():
+        raise _usage_error(f"--base-model {base_model}: not a folder")
+    if config is not None and not config.is_file():
+        raise _usage_error(f"--config {config}: no such file")
+    for flag, path in (("--knowledge-data", knowledge_data), ("--skills-data", skills_data)):
+        if path is not None and not path.exists():
+            raise _usage_error(f"{flag} {path}: no such file or folder")
+    from labcycle.flows.tune import tune
+
+    with _tuning_progress(True):
+        state = tune(output=str(output), phase=phase.value, base_model=str(base_model),
+                     knowledge_data=str(knowledge_data) if knowledge_data else None,
+                     skills_data=str(skills_data) if skills_data else None, config=str(config) if config else None,
+                     return_state=True)
+    if not state.is_completed():
+        err.print("[red]tune failed:[/red]", markup=True)
+        err.print(state.message or "see the Prefect logs above", markup=False)
+        raise typer.Exit(1)
+    _print_tuned(state.result())
+
+
+def _print_tuned(summary: dict) -> None:
+    for phase, info in summary["phases"].items():
+        m = info["metrics"]
+        loss = f"loss {m['first_loss']:.4f} → {m['final_loss']:.4f}" if m.get("first_loss") is not None else "no loss logged"
+        out.print(f"tuned {phase}: {m['steps']} steps, {loss}; adapter in {escape(info['output'])}")
 
 
 def main() -> None:

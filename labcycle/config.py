@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labcycle.errors import LabcycleError
+from labcycle.tasks.tune import settings as tune_settings
+from labcycle.tasks.tune.settings import TuneSettings
 from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS
 
 
@@ -71,11 +73,24 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class StudentConfig:
+    model: str | None = None  # the base model to tune: a local Hugging Face model folder
+
+
+@dataclass(frozen=True)
+class MixingConfig:
+    recipe: str | None = None  # a mixing recipe; None: the built-in defaults
+
+
+@dataclass(frozen=True)
 class Config:
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     documents: DocumentsConfig = field(default_factory=DocumentsConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    tuning: TuneSettings = field(default_factory=TuneSettings)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +121,15 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         documents=DocumentsConfig(**data.get("documents", {})),
         chunking=ChunkingConfig(**chunk),
         generation=_generation(data.get("generation", {})),
+        student=StudentConfig(**data.get("student", {})),
+        mixing=MixingConfig(**data.get("mixing", {})),
+        tuning=tune_settings.from_mapping(data.get("tuning", {})),
     )
+    for phase in tune_settings.PHASES:
+        p = cfg.tuning.phase(phase)
+        if p.select == "best" and p.eval_fraction <= 0:
+            raise LabcycleError(f"tuning.{phase}.select: best needs a held-out split: set tuning.{phase}.eval_fraction "
+                                "(e.g. 0.05), or select: last", where=source)
     for max_key, overlap_key in (("max_words", "overlap_words"), ("max_tokens", "overlap_tokens")):
         if getattr(cfg.chunking, overlap_key) >= getattr(cfg.chunking, max_key):
             raise LabcycleError(f"chunking.{overlap_key} must be smaller than chunking.{max_key}", where=source)

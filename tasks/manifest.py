@@ -5,6 +5,7 @@ documents and chunk counts) and under which configuration. Later stages cache on
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,10 @@ def write_run_manifest(*, root: Path, run_dir: Path, base: str, selected: list, 
 def leaves_table(manifest: dict[str, Any]) -> None:
     rows = [{"leaf": e["id"], "kind": e["kind"], "status": e["status"], "chunks": e["chunks"], "hash": e["hash"][:12]} for e in manifest["leaves"]]
     create_table_artifact(table=rows, key="leaves", description=f"{len(rows)} leaves selected against {manifest['taxonomy']['base']}")
+
+
+def lineage(manifest_path: Path) -> dict[str, Any]:
+    """What a tuned model's card records about its data: the taxonomy commit and the leaves (id, kind, hash)."""
+    data = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    return {"taxonomy_commit": data["taxonomy"]["commit"], "taxonomy_base": data["taxonomy"]["base"],
+            "leaves": [{"id": leaf["id"], "kind": leaf["kind"], "hash": leaf["hash"]} for leaf in data["leaves"]]}

@@ -74,7 +74,7 @@ def _counters(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 def _run(taxonomy: Path, out: Path, cfg: Path, server) -> dict:  # type: ignore[no-untyped-def]
     state = lab_cycle(taxonomy=str(taxonomy), base="empty", output=str(out), config=str(cfg),
-                      teacher_endpoint=server.base_url, teacher_model=server.model, return_state=True)
+                      teacher_endpoint=server.base_url, teacher_model=server.model, until="generate", return_state=True)
     assert state.is_completed(), state.message
     return state.result()
 

@@ -1,0 +1,107 @@
+"""Two-phase tuning of the student: knowledge (phase 1), then skills (phase 2).
+
+    labcycle tune --phase knowledge|skills|both --base-model DIR [--knowledge-data PATH]
+                  [--skills-data PATH] --output DIR [--config FILE]
+
+Its own flow so that it can be deployed to a GPU work pool; without a GPU it runs in-process (tiny
+models on CPU). Also a subflow of lab_cycle. Each phase writes OUTPUT/<phase>/ (adapter/, model_card.md,
+loss.png, log_history.json, result.json); started again on the same inputs after a kill, it resumes
+from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.states import Failed
+
+from labcycle import config as config_module
+from labcycle.errors import LabcycleError
+from labcycle.io import write_json
+from labcycle.tasks.tune import trainer
+from labcycle.tasks.tune.stage import publish_tuned, tune_phase_task
+
+
+@flow(name="tune", log_prints=True)
+def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", base_model: str | None = None,
+         knowledge_data: str | None = None, skills_data: str | None = None, config: str | None = None,
+         lineage: dict[str, Any] | None = None) -> Any:
+    """Tune the student on the mixed phase data.
+
+    Args:
+        output: where OUTPUT/knowledge/ and OUTPUT/skills/ go.
+        phase: knowledge, skills, or both (knowledge first, skills starting from its result).
+        base_model: a local Hugging Face model folder; default: the config's student.model.
+        knowledge_data: phase-1 data: JSONL in chat `messages` format or a saved HF dataset folder.
+        skills_data: phase-2 data, likewise.
+        config: a labcycle.yaml; its `tuning` section.
+        lineage: what the model cards record about the data (taxonomy commit, leaves); set by lab_cycle.
+    """
+    try:
+        cfg = config_module.load(config)
+        plan = _plan(phase, base_model or cfg.student.model, knowledge_data, skills_data)
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    settings = cfg.tuning
+    out = Path(output)
+    base = plan["base_model"]
+    results: dict[str, Any] = {}
+    try:
+        if "knowledge" in plan["phases"]:
+            # Merge mode needs phase 1 merged, whatever tuning.merge says: phase 2 trains on top of it.
+            s1 = replace(settings, merge=True) if settings.phase2_start == "merge" else settings
+            r1 = tune_phase_task("knowledge", base, knowledge_data, s1, None, lineage)
+            results["knowledge"] = publish_tuned(r1, out / "knowledge")
+        if "skills" in plan["phases"]:
+            base2, init = _phase2_start(results.get("knowledge") or trainer.read_result(out / "knowledge"), base, settings)
+            r2 = tune_phase_task("skills", base2, skills_data, settings, init, lineage)
+            results["skills"] = publish_tuned(r2, out / "skills")
+    except LabcycleError as exc:
+        return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+    summary = {"output": str(out), "base_model": base, "phases": {k: _brief(v) for k, v in results.items()}}
+    write_json(out / "tune.json", summary)
+    return summary
+
+
+def _plan(phase: str, base_model: str | None, knowledge_data: str | None, skills_data: str | None) -> dict[str, Any]:
+    if not base_model:
+        raise LabcycleError("no student model: pass --base-model DIR or set student.model in the config")
+    if not (Path(base_model) / "config.json").is_file():
+        raise LabcycleError("not a Hugging Face model folder (no config.json); pass a local model folder", where=base_model)
+    phases = ("knowledge", "skills") if phase == "both" else (phase,)
+    for name, data in (("knowledge", knowledge_data), ("skills", skills_data)):
+        if name in phases and not data:
+            raise LabcycleError(f"the {name} phase needs data: pass --{name}-data PATH (JSONL in chat `messages` "
+                                "format or a saved HF dataset, e.g. the mix stage's OUTPUT/" + name + ")")
+        if name in phases and not Path(data).exists():  # type: ignore[arg-type]
+            raise LabcycleError(f"{name} data not found", where=str(data))
+    return {"phases": phases, "base_model": base_model}
+
+
+def _phase2_start(phase1: dict[str, Any] | None, base: str, settings: Any) -> tuple[str, str | None]:
+    """(base model, adapter to continue) for the skills phase.
+
+    continue (default): phase 2 keeps training phase 1's adapter on the same base. The result is one
+    adapter on the original base, which vLLM serves with --enable-lora next to the base for the eval
+    gate, and the 4-bit base is never written. merge: phase 1 is merged into a full-precision copy of
+    the base and phase 2 trains a new adapter on that; its adapter then only fits the merged model.
+    full fine-tuning: phase 2 starts from phase 1's weights.
+    """
+    if phase1 is None:
+        return base, None  # skills alone, no phase 1 in this output: a new adapter on the base
+    if settings.method == "full":
+        return phase1["output"], None
+    if settings.phase2_start == "merge":
+        if not phase1.get("merged"):
+            raise LabcycleError("phase2_start is merge but the knowledge phase has no merged model; rerun the "
+                                "knowledge phase with this config", where=phase1["output"])
+        return phase1["merged"], None
+    return base, phase1["output"]
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("output", "merged", "base_model", "init_adapter", "samples", "metrics", "resumed_from_step")
+    return {k: result.get(k) for k in keys}
