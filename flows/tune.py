@@ -25,7 +25,7 @@ from labcycle.tasks.tune import trainer
 from labcycle.tasks.tune.stage import publish_tuned, tune_phase_task
 
 
-@flow(name="tune", log_prints=True)
+@flow(name="tune", log_prints=False)
 def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", base_model: str | None = None,
          knowledge_data: str | None = None, skills_data: str | None = None, config: str | None = None,
          lineage: dict[str, Any] | None = None) -> Any:

@@ -275,6 +275,11 @@ def _print_summary(result: dict, teacher_model: str | None) -> None:
         out.print("[yellow]note:[/yellow] the teacher was a tiny model with random weights, so the generated text is noise. "
                   "Point labcycle at a real teacher with --teacher-endpoint http://HOST:PORT/v1 --teacher-model NAME "
                   "(any OpenAI-compatible server, e.g. vLLM), or --teacher-model /path/to/model for the in-process engine.")
+    student = (result.get("tuning") or {}).get("base_model")
+    if student and Path(student).is_dir() and is_tiny(Path(student)):
+        out.print("[yellow]note:[/yellow] the student was a tiny random model too: its adapters show the tuning machinery "
+                  "(checkpoints, resume, model cards), not a useful model. Name a real one with --student-model DIR "
+                  "(a local Hugging Face model folder).")
 
 
 @app.command("run")

@@ -31,6 +31,9 @@ def test_values_from_a_file(tmp_path):
         ("chunking:\n  max_words: 100\n  overlap_words: 100\n", "", "overlap_words must be smaller"),
         ("chunking: [1, 2]\n", ":1:1", "chunking"),
         ("a: [unclosed\n", ":2:1", "syntax"),
+        ("tuning:\n  skills:\n    learning_rat: 1e-4\n", ":3:5", "learning_rat"),
+        ("tuning:\n  method: qdora\n", ":2:3", "method"),
+        ("tuning:\n  knowledge:\n    select: best\n", "", "eval_fraction"),
     ],
 )
 def test_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
@@ -40,6 +43,21 @@ def test_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
         config.load(f)
     assert info.value.where == f"{f}{where}"
     assert words in info.value.message
+
+
+def test_tuning_defaults_and_per_phase_settings(tmp_path):
+    cfg = config.load(None).tuning
+    assert (cfg.method, cfg.phase2_start, cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == ("qlora", "continue", 4, 32, "all-linear")
+    assert (cfg.knowledge.epochs, cfg.knowledge.learning_rate, cfg.skills.epochs, cfg.skills.learning_rate) == (7, 2e-4, 10, 6e-5)
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("student:\n  model: models/student\ntuning:\n  method: lora\n  lora:\n    target_modules: [q_proj, v_proj]\n"
+                 "  skills:\n    epochs: 2\n    eval_fraction: 0.1\n    select: best\n")
+    loaded = config.load(f)
+    assert loaded.student.model == "models/student"
+    t = loaded.tuning
+    assert t.method == "lora" and t.lora.target_modules == ("q_proj", "v_proj")
+    assert (t.skills.epochs, t.skills.learning_rate, t.skills.select) == (2, 6e-5, "best")  # unset keys keep the phase default
+    assert t.knowledge == config.load(None).tuning.knowledge
 
 
 def test_missing_file(tmp_path):

@@ -71,7 +71,8 @@ def write_model_card(result: dict[str, Any], dest: Path) -> Path:
         f"- Base model: `{Path(result['base_model']).name}` (fingerprint `{lineage.get('base_model_fingerprint', 'n/a')}`)",
         f"- Started from adapter: `{result['init_adapter']}`" if result.get("init_adapter") else "- Started from: a new adapter" if result["method"] != "full" else "- Started from: the base weights",
         f"- Training data: `{result['data']}` (fingerprint `{result['data_fingerprint'][:16]}`), "
-        f"{result['samples']['train']} samples for training, {result['samples']['held_out']} held out",
+        f"{result['samples']['train']} samples for training, {result['samples']['held_out']} held out"
+        + (f", {result['samples']['too_long']} left out as longer than max_length" if result['samples'].get('too_long') else ""),
         f"- Taxonomy commit: `{lineage.get('taxonomy_commit') or 'n/a'}`",
     ]
     leaves = lineage.get("leaves") or []

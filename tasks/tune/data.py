@@ -93,3 +93,20 @@ def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> t
     n_eval = max(1, round(len(rows) * eval_fraction))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """(rows that fit in max_length tokens with the chat template, how many did not).
+
+    Packing truncates a longer sample, and what it cuts is the end: the answer, the only part that
+    carries loss. Such a sample would train on nothing (or on half an answer), so it is left out and
+    counted; the mix stage's dataset card lists these samples in advance.
+    """
+    kept = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+        if hasattr(ids, "keys"):  # transformers returns a BatchEncoding when asked for a dict
+            ids = ids["input_ids"]
+        if len(ids) <= max_length:
+            kept.append(row)
+    return kept, len(rows) - len(kept)

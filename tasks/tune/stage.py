@@ -77,8 +77,10 @@ class _Reporter:
             update_progress_artifact(self.artifact, progress=100.0 * event["step"] / event["max_steps"])
 
 
+# log_prints off: something under datasets' fingerprinting prints bytecode disassembly, which would
+# flood the run's log; progress reaches the log through _Reporter instead.
 @task(name="tune phase", task_run_name="tune: {phase}", cache_key_fn=_task_cache_key, persist_result=True,
-      result_serializer="json")
+      result_serializer="json", log_prints=False)
 def tune_phase_task(phase: str, base_model: str, data: str, settings: TuneSettings, init_adapter: str | None = None,
                     lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """One phase, trained (or resumed) in its work folder; a table artifact of its loss curve."""
@@ -93,6 +95,9 @@ def tune_phase_task(phase: str, base_model: str, data: str, settings: TuneSettin
                                      init_adapter=Path(init_adapter) if init_adapter else None, lineage=lineage)
     finally:
         trainer.LISTENERS.remove(reporter)
+    if result["samples"].get("too_long"):
+        reporter.logger.warning(f"{phase}: left out {result['samples']['too_long']} samples longer than max_length "
+                                f"({settings.phase(phase).max_length} tokens): their answers would have been cut off")
     history = json.loads((folder / "log_history.json").read_text(encoding="utf-8"))
     create_table_artifact(card.loss_rows(history), key=f"tuning-loss-{phase}",
                           description=f"{phase} phase: loss per logged step (plot: loss.png in the output folder)")

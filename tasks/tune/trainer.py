@@ -19,6 +19,7 @@ checkpoint folder can otherwise be left half-written by a kill.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -230,6 +231,14 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
 
     _check_model_dir(base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    rows, too_long = tune_data.drop_too_long(rows, tokenizer, p.max_length)
+    if not rows:
+        raise LabcycleError(f"every {phase} sample is longer than tuning.{phase}.max_length ({p.max_length} tokens); "
+                            f"raise it, or shorten the samples (e.g. fewer documents_in_context in the mixing recipe)",
+                            where=str(data))
+    if too_long:
+        logging.getLogger(__name__).warning("%s: left out %d samples longer than max_length %d tokens (their answers "
+                                            "would be cut off)", phase, too_long, p.max_length)
     masks = tune_data.uses_assistant_masks(tokenizer)
     if not masks:
         rows = [tune_data.to_prompt_completion(r) for r in rows]
@@ -274,7 +283,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "init_adapter": str(init_adapter) if init_adapter else None,
         "data": str(data),
         "data_fingerprint": tune_data.fingerprint_path(Path(data)),
-        "samples": {"train": len(train_rows), "held_out": len(eval_rows)},
+        "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long},
         "loss_on": "assistant turns" if masks else "the last assistant turn (prompt/completion)",
         "resumed_from_step": _step(resumed_from) if resumed_from else None,
         "metrics": metrics,

@@ -176,11 +176,18 @@ def test_best_checkpoint_by_held_out_loss(tiny_model, tmp_path):
     data = write_chat(tmp_path / "data.jsonl", [(f"Question {i}?", f"Answer {i}.") for i in range(20)])
     s = settings(knowledge=phase(max_steps=20, save_steps=5, eval_fraction=0.2, select="best", keep_checkpoints=1))
     result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
-    assert result["samples"] == {"train": 16, "held_out": 4}
+    assert result["samples"] == {"train": 16, "held_out": 4, "too_long": 0}
     evals = [h["eval_loss"] for h in json.loads((tmp_path / "work" / "log_history.json").read_text()) if "eval_loss" in h]
     assert len(evals) == 4
     assert result["metrics"]["best_eval_loss"] == pytest.approx(min(evals))
     assert result["metrics"]["selected"].startswith("best (checkpoint-")
+
+
+def test_samples_longer_than_max_length_are_left_out_and_counted(tiny_model, tmp_path):
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS] + [("Long?", "word " * 400)])
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", settings(knowledge=phase(max_steps=2, max_length=64)))
+    assert result["samples"] == {"train": 4, "held_out": 0, "too_long": 1}
+    assert "1 left out as longer than max_length" in (tmp_path / "work" / "model_card.md").read_text()
 
 
 def test_template_without_generation_markers_trains_on_the_final_answer(tiny_model, tmp_path):
@@ -202,6 +209,7 @@ def test_template_without_generation_markers_trains_on_the_final_answer(tiny_mod
     ("empty", "has no samples"),
     ("not-a-model", "not a Hugging Face model folder"),
     ("best-without-split", "needs a held-out split"),
+    ("all-too-long", "longer than tuning.knowledge.max_length"),
 ])
 def test_clear_errors(problem, expect, tiny_model, tmp_path):
     data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
@@ -212,6 +220,8 @@ def test_clear_errors(problem, expect, tiny_model, tmp_path):
         data.write_text("")
     elif problem == "not-a-model":
         model = tmp_path
+    elif problem == "all-too-long":
+        s = settings(knowledge=phase(max_length=8))
     else:
         s = settings(knowledge=phase(select="best"))
     with pytest.raises(LabcycleError, match=expect):
