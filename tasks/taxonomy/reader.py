@@ -282,6 +282,8 @@ class _Walker:
     def scalar(self, node: Any) -> Any:
         try:
             return _construct_scalar(node)
+        except RecursionError:  # the stack ran out right here: the nesting is the problem, not this value
+            raise
         except Exception as exc:  # e.g. a date that does not exist, or !!int on text: PyYAML raises here too
             short = node.value if len(node.value) <= 40 else node.value[:37] + "..."
             kind = node.tag.removeprefix(_STD)
