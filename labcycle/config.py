@@ -83,6 +83,11 @@ class MixingConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    policy: str | None = None  # a gate policy; None: the built-in defaults
+
+
+@dataclass(frozen=True)
 class Config:
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     documents: DocumentsConfig = field(default_factory=DocumentsConfig)
@@ -91,6 +96,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     tuning: TuneSettings = field(default_factory=TuneSettings)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +130,7 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         student=StudentConfig(**data.get("student", {})),
         mixing=MixingConfig(**data.get("mixing", {})),
         tuning=tune_settings.from_mapping(data.get("tuning", {})),
+        gate=GateConfig(**data.get("gate", {})),
     )
     for phase in tune_settings.PHASES:
         p = cfg.tuning.phase(phase)
