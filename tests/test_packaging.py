@@ -32,6 +32,9 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/generate/prompts/knowledge/generate_qa.j2",
         "labcycle/tasks/teacher/openai_client.py",
         "labcycle/tasks/mix/stage.py",
+        "labcycle/tasks/gate.py",
+        "labcycle/tasks/release/registry.py",
+        "labcycle/schemas/gate.schema.json",
         "labcycle/tasks/tune/trainer.py",
         "labcycle/flows/tune.py",
         *(f"labcycle/schemas/qna/{family}.v{v}.json" for family in ("knowledge", "compositional_skills") for v in (1, 2, 3)),
@@ -62,16 +65,24 @@ def test_validating_imports_neither_prefect_nor_torch(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_shipped_configs_and_recipes_are_valid():
-    """Every labcycle.yaml and recipe.yaml in the repository loads, checked against its schema."""
+def test_shipped_configs_recipes_policies_and_pipelines_are_valid():
+    """Every labcycle.yaml, recipe.yaml, gate.yaml and pipeline spec in the repository loads, checked
+    against its schema."""
     from labcycle import config
+    from labcycle.tasks.gate import load_policy
+    from labcycle.tasks.generate.spec import load_spec
     from labcycle.tasks.mix import load_recipe
 
-    loaders = {"labcycle.yaml": config.load, "recipe.yaml": load_recipe}
-    found = []
+    loaders = {"labcycle.yaml": config.load, "recipe.yaml": load_recipe, "gate.yaml": load_policy}
+    found, specs = [], []
     for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("build", "runs") and not d.endswith(".egg-info")]
         found += [Path(dirpath) / name for name in filenames if name in loaders]
+        if Path(dirpath).name in ("pipelines", "demo-pipelines"):
+            specs += [Path(dirpath) / name for name in filenames if name.endswith(".yaml")]
     assert {p.name for p in found} == set(loaders)  # the example taxonomy ships one of each
     for path in found:
         loaders[path.name](path)
+    assert len(specs) == 6  # the shipped pipelines and the demo's
+    for path in specs:
+        load_spec(path)

@@ -39,6 +39,16 @@ def _config(path: Path, seed: int = 42, **tuning) -> Path:  # type: ignore[no-un
     return path
 
 
+def _latest_artifact(key: str):  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                     sort=ArtifactSort.CREATED_DESC, limit=1)[0]
+
+
 def _events():  # type: ignore[no-untyped-def]
     events: list[dict] = []
     trainer.LISTENERS.append(events.append)
@@ -64,6 +74,11 @@ def test_two_phases_then_a_cache_hit(prefect_harness, tiny_model, tmp_path):
         # continue mode: phase 2 keeps training phase 1's adapter on the same base
         assert first["phases"]["skills"]["init_adapter"] == str(tmp_path / "out" / "knowledge" / "adapter")
         assert first["phases"]["skills"]["base_model"] == str(tiny_model)
+        for phase in ("knowledge", "skills"):
+            table = _latest_artifact(f"tuning-loss-{phase}")
+            steps = [row["step"] for row in json.loads(table.data)]
+            assert table.type == "table" and steps[0] == 1 and steps[-1] == 6
+            assert _latest_artifact(f"tuning-progress-{phase}").data == 100.0
 
         # Same inputs, another output folder: both phases are cache hits, nothing is trained.
         events.clear()

@@ -228,6 +228,28 @@ def test_clear_errors(problem, expect, tiny_model, tmp_path):
         trainer.train_phase("knowledge", model, data, tmp_path / "work", s)
 
 
+def test_full_fine_tuning_writes_a_whole_model(tiny_model, tmp_path):
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work",
+                                 settings(method="full", knowledge=phase(max_steps=8, learning_rate=1e-3)))
+    model = Path(result["output"])
+    assert model.name == "model" and (model / "model.safetensors").exists() and (model / "config.json").exists()
+    assert not (tmp_path / "work" / "adapter").exists()
+    assert result["metrics"]["final_loss"] < result["metrics"]["first_loss"]
+
+
+@pytest.mark.parametrize("lora, expect", [
+    (LoraSettings(), {"r": 4, "lora_alpha": 32, "lora_dropout": 0.1, "use_rslora": False, "init_lora_weights": True}),
+    (LoraSettings(r=16, alpha=16, use_rslora=True, init="gaussian", target_modules=("q_proj", "v_proj")),
+     {"r": 16, "lora_alpha": 16, "use_rslora": True, "init_lora_weights": "gaussian", "target_modules": {"q_proj", "v_proj"}}),
+])
+def test_lora_settings_reach_peft(lora, expect):
+    config = trainer.lora_config(TuneSettings(lora=lora))
+    for key, value in expect.items():
+        assert getattr(config, key) == value, key
+    assert config.task_type == "CAUSAL_LM"
+
+
 def test_settings_digest_tracks_only_the_phase_itself():
     s = settings()
     assert s.digest_for("knowledge") == replace(s, skills=phase(learning_rate=1.0)).digest_for("knowledge")

@@ -1,0 +1,414 @@
+"""Release into a model registry: versions, atomicity, idempotency, the event, the approval pause."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from labcycle.errors import LabcycleError
+from labcycle.tasks.release import (
+    EVENT,
+    Candidate,
+    fingerprint,
+    push_to_hub,
+    release,
+    release_task,
+    released_versions,
+    request_approval,
+)
+from labcycle.tasks.release import registry as registry_module
+
+DECISION = {"decision": "pass", "reasons": ["branch score +1.5 over the base (needs +0.5): pass",
+                                            "no regression suite dropped more than 0.02: pass"]}
+METRICS = {"branch": {"candidate": 6.5, "base": 5.0}, "regression": {"mmlu_tiny": 0.31}}
+
+
+@pytest.fixture(scope="module")
+def tuned_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A skills phase folder as the tune stage publishes it, with a real (untrained) PEFT adapter and a
+    real merged model on a tiny random Llama (a few seconds, no downloads)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from labcycle.models import build_tiny
+
+    root = tmp_path_factory.mktemp("release-candidate")
+    base = build_tiny(root / "base", seed=0)
+    tuned = root / "skills"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules="all-linear"))
+    model.save_pretrained(tuned / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.save_pretrained(tuned / "adapter")
+    model.merge_and_unload().save_pretrained(tuned / "merged")
+    tokenizer.save_pretrained(tuned / "merged")
+    (tuned / "model_card.md").write_text("# labcycle skills phase (lora)\n\n## Lineage\n\n- Taxonomy commit: `abc123`\n")
+    (tuned / "result.json").write_text(json.dumps({
+        "phase": "skills", "method": "lora", "output": str(tuned / "adapter"), "merged": str(tuned / "merged"),
+        "base_model": str(base), "init_adapter": None, "data_fingerprint": "d" * 64, "metrics": {"steps": 1},
+        "settings": {}, "lineage": {"taxonomy_commit": "abc123", "leaves": [{"id": "skills/a", "kind": "skill", "hash": "h"}],
+                                    "base_model_fingerprint": "f" * 16}}))
+    return tuned
+
+
+@pytest.fixture()
+def candidate(tuned_template: Path, tmp_path: Path) -> Candidate:
+    tuned = tmp_path / "out" / "skills"
+    shutil.copytree(tuned_template, tuned)
+    report = tmp_path / "eval" / "report.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"branch": METRICS["branch"], "regression": METRICS["regression"]}))
+    cards = []
+    for phase in ("knowledge", "skills"):
+        card = tmp_path / "mix" / phase / "dataset_card.md"
+        card.parent.mkdir(parents=True)
+        card.write_text(f"# {phase} dataset\n")
+        cards.append(card)
+    return Candidate(tuned=tuned, eval_report=report, dataset_cards=tuple(cards), decision=DECISION,
+                     taxonomy_commit="abc123", metrics=METRICS)
+
+
+def changed(candidate: Candidate) -> Candidate:
+    """The same candidate with another eval report: another fingerprint."""
+    report = candidate.eval_report.with_name("report-2.json")
+    report.write_text(json.dumps({"branch": {"candidate": 7.0, "base": 5.0}}))
+    return replace(candidate, eval_report=report)
+
+
+def tree(root: Path) -> dict[str, int]:
+    """Every file and folder under root with its mtime: equal trees mean nothing was written."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- release() ------------------------------------------------------------------------------------------
+
+def test_first_release_is_v1_with_every_file_and_release_json_last(candidate, tmp_path):
+    registry = tmp_path / "registry"
+    result = release(candidate, str(registry))
+    v1 = registry / "labcycle-model" / "v1"
+    assert result == {"name": "labcycle-model", "version": "v1", "path": str(v1), "fingerprint": fingerprint(candidate),
+                      "created": result["created"], "already_released": False}
+    for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                "merged/model.safetensors", "merged/config.json", "model_card.md", "eval_report.json",
+                "dataset_cards/knowledge.md", "dataset_cards/skills.md", "release.json"):
+        assert (v1 / rel).is_file(), rel
+    assert sha(v1 / "adapter" / "adapter_model.safetensors") == sha(candidate.tuned / "adapter" / "adapter_model.safetensors")
+    meta = json.loads((v1 / "release.json").read_text())
+    assert meta["version"] == "v1" and meta["fingerprint"] == result["fingerprint"]
+    assert meta["taxonomy_commit"] == "abc123" and meta["metrics"] == METRICS and meta["decision"] == DECISION
+    assert meta["lineage"]["leaves"][0]["id"] == "skills/a" and meta["lineage"]["base_model"] == "base"
+    listed = {f["path"]: f["sha256"] for f in meta["files"]}
+    on_disk = {p.relative_to(v1).as_posix(): sha(p) for p in v1.rglob("*") if p.is_file() and p.name != "release.json"}
+    assert listed == on_disk
+    # release.json went in after everything else, and the staging folder is gone.
+    assert (v1 / "release.json").stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in v1.rglob("*") if p.is_file())
+    assert [p.name for p in (registry / "labcycle-model").iterdir()] == ["v1"]
+    card = (v1 / "model_card.md").read_text()
+    assert card.startswith("# labcycle skills phase (lora)")
+    assert "## Release" in card and "`labcycle-model` v1" in card and "`abc123`" in card
+    assert "**pass**" in card and DECISION["reasons"][0] in card and "| branch.candidate | 6.5 |" in card
+    assert [v["version"] for v in released_versions(str(registry), "labcycle-model")] == ["v1"]
+    # Without its release.json a version does not exist for readers.
+    (v1 / "release.json").unlink()
+    assert released_versions(str(registry), "labcycle-model") == []
+
+
+def test_releasing_the_same_candidate_again_writes_nothing(candidate, tmp_path):
+    registry = tmp_path / "registry"
+    first = release(candidate, str(registry))
+    before = tree(registry)
+    again = release(candidate, str(registry))
+    assert again == {**first, "already_released": True}
+    assert tree(registry) == before
+    # The fingerprint covers content, not the decision or the metrics that travel with it.
+    assert release(replace(candidate, decision={"decision": "pass", "reasons": []}, metrics={}), str(registry))["version"] == "v1"
+
+
+def test_a_changed_candidate_is_the_next_version_and_v1_is_untouched(candidate, tmp_path):
+    registry = tmp_path / "registry"
+    release(candidate, str(registry))
+    v1_before = tree(registry / "labcycle-model" / "v1")
+    other = changed(candidate)
+    assert fingerprint(other) != fingerprint(candidate)
+    assert release(other, str(registry))["version"] == "v2"
+    assert tree(registry / "labcycle-model" / "v1") == v1_before
+    # A changed adapter is another candidate too.
+    weights = candidate.tuned / "adapter" / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    assert release(candidate, str(registry))["version"] == "v3"
+    assert [v["version"] for v in released_versions(str(registry), "labcycle-model")] == ["v1", "v2", "v3"]
+
+
+def fail_after(n: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the registry's file copy fail after n files: a disk that fills up half-way, which a test
+    cannot cause for real."""
+    real, copied = registry_module._copy_file, []
+
+    def copy(src, fs, dest):  # type: ignore[no-untyped-def]
+        if len(copied) >= n:
+            raise OSError(28, "No space left on device")
+        copied.append(dest)
+        return real(src, fs, dest)
+
+    monkeypatch.setattr(registry_module, "_copy_file", copy)
+    return copied
+
+
+def test_a_failure_half_way_leaves_no_version_and_the_next_release_takes_the_next_number(candidate, tmp_path, monkeypatch):
+    registry = tmp_path / "registry"
+    release(candidate, str(registry))
+    other = changed(candidate)
+    copied = fail_after(4, monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        release(other, str(registry))
+    assert len(copied) == 4
+    assert [p.name for p in (registry / "labcycle-model").iterdir()] == ["v1"]  # no staging, no v2
+    assert [v["version"] for v in released_versions(str(registry), "labcycle-model")] == ["v1"]
+    monkeypatch.undo()
+    assert release(other, str(registry))["version"] == "v2"
+    assert [v["version"] for v in released_versions(str(registry), "labcycle-model")] == ["v1", "v2"]
+
+
+def test_a_half_written_version_left_by_a_kill_is_invisible_and_its_number_is_not_reused(candidate, tmp_path):
+    registry = tmp_path / "registry"
+    half = registry / "labcycle-model" / "v1"
+    (half / "adapter").mkdir(parents=True)
+    (half / "adapter" / "adapter_model.safetensors").write_bytes(b"partial")
+    assert released_versions(str(registry), "labcycle-model") == []
+    assert release(candidate, str(registry))["version"] == "v2"
+    assert (half / "adapter" / "adapter_model.safetensors").read_bytes() == b"partial"
+
+
+def test_memory_registry(candidate, monkeypatch):
+    import fsspec
+
+    registry = f"memory://registry-{uuid.uuid4().hex}"
+    first = release(candidate, registry, name="tiny")
+    assert first["path"] == f"{registry}/tiny/v1" and first["version"] == "v1"
+    fs = fsspec.filesystem("memory")
+    assert fs.isfile(f"{registry}/tiny/v1/adapter/adapter_model.safetensors")
+    assert fs.cat_file(f"{registry}/tiny/v1/adapter/adapter_model.safetensors") == \
+        (candidate.tuned / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert release(candidate, registry, name="tiny")["already_released"] is True
+    # No atomic rename here: files move one by one. A failure during the move leaves a v2 without
+    # release.json, which is invisible and is removed; the staging folder is removed too.
+    other = changed(candidate)
+    real_mv, moved = fs.mv, []
+
+    def mv(path1, path2, **kwargs):  # type: ignore[no-untyped-def]
+        if len(moved) == 3:
+            raise ConnectionError("connection reset while moving")
+        moved.append(path2)
+        return real_mv(path1, path2, **kwargs)
+
+    monkeypatch.setattr(type(fs), "mv", lambda self, p1, p2, **kw: mv(p1, p2, **kw))
+    with pytest.raises(ConnectionError):
+        release(other, registry, name="tiny")
+    assert len(moved) == 3 and all("/tiny/v2/" in p for p in moved)
+    monkeypatch.undo()
+    assert not fs.exists(f"{registry}/tiny/v2")
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{registry}/tiny", detail=False)] == ["v1"]
+    assert [v["version"] for v in released_versions(registry, "tiny")] == ["v1"]
+    second = release(other, registry, name="tiny")
+    assert second["version"] == "v2" and fs.isfile(f"{registry}/tiny/v2/release.json")
+    assert [v["path"] for v in released_versions(registry, "tiny")] == [f"{registry}/tiny/v1", f"{registry}/tiny/v2"]
+
+
+def test_mistakes_a_user_can_make_say_where_and_what_to_do(candidate, tmp_path):
+    registry = str(tmp_path / "registry")
+    with pytest.raises(LabcycleError, match="no adapter/") as err:
+        release(replace(candidate, tuned=tmp_path / "nowhere"), registry)
+    assert err.value.where == str(tmp_path / "nowhere")
+    with pytest.raises(LabcycleError, match="no eval report") as err:
+        release(replace(candidate, eval_report=tmp_path / "missing.json"), registry)
+    assert err.value.where == str(tmp_path / "missing.json")
+    with pytest.raises(LabcycleError, match="cannot open this registry"):
+        release(candidate, "nosuchscheme://bucket/models")
+    with pytest.raises(LabcycleError, match="not one folder name"):
+        release(candidate, registry, name="../escape")
+    a_file = tmp_path / "registry-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(LabcycleError, match="not a folder") as err:
+        release(candidate, str(a_file))
+    assert err.value.where == str(a_file)
+    assert not (tmp_path / "registry").exists()  # nothing written by any of these
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_registry(candidate, tmp_path):
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    registry.chmod(0o555)
+    try:
+        with pytest.raises(LabcycleError, match="cannot write to the model registry"):
+            release(candidate, str(registry))
+    finally:
+        registry.chmod(0o755)
+    assert list(registry.iterdir()) == []
+
+
+def test_push_to_hub_offline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LabcycleError, match="unset it to push, or leave the hub repo unset"):
+        push_to_hub(str(tmp_path), "someone/model")
+
+
+# --- the Prefect task, its event, the approval pause (real temporary Prefect server) -----------------------
+
+def read_events(resource_id: str, sentinel: str, timeout: float = 30) -> list:
+    """The events about resource_id the server has stored. A sentinel event is emitted last and waited for:
+    the server stores events in order, so once it is there every earlier event is too."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    emit_event(event="labcycle.test.sentinel", resource={"prefect.resource.id": sentinel})
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            # limit: the client's default (100) is over what this server accepts (50).
+            done = client.read_events(EventFilter(resource=EventResourceFilter(id=[sentinel])), limit=50)
+            if done.events:
+                page = client.read_events(EventFilter(event=EventNameFilter(name=[EVENT]),
+                                                      resource=EventResourceFilter(id=[resource_id])), limit=50)
+                return page.events
+            time.sleep(0.5)
+    raise AssertionError("the server did not store the sentinel event in time")
+
+
+@pytest.mark.slow
+def test_release_task_emits_the_event_once(prefect_harness, candidate, tmp_path):
+    from prefect import flow
+
+    name = f"model-{uuid.uuid4().hex[:8]}"
+    registry = str(tmp_path / "registry")
+
+    @flow
+    def ship() -> dict:
+        return release_task(candidate, registry, name)
+
+    first = ship()
+    assert first["version"] == "v1" and first["already_released"] is False
+    second = ship()
+    assert second["already_released"] is True
+    events = read_events(f"labcycle.model.{name}.v1", sentinel=f"labcycle.test.{name}")
+    assert len(events) == 1
+    event = events[0]
+    assert event.resource.id == f"labcycle.model.{name}.v1"
+    assert event.resource["prefect.resource.name"] == f"{name} v1"
+    assert event.payload == {"version": "v1", "path": first["path"], "metrics": METRICS, "taxonomy_commit": "abc123",
+                             "fingerprint": fingerprint(candidate)}
+
+
+@pytest.mark.slow
+def test_release_task_failure_is_rolled_back_by_the_transaction(prefect_harness, candidate, tmp_path, monkeypatch):
+    from prefect import flow
+
+    registry = tmp_path / "registry"
+    copied = fail_after(3, monkeypatch)
+    discarded = []
+    real_discard = registry_module.Release.discard
+
+    def discard(self):  # type: ignore[no-untyped-def]
+        # Observed, not replaced: release_task leaves the clean-up to the transaction's rollback hook.
+        assert len(copied) == 3 and Path(self.staging).is_dir()
+        discarded.append(self.staging)
+        real_discard(self)
+
+    monkeypatch.setattr(registry_module.Release, "discard", discard)
+
+    @flow
+    def ship() -> dict:
+        return release_task.with_options(retries=0)(candidate, str(registry))
+
+    state = ship(return_state=True)
+    assert state.is_failed()
+    assert len(discarded) == 1 and not Path(discarded[0]).exists()
+    assert [p.name for p in (registry / "labcycle-model").iterdir()] == []
+    assert released_versions(str(registry), "labcycle-model") == []
+
+
+def run_approval(timeout_s: int, answer: dict | None) -> tuple[dict, object]:
+    """Run a flow that asks for approval (then runs one more task); answer it from here as a person would."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    started: dict = {}
+
+    @task
+    def after_approval(decision: dict) -> str:
+        return "released" if decision["approved"] else "not released"
+
+    @flow
+    def gate() -> tuple[dict, str]:
+        started["id"] = get_run_context().flow_run.id
+        decision = request_approval("## Release v1?\n\nbranch score 6.5 vs 5.0", timeout_s, poll_interval_s=1)
+        return decision, after_approval(decision)
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("state", gate(return_state=True)))
+    thread.start()
+    if answer is not None:
+        deadline = time.monotonic() + 30
+        with get_client(sync_client=True) as client:
+            while True:
+                assert time.monotonic() < deadline, "the flow run never paused"
+                run_id = started.get("id")
+                run = client.read_flow_run(run_id) if run_id else None
+                if run is not None and run.state is not None and run.state.is_paused():
+                    # The typed form the UI shows: its schema and the candidate summary above it.
+                    keys = keyset_from_paused_state(run.state)
+                    schema = read_flow_run_input(keys["schema"], flow_run_id=run_id)
+                    description = read_flow_run_input(keys["description"], flow_run_id=run_id)
+                    if schema is not None and description is not None:
+                        assert schema["properties"]["approved"]["type"] == "boolean"
+                        assert "comment" in schema["properties"]
+                        assert description.startswith("## Release v1?")
+                        resume_flow_run(run_id, run_input=answer)
+                        break
+                time.sleep(0.2)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    state = out["state"]
+    assert state.is_completed(), state
+    return state.result()
+
+
+@pytest.mark.slow
+def test_approval_approve(prefect_harness):
+    decision, after = run_approval(60, {"approved": True, "comment": "ok"})
+    assert decision == {"approved": True, "comment": "ok", "by_timeout": False}
+    assert after == "released"
+
+
+@pytest.mark.slow
+def test_approval_reject(prefect_harness):
+    decision, after = run_approval(60, {"approved": False, "comment": "regression on safety set"})
+    assert decision == {"approved": False, "comment": "regression on safety set", "by_timeout": False}
+    assert after == "not released"
+
+
+@pytest.mark.slow
+def test_approval_timeout_is_not_released_and_the_run_goes_on(prefect_harness):
+    started = time.monotonic()
+    decision, after = run_approval(2, None)
+    assert decision == {"approved": False, "comment": "", "by_timeout": True}
+    assert after == "not released"  # the run was not failed by Prefect's own pause timeout
+    assert time.monotonic() - started < 20
