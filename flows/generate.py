@@ -25,7 +25,8 @@ from labcycle.tasks.teacher import make_teacher
 
 @flow(name="generate", log_prints=True)
 async def generate(manifest: str, output: str, config: str | None = None, teacher_endpoint: str | None = None,
-                   teacher_model: str | None = None, max_concurrency: int | None = None) -> Any:
+                   teacher_model: str | None = None, max_concurrency: int | None = None,
+                   plan: dict[str, Any] | None = None) -> Any:
     """Generate samples for every leaf of a run manifest into OUTPUT/<leaf-id>/.
 
     Args:
@@ -35,6 +36,7 @@ async def generate(manifest: str, output: str, config: str | None = None, teache
         teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
         teacher_model: the served model name, or a local model folder for the in-process engine.
         max_concurrency: most teacher requests in flight at once, across all leaves.
+        plan: a later cycle's changes (tasks/gate.Plan as JSON): more samples, other seeds, stricter judges.
     """
     try:
         cfg = config_module.load(config).generation
@@ -47,11 +49,11 @@ async def generate(manifest: str, output: str, config: str | None = None, teache
     teacher = make_teacher(teacher_cfg.endpoint, teacher_cfg.model, max_concurrency=teacher_cfg.max_concurrency,
                            structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len,
                            api_key=api_key)
-    tracker = await report.ProgressTracker.start(leaves, cfg)
+    tracker = await report.ProgressTracker.start(leaves, cfg, plan)
     try:
         # Every leaf runs to its end even when another fails, so whatever finished is kept and published.
         results = await asyncio.gather(*(
-            generate_leaf_task(leaf, specs[leaf.kind], teacher, cfg.settings_for(leaf.id), tracker.update) for leaf in leaves
+            generate_leaf_task(leaf, specs[leaf.kind], teacher, cfg.settings_for(leaf.id, plan), tracker.update) for leaf in leaves
         ), return_exceptions=True)
     finally:
         await teacher.aclose()

@@ -22,13 +22,14 @@ from labcycle import config as config_module
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json
 from labcycle.tasks.tune import trainer
+from labcycle.tasks.tune.settings import with_plan
 from labcycle.tasks.tune.stage import publish_tuned, tune_phase_task
 
 
 @flow(name="tune", log_prints=False)
 def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", base_model: str | None = None,
          knowledge_data: str | None = None, skills_data: str | None = None, config: str | None = None,
-         lineage: dict[str, Any] | None = None) -> Any:
+         lineage: dict[str, Any] | None = None, plan: dict[str, Any] | None = None) -> Any:
     """Tune the student on the mixed phase data.
 
     Args:
@@ -39,13 +40,14 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
         skills_data: phase-2 data, likewise.
         config: a labcycle.yaml; its `tuning` section.
         lineage: what the model cards record about the data (taxonomy commit, leaves); set by lab_cycle.
+        plan: a later cycle's changes (tasks/gate.Plan as JSON): epochs_add adds epochs to both phases.
     """
     try:
         cfg = config_module.load(config)
         plan = _plan(phase, base_model or cfg.student.model, knowledge_data, skills_data)
     except LabcycleError as exc:
         return Failed(message=str(exc))
-    settings = cfg.tuning
+    settings = with_plan(cfg.tuning, plan)
     out = Path(output)
     base = plan["base_model"]
     results: dict[str, Any] = {}

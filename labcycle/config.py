@@ -63,13 +63,20 @@ class GenerationConfig:
     pipelines: dict[str, str] = field(default_factory=dict)
     leaves: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def settings_for(self, leaf_id: str):  # type: ignore[no-untyped-def]
+    def settings_for(self, leaf_id: str, plan: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+        """A leaf's settings; `plan` is a later cycle's Plan (tasks/gate.py) as JSON."""
+        import math
+
         from labcycle.tasks.generate.runner import GenerationSettings
 
+        plan = plan or {}
         per_leaf = self.leaves.get(leaf_id, {})
-        return GenerationSettings(samples_per_seed=per_leaf.get("samples_per_seed", self.samples_per_seed),
+        samples = per_leaf.get("samples_per_seed", self.samples_per_seed)
+        factor = plan.get("samples_per_seed_factor", 1.0)
+        return GenerationSettings(samples_per_seed=samples if factor == 1 else math.ceil(samples * factor),
                                   max_rounds=self.max_rounds, max_units_per_round=self.max_units_per_round,
-                                  max_tokens_cap=self.max_tokens_cap)
+                                  max_tokens_cap=self.max_tokens_cap, seed_offset=plan.get("sampling_seed_offset", 0),
+                                  judge_strictness=plan.get("judge_strictness", 0))
 
 
 @dataclass(frozen=True)

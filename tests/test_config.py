@@ -63,3 +63,21 @@ def test_tuning_defaults_and_per_phase_settings(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(LabcycleError, match="not found"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_a_later_cycles_plan_changes_generation_settings():
+    g = config.load(None).generation
+    first, later = g.settings_for("x"), g.settings_for("x", {"samples_per_seed_factor": 1.5, "sampling_seed_offset": 2,
+                                                             "judge_strictness": 1})
+    assert (later.samples_per_seed, later.seed_offset, later.judge_strictness) == (45, 2, 1)
+    assert set(first.to_json()) == {"samples_per_seed", "max_rounds", "max_units_per_round", "max_tokens_cap"}
+    assert first.to_json() != later.to_json()  # another cache key: this leaf is generated again
+
+
+def test_a_later_cycles_plan_adds_epochs():
+    from labcycle.tasks.tune.settings import with_plan
+
+    t = config.load(None).tuning
+    assert with_plan(t, None) == t
+    more = with_plan(t, {"epochs_add": 2})
+    assert (more.knowledge.epochs, more.skills.epochs) == (9, 12) and more.lora == t.lora

@@ -28,10 +28,10 @@ class ProgressTracker:
         self._pending: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    async def start(cls, leaves: list[Any], cfg: Any) -> ProgressTracker:
+    async def start(cls, leaves: list[Any], cfg: Any, plan: dict[str, Any] | None = None) -> ProgressTracker:
         from prefect.artifacts import acreate_progress_artifact
 
-        targets = {leaf.id: cfg.settings_for(leaf.id).samples_per_seed * max(1, len(leaf.qna.get("seed_examples", []))) for leaf in leaves}
+        targets = {leaf.id: cfg.settings_for(leaf.id, plan).samples_per_seed * max(1, len(leaf.qna.get("seed_examples", []))) for leaf in leaves}
         artifact_id = await acreate_progress_artifact(progress=0.0, key="generation-progress", description="samples kept / target, all leaves")
         return cls(targets, artifact_id)
 

@@ -29,7 +29,7 @@ from typing import Any
 from labcycle.io import write_json, write_jsonl
 from labcycle.tasks.generate import blocks as block_types
 from labcycle.tasks.generate.blocks import BlockStats, UnitContext
-from labcycle.tasks.generate.spec import PipelineSpec
+from labcycle.tasks.generate.spec import BlockSpec, PipelineSpec
 
 JOURNAL = "journal.jsonl"
 SAMPLES = "samples.jsonl"
@@ -42,10 +42,19 @@ class GenerationSettings:
     max_rounds: int = 3  # rounds of units before giving up on the target
     max_units_per_round: int = 64
     max_tokens_cap: int | None = None  # caps every block's max_tokens (smoke runs on tiny models)
+    # A later cycle's plan (tasks/gate.py): another draw of sampling seeds, stricter scored judges.
+    seed_offset: int = 0
+    judge_strictness: int = 0  # added to every scored judge's keep_at_least, up to its scale's maximum
 
     def to_json(self) -> dict[str, Any]:
-        return {"samples_per_seed": self.samples_per_seed, "max_rounds": self.max_rounds,
+        data = {"samples_per_seed": self.samples_per_seed, "max_rounds": self.max_rounds,
                 "max_units_per_round": self.max_units_per_round, "max_tokens_cap": self.max_tokens_cap}
+        # Only when set, so that the first cycle's cache keys stay what they were before plans existed.
+        if self.seed_offset:
+            data["seed_offset"] = self.seed_offset
+        if self.judge_strictness:
+            data["judge_strictness"] = self.judge_strictness
+        return data
 
 
 @dataclass
@@ -143,10 +152,20 @@ def make_renderer(spec: PipelineSpec) -> Callable[[str, dict[str, Any]], str | N
     return render
 
 
-def unit_seed(leaf_hash: str, unit: str) -> int:
+def unit_seed(leaf_hash: str, unit: str, offset: int = 0) -> int:
     import hashlib
 
-    return int.from_bytes(hashlib.sha256(f"{leaf_hash}:{unit}".encode()).digest()[:4], "big") % 2**31
+    salt = f":{offset}" if offset else ""
+    return int.from_bytes(hashlib.sha256(f"{leaf_hash}:{unit}{salt}".encode()).digest()[:4], "big") % 2**31
+
+
+def stricter(block: BlockSpec, strictness: int) -> BlockSpec:
+    """A scored judge keeping `strictness` points more (never above its scale); other blocks as they are."""
+    score = block.params.get("score") if block.type == "judge" else None
+    if not strictness or not score:
+        return block
+    keep = min(score["max"], score["keep_at_least"] + strictness)
+    return BlockSpec(block.name, block.type, {**block.params, "score": {**score, "keep_at_least": keep}})
 
 
 # --- records ------------------------------------------------------------------------------------------
@@ -210,7 +229,7 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
     target = settings.samples_per_seed * n_seeds
     seed_texts = [t for ex in examples for t in (ex["question"], ex["answer"]) if t]
     render = make_renderer(spec)
-    pipeline = [block_types.build(b) for b in spec.blocks]
+    pipeline = [block_types.build(stricter(b, settings.judge_strictness)) for b in spec.blocks]
     dedup: dict[str, Any] = {}
     kept = sum(len(e["records"]) for e in entries)
 
@@ -230,7 +249,7 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
     async def run_unit(unit: str, round_: int, chunk: dict[str, Any] | None) -> None:
         nonlocal kept
         async with in_flight_units:
-            seed = unit_seed(leaf.hash, unit)
+            seed = unit_seed(leaf.hash, unit, settings.seed_offset)
             rnd = random.Random(seed)
             picks = rnd.sample(examples, min(spec.examples_per_prompt, len(examples)))
             stats: dict[str, BlockStats] = {}

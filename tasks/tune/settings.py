@@ -100,3 +100,11 @@ def from_mapping(data: dict[str, Any]) -> TuneSettings:
         skills=replace(SKILLS_DEFAULTS, **data.get("skills", {})),
         **rest,
     )
+
+
+def with_plan(settings: TuneSettings, plan: dict[str, Any] | None) -> TuneSettings:
+    """The settings a later cycle trains with: its plan's epochs_add on both phases (tasks/gate.Plan)."""
+    extra = (plan or {}).get("epochs_add", 0)
+    if not extra:
+        return settings
+    return replace(settings, **{p: replace(settings.phase(p), epochs=settings.phase(p).epochs + extra) for p in PHASES})

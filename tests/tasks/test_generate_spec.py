@@ -511,3 +511,16 @@ def test_knowledge_rounds_rotate_through_chunks_and_a_complete_leaf_is_not_redon
 
     again = asyncio.run(generate_leaf(leaf, spec, ScriptedTeacher(), settings, tmp_path / "work"))
     assert again.units == 6  # read from yield.json; the empty script would raise on any request
+
+
+def test_stricter_scored_judges_stop_at_their_scale():
+    from labcycle.tasks.generate.runner import stricter
+    from labcycle.tasks.generate.spec import load_spec, shipped_spec_path
+
+    spec = load_spec(shipped_spec_path("freeform_skill"))
+    keep = {b.name: stricter(b, 2).params.get("score", {}).get("keep_at_least") for b in spec.blocks}
+    assert keep["judge_question"] == 1 and keep["judge_pair"] == 3  # 0-1 scale keeps 1; 0-3 scale keeps 2 + 2 -> 3
+    assert all(stricter(b, 0) is b for b in spec.blocks)
+    knowledge = load_spec(shipped_spec_path("knowledge"))
+    faithfulness = next(b for b in knowledge.blocks if b.name == "faithfulness")
+    assert stricter(faithfulness, 3) is faithfulness  # a YES/NO verdict has no scale to raise
