@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from labcycle.tasks.mix.recipe import PHASES, Recipe
 
 # Bumped whenever the same inputs and recipe would give different output, so older mixes are redone.
 MIX_FORMAT = 1
+HELD_OUT = "held_out.jsonl"
 MIX_JSON = "mix.json"
 
 
@@ -75,7 +77,7 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
     """Write OUTPUT/{knowledge,skills}/ (data.jsonl, dataset/, card.json, dataset_card.md) and OUTPUT/mix.json;
     returns mix.json's content."""
     generated, output = Path(generated), Path(output)
-    records = read_generated(generated)
+    records, held_out = hold_out(read_generated(generated), recipe)
     user = [(d, load_chat_dataset(recipe.resolve(d.path))) for d in recipe.datasets]
     warnings: dict[str, list[str]] = {p: [] for p in PHASES}
     sets = phase_sets(records, user, recipe, warnings)
@@ -118,8 +120,29 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
         summary["phases"][phase] = {"data": f"{phase}/data.jsonl", "dataset": f"{phase}/dataset",
                                     "card": f"{phase}/dataset_card.md", "samples": len(rows), "fingerprint": fingerprint,
                                     "sources": final}
+    write_jsonl(output / HELD_OUT, held_out)
+    summary["held_out"] = {"data": HELD_OUT, "samples": len(held_out),
+                           "leaves": {leaf: sum(1 for r in held_out if r["leaf_id"] == leaf) for leaf in sorted({r["leaf_id"] for r in held_out})}}
     write_json(output / MIX_JSON, summary)
     return summary
+
+
+def hold_out(records: list[dict[str, Any]], recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records for training, held-out rows): per leaf, recipe.held_out.count(n) samples drawn with the seed.
+    The held-out rows never enter either phase set, so the evaluation can ask the candidate questions it
+    was not trained on."""
+    by_leaf: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_leaf.setdefault(rec["metadata"]["leaf_id"], []).append(rec)
+    held_ids: set[str] = set()
+    held: list[dict[str, Any]] = []
+    for leaf in sorted(by_leaf):
+        rows = sorted(by_leaf[leaf], key=lambda r: r["id"])
+        pick = random.Random(f"{recipe.seed}:held_out:{leaf}").sample(rows, recipe.held_out.count(len(rows)))
+        for rec in sorted(pick, key=lambda r: r["id"]):
+            held_ids.add(rec["id"])
+            held.append({"id": rec["id"], "messages": rec["messages"], "leaf_id": leaf, "kind": rec["metadata"]["kind"]})
+    return [r for r in records if r["id"] not in held_ids], held
 
 
 def read_complete(output: Path, key: str) -> dict[str, Any] | None:

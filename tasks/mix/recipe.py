@@ -54,12 +54,25 @@ class UserDataset:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    per_leaf: int = 2
+    max_share: float = 0.2
+
+    def count(self, n: int) -> int:
+        """How many of a leaf's n samples are held out."""
+        import math
+
+        return min(self.per_leaf, math.floor(self.max_share * n + 1e-9))
+
+
+@dataclass(frozen=True)
 class Recipe:
     seed: int = 42
     knowledge: KnowledgeMix = field(default_factory=KnowledgeMix)
     skills: SkillsMix = field(default_factory=SkillsMix)
     datasets: tuple[UserDataset, ...] = ()
     min_share: float = 0.03
+    held_out: HeldOut = field(default_factory=HeldOut)
     tokenizer: str | None = None
     max_length: int = 4096
     # Where relative paths resolve (the recipe file's folder): not part of the recipe's meaning or digest,
@@ -107,6 +120,7 @@ def recipe_from_mapping(data: Any, source: str = "recipe", locate: Callable[[tup
         skills=SkillsMix(**skills),
         datasets=tuple(UserDataset(**d) for d in data.get("datasets", [])),
         min_share=data.get("min_share", 0.03),
+        held_out=HeldOut(**data.get("held_out", {})),
         tokenizer=data.get("tokenizer"),
         max_length=data.get("max_length", 4096),
         base_dir=Path(base_dir) if base_dir is not None else None,

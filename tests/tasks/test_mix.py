@@ -79,7 +79,8 @@ def card(output: Path, phase: str) -> dict:
 
 
 def recipe(**data) -> Recipe:
-    return recipe_from_mapping(data)
+    """A recipe holding nothing out unless asked, so that counts below are the generated samples'."""
+    return recipe_from_mapping({"held_out": {"per_leaf": 0}, **data})
 
 
 def documents(user_turn: str) -> list[str]:
@@ -94,7 +95,7 @@ def documents(user_turn: str) -> list[str]:
 
 def test_default_phase_sets(generated, tmp_path):
     out = tmp_path / "mixed"
-    summary = mix(generated, out, Recipe())
+    summary = mix(generated, out, recipe())
     know, skills = rows(out, "knowledge"), rows(out, "skills")
     # Phase 1: every knowledge sample as is, plus one grounded copy of each.
     assert len(know) == 32 and summary["phases"]["knowledge"]["sources"] == {"knowledge_qa": 16, "knowledge_grounded": 16}
@@ -109,8 +110,8 @@ def test_default_phase_sets(generated, tmp_path):
         assert r["messages"] == original["messages"] and r["leaf_id"] == original["leaf_id"]
     c = card(out, "skills")
     assert c["leaves"][FREEFORM] == 20 and c["leaves"][GROUNDED] == 12 and EMPTY not in c["leaves"]
-    assert c["samples"] == 35 and c["upsampled"] == {} and c["recipe"] == Recipe().to_json()
-    assert c["recipe_digest"] == Recipe().digest() and c["seed"] == 42
+    assert c["samples"] == 35 and c["upsampled"] == {} and c["recipe"] == recipe().to_json()
+    assert c["recipe_digest"] == recipe().digest() and c["seed"] == 42
     assert c["fingerprint"] == hashlib.sha256((out / "skills" / "data.jsonl").read_bytes()).hexdigest()
     assert json.loads((out / "mix.json").read_text()) == summary
     assert summary["phases"]["skills"]["fingerprint"] == c["fingerprint"]
@@ -333,7 +334,7 @@ def test_saved_dataset_matches_data_jsonl(generated, tmp_path):
     from datasets import load_from_disk
 
     out = tmp_path / "mixed"
-    mix(generated, out, Recipe())
+    mix(generated, out, recipe())
     mix(generated, out, recipe(seed=7))  # a second mix replaces the saved dataset
     for phase in ("knowledge", "skills"):
         assert load_from_disk(str(out / phase / "dataset")).to_list() == rows(out, phase)
@@ -344,7 +345,7 @@ def test_saved_dataset_matches_data_jsonl(generated, tmp_path):
 def test_an_empty_phase_is_allowed_and_said(tmp_path):
     generated = write_generated(tmp_path / "generated", {FREEFORM: [record(FREEFORM, "freeform_skill", i) for i in range(3)]})
     out = tmp_path / "mixed"
-    summary = mix(generated, out, Recipe())
+    summary = mix(generated, out, recipe())
     assert summary["phases"]["knowledge"]["samples"] == 0 and summary["phases"]["skills"]["sources"] == {"skills": 3, "replay": 0}
     assert (out / "knowledge" / "data.jsonl").read_text() == ""
     from datasets import load_from_disk
@@ -526,7 +527,7 @@ def test_broken_generated_samples_name_the_file_and_line(generated, tmp_path):
 def test_task_fn_and_cache_key_follow_inputs_and_output(generated, tmp_path):
     from labcycle.tasks.mix import stage
 
-    out, r = tmp_path / "mixed", Recipe()
+    out, r = tmp_path / "mixed", recipe()
     params = {"generated": generated, "output": out, "recipe": r}
     assert stage._task_cache_key(None, params) is None  # nothing written yet: never served from a cache
     summary = mix_task.fn(generated, out, r)
@@ -567,3 +568,19 @@ def test_reading_a_recipe_imports_neither_prefect_nor_heavy_libraries():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0, res.stdout + res.stderr
     assert mix_task.name == "mix"
+
+
+@pytest.mark.parametrize("per_leaf, max_share, expected", [(2, 0.2, {KNOW_A: 2, KNOW_B: 1, FREEFORM: 2, GROUNDED: 2}),
+                                                             (0, 0.2, {}), (5, 0.5, {KNOW_A: 5, KNOW_B: 3, FREEFORM: 5, GROUNDED: 5})])
+def test_held_out_samples_never_enter_training(generated, tmp_path, per_leaf, max_share, expected):
+    out = tmp_path / "mixed"
+    summary = mix(generated, out, recipe(held_out={"per_leaf": per_leaf, "max_share": max_share}))
+    held = [json.loads(line) for line in (out / "held_out.jsonl").read_text().splitlines()]
+    assert summary["held_out"]["leaves"] == expected and summary["held_out"]["samples"] == len(held)
+    held_ids = {h["id"] for h in held}
+    trained = {r["id"].split("#")[0] for p in ("knowledge", "skills") for r in rows(out, p)}
+    assert not held_ids & trained
+    assert all(h["messages"][-1]["role"] == "assistant" and h["kind"] for h in held)
+    again = tmp_path / "again"
+    mix(generated, again, recipe(held_out={"per_leaf": per_leaf, "max_share": max_share}))
+    assert (again / "held_out.jsonl").read_bytes() == (out / "held_out.jsonl").read_bytes()
