@@ -1,0 +1,28 @@
+"""Evaluation of a tuned candidate against its base: branch (what this cycle taught) and regression (what
+it must not forget), written as the report the gate reads.
+
+- questions.py: the changed leaves' seed Q&A and held-out generated samples, as questions
+- branch.py: base and candidate answer through one vLLM server (the candidate as a LoRA adapter); token
+  F1, ROUGE-L (metrics.py) and the judge (judge.py, prompts/) score each answer against its reference
+- suite.py, loglik.py, regression.py: lm-evaluation-harness style suites over local files, scored by
+  log-likelihood (accuracy) or perplexity; suites/ holds a small general set of our own
+- report.py: report.json, answers.jsonl, report.md; stage.py: evaluate() and the Prefect task
+
+Nothing heavy is imported here; `evaluate`, `evaluate_async` and `evaluate_task` load stage.py (and Prefect)
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("evaluate", "evaluate_async", "evaluate_task", "EvalSettings", "JudgeSpec", "shipped_suites"):
+        from labcycle.tasks.evaluate import stage
+
+        return getattr(stage, name)
+    raise AttributeError(name)
+
+
+__all__ = ["EvalSettings", "JudgeSpec", "evaluate", "evaluate_async", "evaluate_task", "shipped_suites"]

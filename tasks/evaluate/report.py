@@ -1,0 +1,126 @@
+"""The evaluation report: report.json (the shape tasks/gate.py reads), answers.jsonl (every question's
+answers, judgements and scores; every suite document's log-likelihoods) and report.md (base vs candidate
+tables, drops flagged with ⚠, shown as the Prefect artifact "eval-report")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labcycle.io import write_json, write_jsonl, write_text_atomic
+
+REPORT, ANSWERS, MARKDOWN = "report.json", "answers.jsonl", "report.md"
+SIDES = ("base", "candidate")
+DIGITS = 4
+WARN = "⚠"
+
+
+def _round_scores(block: dict[str, Any]) -> None:
+    for side in SIDES:
+        if isinstance(block.get(side), dict):
+            block[side] = {m: (None if v is None else round(v, DIGITS)) for m, v in block[side].items()}
+
+
+def build(branch: dict[str, Any], regression: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The report: branch and regression as the gate reads them (scores rounded to 4 digits), plus
+    `extra` (models, settings, timings, ...). Per-document suite details move to answers.jsonl."""
+    for leaf in branch["leaves"].values():
+        _round_scores(leaf)
+    _round_scores(branch["overall"])
+    for block in branch["by_kind"].values():
+        _round_scores(block)
+    for entry in regression["suites"].values():
+        for side in SIDES:
+            entry[side] = round(entry[side], 6)
+        for key in ("acc_norm", "word_perplexity"):
+            if key in entry:
+                entry[key] = {s: round(v, 6) for s, v in entry[key].items()}
+        entry.pop("details", None)
+    return {"branch": branch, "regression": regression, **extra}
+
+
+def answer_rows(records: list[dict[str, Any]], suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [{"type": "branch", **r} for r in records]
+    for name, entry in suites.items():
+        rows += [{"type": "regression", "suite": name, **d} for d in entry.get("details", [])]
+    return rows
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if metric in ("judge", "perplexity") else f"{value:.3f}"
+
+
+def _pair(block: dict[str, Any], metric: str, higher_is_better: bool = True) -> tuple[str, bool]:
+    base, cand = block["base"].get(metric), block["candidate"].get(metric)
+    if base is None or cand is None:
+        return f"{_fmt(base, metric)} → {_fmt(cand, metric)}", False
+    worse = cand < base if higher_is_better else cand > base
+    delta = cand - base
+    cell = f"{_fmt(base, metric)} → {_fmt(cand, metric)} ({'+' if delta >= 0 else '−'}{_fmt(abs(delta), metric)})"
+    return (f"**{cell} {WARN}**" if worse else cell), worse
+
+
+def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
+    branch, suites = report["branch"], report["regression"]["suites"]
+    models = report.get("models", {})
+    primary = "judge" if branch["judge_available"] else "rouge_l"
+    lines = ["# Evaluation: candidate vs base", ""]
+    if models:
+        lines.append(f"Base `{models.get('base')}`, candidate `{models.get('candidate')}`, judge "
+                     f"{'`' + str(models.get('judge')) + '`' if models.get('judge') else 'none'}.")
+    judge = branch.get("judge", {})
+    if branch["judge_available"]:
+        failures = ", ".join(f"{n} {why}" for why, n in judge.get("failures", {}).items())
+        lines.append(f"Judge: {judge.get('judged_pairs')} question pairs scored 1-10"
+                     + (f"; {judge.get('failed_pairs')} pairs left out for both models ({failures})." if failures else "."))
+    elif judge.get("requested"):
+        lines.append("Judge: no judgement could be read; judge-free metrics only (the gate uses its fallback metric).")
+    else:
+        lines.append("Judge: none configured; judge-free metrics only (the gate uses its fallback metric).")
+    lines += [f"- {n}" for n in notes or []]
+    lines += ["", f"## Branch: changed leaves ({WARN} = candidate below base; main metric: {primary})", "",
+              "| leaf | kind | questions | judge (1-10) | token F1 | ROUGE-L |", "|---|---|---:|---|---|---|"]
+
+    def row(name: str, kind: str, questions: Any, block: dict[str, Any]) -> str:
+        cells = {m: _pair(block, m) for m in ("judge", "token_f1", "rouge_l")}
+        label = f"**{name}** {WARN}" if cells[primary][1] else name
+        return f"| {label} | {kind} | {questions} | " + " | ".join(cells[m][0] for m in ("judge", "token_f1", "rouge_l")) + " |"
+
+    for leaf_id, leaf in branch["leaves"].items():
+        lines.append(row(f"`{leaf_id}`", leaf["kind"], leaf["questions"], leaf))
+    for kind, block in branch["by_kind"].items():
+        lines.append(row(f"all {kind}", kind, f"{block['leaves']} leaves", block))
+    lines.append(row("overall", "", f"{branch['overall']['leaves']} leaves", branch["overall"]))
+    if branch.get("skipped_questions"):
+        lines += ["", f"{branch['skipped_questions']} questions were left out: too long for the served context."]
+    lines += ["", f"## Regression suites ({WARN} = candidate worse than base)", ""]
+    if not suites:
+        lines.append("No regression suites configured.")
+    else:
+        lines += ["| suite | metric | items | base → candidate |", "|---|---|---:|---|"]
+        for name, entry in suites.items():
+            cell, worse = _pair(entry_block(entry), entry["metric"], entry["higher_is_better"])
+            label = f"**{name}** {WARN}" if worse else name
+            lines.append(f"| {label} | {entry['metric']}{' (lower is better)' if not entry['higher_is_better'] else ''} "
+                         f"| {entry['items']} | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def entry_block(entry: dict[str, Any]) -> dict[str, Any]:
+    return {side: {entry["metric"]: entry[side]} for side in SIDES}
+
+
+def write(out_dir: Path, report: dict[str, Any], rows: list[dict[str, Any]], notes: list[str] | None = None) -> str:
+    """Writes answers.jsonl, report.md, then report.json last (its presence marks a finished evaluation);
+    returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / ANSWERS, rows)
+    md = markdown(report, notes)
+    write_text_atomic(out_dir / MARKDOWN, md)
+    write_json(out_dir / REPORT, report)
+    return md
+
+
+__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "answer_rows", "build", "markdown", "write"]

@@ -1,0 +1,301 @@
+"""The evaluation stage: branch and regression evaluations of a candidate adapter against its base.
+
+    report = evaluate(RUN/manifest.json, OUT/skills/adapter, BASE_DIR, RUN/cycle-1/eval,
+                      endpoint=None, judge=teacher, suites=[...], held_out=None)
+
+Both models are served by one vLLM server, the candidate as a LoRA adapter on the base (no merge): with
+no endpoint the stage starts that server itself on the base and stops it at the end; with one, the
+server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and read the adapter's
+folder at the same path. The adapter is loaded under "candidate-<12 hex of its content>", so a changed
+adapter is never confused with an old one of the same path.
+
+Re-running with the same inputs (leaves, held-out rows, suites, adapter and base content, judge model,
+settings) returns the report already in out_dir without starting anything: that is all the caching the
+stage needs (an evaluation depends on a live server, which a Prefect result cache cannot vouch for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from labcycle.errors import LabcycleError, retry_if_transient
+from labcycle.tasks.evaluate import report as report_io
+from labcycle.tasks.evaluate.branch import BranchSettings, evaluate_branch
+from labcycle.tasks.evaluate.questions import Question, held_out_questions, seed_questions
+from labcycle.tasks.evaluate.suite import Suite, load_suite
+from labcycle.tasks.teacher.base import Teacher
+
+# Bumped whenever the same inputs would give a different report (prompts, metrics, report shape).
+EVAL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_tokens: int = 256  # per answer (greedy)
+    judge_max_tokens: int = 256
+    concurrency: int = 8  # requests in flight per model
+    held_out_per_leaf: int | None = 10  # held-out rows per leaf, in file order; None: all
+    max_items: int | None = None  # documents per suite; None: all
+    max_model_len: int = 4096  # of the server the stage starts itself
+    # Scoring requests in flight. None: `concurrency` on a GPU server the stage started, else 1, because vLLM's
+    # CPU LoRA path crashes on batched prompt logprobs (see loglik.py); set it for a GPU endpoint.
+    score_concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """The judge as settings, built inside the evaluation's own event loop (an async client made in another
+    loop would fail there) and closed when the evaluation ends. The API key is read then, never passed."""
+
+    endpoint: str | None  # an OpenAI-compatible base URL; None: an in-process vLLM engine on `model`
+    model: str
+    structured_mode: str = "vllm"
+    max_model_len: int = 4096
+    max_concurrency: int = 8
+    api_key_secret: str | None = None  # a Prefect Secret block's name (else the environment's key)
+
+    async def build(self) -> Teacher:
+        from labcycle.config import TeacherConfig
+        from labcycle.tasks.generate.inputs import api_key
+        from labcycle.tasks.teacher import make_teacher
+
+        key = await api_key(TeacherConfig(endpoint=self.endpoint, model=self.model, api_key_secret=self.api_key_secret))
+        return make_teacher(self.endpoint, self.model, max_concurrency=self.max_concurrency,
+                            structured_mode=self.structured_mode, api_key=key, max_model_len=self.max_model_len)
+
+
+def shipped_suites() -> list[Path]:
+    """The general suites labcycle ships (our own questions and prose; for demos and tests)."""
+    folder = Path(__file__).resolve().parent / "suites"
+    return sorted(folder.glob("*.yaml"))
+
+
+def _adapter(path: Path) -> tuple[str, int]:
+    """(content fingerprint, LoRA rank) of a PEFT adapter folder."""
+    from labcycle.tasks.tune.data import fingerprint_path
+
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        hint = (" (a fully fine-tuned model: evaluate it as an adapter-less model is not supported yet; tune with "
+                "method lora or qlora)" if (path / "config.json").is_file() else "")
+        raise LabcycleError(f"not a LoRA adapter folder (adapter_config.json missing){hint}", where=str(path))
+    try:
+        rank = int(json.loads(config.read_text(encoding="utf-8")).get("r") or 8)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise LabcycleError(f"unreadable adapter_config.json ({exc})", where=str(config)) from None
+    return fingerprint_path(path), rank
+
+
+def _cuda() -> bool:
+    from labcycle.tasks.teacher.server import _cuda_available
+
+    return _cuda_available()
+
+
+def _digest(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+async def _get_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 120.0) -> tuple[int, Any]:
+    import httpx
+
+    from labcycle.tasks.teacher.openai_client import resolve_api_key
+
+    headers = {"Authorization": f"Bearer {resolve_api_key(None)}"}
+    async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as client:
+        try:
+            resp = await (client.post(url, json=body) if body is not None else client.get(url))
+        except httpx.TransportError as exc:
+            raise LabcycleError(f"cannot reach the evaluation server ({type(exc).__name__}: {exc})", where=url,
+                                transient=True) from None
+    try:
+        return resp.status_code, resp.json()
+    except ValueError:
+        return resp.status_code, resp.text
+
+
+async def served_base_name(base_url: str, base_model: Path) -> str:
+    """The base model's name on the endpoint: the served model (not an adapter) whose id or root matches
+    base_model, else the only one."""
+    status, data = await _get_json(base_url + "/models")
+    cards = data.get("data", []) if status == 200 and isinstance(data, dict) else []
+    bases = [c for c in cards if not c.get("parent")]
+    match = [c for c in bases if c.get("id") in (base_model.name, str(base_model)) or c.get("root") == str(base_model)]
+    if len(match) == 1 or len(bases) == 1:
+        return (match or bases)[0]["id"]
+    names = ", ".join(c.get("id", "?") for c in bases) or "(nothing)"
+    raise LabcycleError(f"cannot tell which served model is the base {base_model.name!r} (the endpoint serves: {names}); "
+                        "set evaluation.served_base", where=base_url)
+
+
+async def load_adapter(base_url: str, name: str, path: Path) -> None:
+    """Serve the adapter under `name` at a running vLLM server; one already loaded under that name (the
+    name carries its content hash) is fine."""
+    status, data = await _get_json(base_url + "/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+    if status >= 400:
+        detail = json.dumps(data)[:400] if not isinstance(data, str) else data[:400]
+        if "already" in detail.lower():
+            return
+        raise LabcycleError(f"the server refused the candidate adapter (HTTP {status}: {detail}); it needs --enable-lora, "
+                            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, a --max-lora-rank at least the adapter's rank, and "
+                            "the adapter folder at this same path", where=str(path))
+
+
+def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None,
+               per_leaf: int | None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
+    from labcycle.config import GenerationConfig
+    from labcycle.tasks.generate.inputs import load_leaves
+
+    leaves, _ = load_leaves(Path(manifest), GenerationConfig())
+    if changed is not None:
+        unknown = sorted(set(changed) - {leaf.id for leaf in leaves})
+        if unknown:
+            raise LabcycleError(f"changed leaves not in the run manifest: {', '.join(unknown)}", where=str(manifest))
+        leaves = [leaf for leaf in leaves if leaf.id in set(changed)]
+    by_id = {leaf.id: leaf for leaf in leaves}
+    questions = [q for leaf in leaves for q in seed_questions(leaf)]
+    counts: dict[str, Any] = {"seed": len(questions)}
+    if held_out is not None:
+        extra, counts["held_out"] = held_out_questions(Path(held_out), by_id, per_leaf)
+        questions += extra
+    return questions, {leaf.id: leaf.kind for leaf in leaves}, counts
+
+
+async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir: Path, *,
+                         endpoint: str | None, judge: Teacher | JudgeSpec | None, suites: list[Path], held_out: Path | None,
+                         settings: EvalSettings = EvalSettings(), changed_leaves: list[str] | None = None,
+                         served_base: str | None = None, reuse: bool = True) -> dict[str, Any]:
+    from labcycle.models import is_tiny
+    from labcycle.tasks.evaluate.loglik import LoglikClient
+    from labcycle.tasks.evaluate.regression import evaluate_regression
+    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.tasks.tune.data import model_fingerprint
+
+    out_dir, candidate_adapter, base_model = Path(out_dir), Path(candidate_adapter), Path(base_model)
+    started = time.monotonic()
+    # Everything a user can get wrong is checked before a server starts.
+    questions, kinds, counts = _questions(manifest, changed_leaves, held_out, settings.held_out_per_leaf)
+    loaded: list[Suite] = [load_suite(p, settings.max_items) for p in suites]
+    names = [s.name for s in loaded]
+    if len(set(names)) != len(names):
+        twice = ", ".join(sorted({n for n in names if names.count(n) > 1}))
+        raise LabcycleError(f"two regression suites share a task name ({twice}); give each its own `task:`")
+    fingerprint, rank = _adapter(candidate_adapter)
+    adapter_name = f"candidate-{fingerprint[:12]}"
+    digest = _digest(format=EVAL_FORMAT, questions=[(q.to_json(), q.messages) for q in questions], kinds=kinds,
+                     suites=[(s.name, s.digest) for s in loaded], adapter=fingerprint,
+                     base=model_fingerprint(base_model) if base_model.is_dir() else str(base_model),
+                     judge=getattr(judge, "model", None),
+                     settings={**asdict(settings), "concurrency": None, "score_concurrency": None})
+    previous = out_dir / report_io.REPORT
+    if reuse and previous.is_file():
+        try:
+            old = json.loads(previous.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("inputs_digest") == digest:
+            return old
+
+    server = None
+    if endpoint is None:
+        from labcycle.tasks.teacher.server import VLLMServer
+
+        server = VLLMServer(base_model, enable_lora=True, max_lora_rank=rank, max_model_len=settings.max_model_len,
+                            log_path=out_dir / "vllm-server.log")
+        await asyncio.to_thread(server.start)
+    try:
+        base_url = server.base_url if server is not None else endpoint.rstrip("/")  # type: ignore[union-attr]
+        base_name = server.model if server is not None else served_base or await served_base_name(base_url, base_model)
+        if server is not None:
+            await asyncio.to_thread(server.load_lora, adapter_name, candidate_adapter)
+        else:
+            await load_adapter(base_url, adapter_name, candidate_adapter)
+        served = {"base": base_name, "candidate": adapter_name}
+        models = {side: OpenAITeacher(base_url, name, max_concurrency=settings.concurrency) for side, name in served.items()}
+        t0 = time.monotonic()
+        own_judge = await judge.build() if isinstance(judge, JudgeSpec) else None
+        try:
+            branch, records = await evaluate_branch(questions, kinds, models, own_judge or judge,
+                                                    BranchSettings(settings.max_tokens, settings.judge_max_tokens))
+        finally:
+            for m in [*models.values(), *([own_judge] if own_judge else [])]:
+                await m.aclose()
+        t1 = time.monotonic()
+        score_concurrency = settings.score_concurrency or (settings.concurrency if server is not None and _cuda() else 1)
+        async with LoglikClient(base_url, base_name, max_concurrency=settings.concurrency,
+                                score_concurrency=score_concurrency) as client:
+            regression = await evaluate_regression(client, loaded, served)
+        t2 = time.monotonic()
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+
+    rows = report_io.answer_rows(records, regression["suites"])  # before build() moves the details out
+    tiny = base_model.is_dir() and is_tiny(base_model)
+    notes = ["tiny random models: their scores are noise and mean nothing"] if tiny else []
+    extra = {
+        "models": {**served, "judge": getattr(judge, "model", None), "adapter": str(candidate_adapter),
+                   "base_model": str(base_model)},
+        "questions": counts,
+        "settings": asdict(settings),
+        "timings": {"branch_s": round(t1 - t0, 2), "regression_s": round(t2 - t1, 2),
+                    "total_s": round(time.monotonic() - started, 2)},
+        "notes": notes,
+        "inputs_digest": digest,
+    }
+    result = report_io.build(branch, regression, extra)
+    report_io.write(out_dir, result, rows, notes)
+    return result
+
+
+def evaluate(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir: Path, *, endpoint: str | None,
+             judge: Teacher | JudgeSpec | None, suites: list[Path], held_out: Path | None, max_tokens: int = 256,
+             concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
+             held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
+             served_base: str | None = None, score_concurrency: int | None = None,
+             reuse: bool = True) -> dict[str, Any]:
+    """Evaluate the candidate against the base and write out_dir/report.json, answers.jsonl and report.md;
+    returns the report. Runs its own event loop: from async code, await evaluate_async instead."""
+    settings = EvalSettings(max_tokens=max_tokens, judge_max_tokens=judge_max_tokens, concurrency=concurrency,
+                            held_out_per_leaf=held_out_per_leaf, max_items=max_items, max_model_len=max_model_len,
+                            score_concurrency=score_concurrency)
+    return asyncio.run(evaluate_async(manifest, candidate_adapter, base_model, out_dir, endpoint=endpoint, judge=judge,
+                                      suites=suites, held_out=held_out, settings=settings, changed_leaves=changed_leaves,
+                                      served_base=served_base, reuse=reuse))
+
+
+# No Prefect cache: a judge teacher is not a hashable input, and evaluate() already returns the report in
+# out_dir when nothing it depends on changed.
+@task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
+def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir: Path, *, endpoint: str | None,
+                  judge: Teacher | JudgeSpec | None, suites: list[Path], held_out: Path | None, max_tokens: int = 256,
+                  concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
+                  held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
+                  served_base: str | None = None, score_concurrency: int | None = None) -> dict[str, Any]:
+    """evaluate(), with report.md as the markdown artifact "eval-report". A transient failure (the server
+    would not start or stopped answering) is retried once; user mistakes are not."""
+    from prefect.artifacts import create_markdown_artifact
+
+    result = evaluate(manifest, candidate_adapter, base_model, out_dir, endpoint=endpoint, judge=judge, suites=suites,
+                      held_out=held_out, max_tokens=max_tokens, concurrency=concurrency, changed_leaves=changed_leaves,
+                      judge_max_tokens=judge_max_tokens, held_out_per_leaf=held_out_per_leaf, max_items=max_items,
+                      max_model_len=max_model_len, served_base=served_base, score_concurrency=score_concurrency)
+    md = (Path(out_dir) / report_io.MARKDOWN).read_text(encoding="utf-8")
+    overall = result["branch"]["overall"]
+    create_markdown_artifact(markdown=md, key="eval-report",
+                             description=f"candidate vs base over {overall['leaves']} leaves and "
+                                         f"{len(result['regression']['suites'])} suites")
+    return result
+
+
+__all__ = ["EvalSettings", "JudgeSpec", "evaluate", "evaluate_async", "evaluate_task", "load_adapter", "served_base_name",
+           "shipped_suites"]
