@@ -1,6 +1,7 @@
 # labcycle: two commands on a fresh machine.
 #   make demo   set up (if needed), then run the lab-cycle flow on the shipped example taxonomy
-#               (generate with a tiny random teacher, mix, tune both phases of a tiny random student)
+#               (--profile demo: a tiny random model, built on the fly, as teacher and student; the
+#               whole cycle: generate, mix, tune both phases, evaluate, gate, release)
 #   make test   set up (if needed), then run the whole test suite
 # GPU machines: make setup GPU=1 (CUDA torch, vllm and bitsandbytes from the [gpu] extra).
 
@@ -13,7 +14,6 @@ GPU    ?= 0
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.setup-gpu$(GPU)
 DEMO   := .labcycle/demo
-TINY   := .labcycle/models/tiny
 
 .PHONY: setup demo test clean
 
@@ -34,14 +34,9 @@ endif
 	rm -f $(VENV)/.setup-gpu*
 	touch $@
 
-demo: setup $(TINY)/config.json
+demo: setup
 	$(BIN)/python -m labcycle.demo taxonomy $(DEMO)
-	$(BIN)/labcycle run --taxonomy $(DEMO)/taxonomy --base empty --output runs/demo \
-	  --teacher-model $(TINY) --student-model $(TINY) --config taxonomy/labcycle.yaml
-
-# The demo's teacher: a tiny random model built from scratch once (no downloads); its output is noise.
-$(TINY)/config.json: | setup
-	$(BIN)/labcycle models build-tiny $(TINY) --taxonomy taxonomy
+	$(BIN)/labcycle run --taxonomy $(DEMO)/taxonomy --base empty --output runs/demo --profile demo
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

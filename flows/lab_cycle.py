@@ -1,12 +1,14 @@
 """The LAB cycle as one Prefect flow.
 
-    labcycle run --taxonomy ROOT [--base REF|empty] [--output RUN_DIR] [--config labcycle.yaml]
+    labcycle run --taxonomy ROOT --output DIR [--config FILE | --profile demo] [--base REF|empty]
                  [--teacher-endpoint URL] [--teacher-model NAME] [--student-model DIR]
-                 [--until taxonomy|generate|mix|tune]
+                 [--until taxonomy|generate|mix|tune|evaluate|cycle]
 
-Stages so far: the taxonomy subflow (discover → validate → select changed leaves → fetch documents →
-chunk → manifest), the generate subflow (one task per leaf, teacher on vLLM, judge filters), mix (the
-phase-1 knowledge set and the phase-2 skills set), and the tune subflow (knowledge, then skills).
+The taxonomy subflow (discover → validate → select changed leaves → fetch documents → chunk → manifest)
+runs once; then cycle k = 1, 2, ... runs generate → mix → tune (knowledge, then skills) → evaluate →
+gate, in RUN/cycle-<k>/. A passing candidate is released (after an optional approval); a failing one
+loops back with the plan the gate wrote, until the policy's max_cycles. RUN/report.json holds every
+cycle's decision and the released version.
 """
 
 from __future__ import annotations
@@ -20,20 +22,27 @@ from prefect.states import Failed
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from labcycle import config as config_module
+from labcycle import profiles
 from labcycle.env import default_run_dir
 from labcycle.errors import LabcycleError
 from labcycle.flows.generate import generate
 from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.flows.tune import tune
+from labcycle.io import write_json
+from labcycle.tasks import cycle as cycle_tasks
+from labcycle.tasks.evaluate import evaluate_task
+from labcycle.tasks.gate import first_plan, gate_task, load_policy, next_plan
 from labcycle.tasks.manifest import lineage
 from labcycle.tasks.mix import load_recipe, mix_task
+from labcycle.tasks.release import release_task, request_approval
+
+Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]
 
 
 @flow(name="lab-cycle", log_prints=True)
 def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None,
               teacher_endpoint: str | None = None, teacher_model: str | None = None, max_concurrency: int | None = None,
-              student_model: str | None = None,
-              until: Literal["taxonomy", "generate", "mix", "tune"] = "tune") -> Any:
+              student_model: str | None = None, profile: str | None = None, until: Stage = "cycle") -> Any:
     """Run the LAB cycle on a qna.yaml taxonomy.
 
     Args:
@@ -46,9 +55,20 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         teacher_model: the served model name, or a local model folder for the in-process engine.
         max_concurrency: most teacher requests in flight at once.
         student_model: the base model to tune (a local model folder); default: the config's student.model.
-        until: the last stage to run.
+        profile: named settings instead of a config ("demo": tiny models built on the fly, in-process teacher).
+        until: the last stage to run ("cycle": the whole loop, up to the release).
     """
     run_dir = Path(output).resolve() if output else default_run_dir()
+    if profile:
+        if config:
+            return Failed(message="give either a profile or a config, not both")
+        try:
+            chosen = profiles.apply(profile, run_dir, Path(taxonomy))
+        except LabcycleError as exc:
+            return Failed(message=str(exc))
+        config = chosen["config"]
+        teacher_model, student_model = teacher_model or chosen["teacher_model"], student_model or chosen["student_model"]
+
     prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(run_dir), config=config, return_state=True)
     if not prepared.is_completed():
         return Failed(message=prepared.message)
@@ -56,39 +76,88 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
     if until == "taxonomy":
         return result
     cfg = config_module.load(config)  # the taxonomy stage has loaded it already: it is valid
-    if until == "tune" and not (student_model or cfg.student.model):
-        # Found out now, not after hours of generation.
-        return Failed(message="no student model to tune: pass --student-model DIR or set student.model in the config "
-                              "(or stop earlier with --until mix)")
-
-    generated = run_coro_as_sync(generate(manifest=result["manifest"], output=str(run_dir / "generated"), config=config,
-                                          teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
-                                          max_concurrency=max_concurrency, return_state=True))
-    if not generated.is_completed():
-        return Failed(message=generated.message)
-    result["generation"] = generated.result()
-    if until == "generate":
-        return result
-
     student = student_model or cfg.student.model
     try:
+        if until not in ("generate", "mix") and not student:
+            # Found out now, not after hours of generation.
+            raise LabcycleError("no student model to tune: pass --student-model DIR or set student.model in the "
+                                "config (or stop earlier with --until mix)")
+        policy = load_policy(cfg.gate.policy)
         recipe = load_recipe(cfg.mixing.recipe)
-        if recipe.tokenizer is None and student:  # the dataset card counts tokens as the student will see them
-            recipe = replace(recipe, tokenizer=str(Path(student).resolve()))
-        mixed = mix_task(run_dir / "generated", run_dir / "mixed", recipe)
     except LabcycleError as exc:
         return Failed(message=str(exc))
-    result["mix"] = mixed
-    if until == "mix":
-        return result
+    if recipe.tokenizer is None and student:  # the dataset card counts tokens as the student will see them
+        recipe = replace(recipe, tokenizer=str(Path(student).resolve()))
+    manifest = Path(result["manifest"])
 
-    phases = [p for p in ("knowledge", "skills") if mixed["phases"][p]["samples"] > 0]
-    data = {p: str(run_dir / "mixed" / mixed["phases"][p]["data"]) for p in phases}
-    tuned = tune(output=str(run_dir / "tuned"), phase="both" if len(phases) == 2 else phases[0],
-                 base_model=student, knowledge_data=data.get("knowledge"),
-                 skills_data=data.get("skills"), config=config, lineage=lineage(Path(result["manifest"])),
-                 return_state=True)
-    if not tuned.is_completed():
-        return Failed(message=tuned.message)
-    result["tuning"] = tuned.result()
-    return result
+    cycles: list[dict[str, Any]] = []
+    plan = first_plan()
+    while True:
+        folder = run_dir / f"cycle-{plan.cycle}"
+        write_json(folder / "plan.json", {**plan.to_json(), "changes": plan.describe()})
+        step: dict[str, Any] = {"cycle": plan.cycle, "plan": plan.to_json(), "folder": str(folder)}
+        cycles.append(step)
+
+        generated = run_coro_as_sync(generate(manifest=str(manifest), output=str(folder / "generated"), config=config,
+                                              teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
+                                              max_concurrency=max_concurrency, plan=plan.to_json(), return_state=True))
+        if not generated.is_completed():
+            return Failed(message=generated.message)
+        step["generation"] = generated.result()
+        if until == "generate":
+            break
+        try:
+            mixed = mix_task(folder / "generated", folder / "mixed", recipe)
+        except LabcycleError as exc:
+            return Failed(message=str(exc))
+        step["mix"] = mixed
+        if until == "mix":
+            break
+        phases = [p for p in ("knowledge", "skills") if mixed["phases"][p]["samples"] > 0]
+        data = {p: str(folder / "mixed" / mixed["phases"][p]["data"]) for p in phases}
+        tuned = tune(output=str(folder / "tuned"), phase="both" if len(phases) == 2 else phases[0], base_model=student,
+                     knowledge_data=data.get("knowledge"), skills_data=data.get("skills"), config=config,
+                     lineage=lineage(manifest), plan=plan.to_json(), return_state=True)
+        if not tuned.is_completed():
+            return Failed(message=tuned.message)
+        step["tuning"] = tuned.result()
+        if until == "tune":
+            break
+        last = step["tuning"]["phases"][phases[-1]]
+        candidate = Path(last["output"])
+        try:
+            report = evaluate_task(manifest, candidate, Path(last["base_model"]), folder / "eval",
+                                   held_out=folder / "mixed" / mixed["held_out"]["data"],
+                                   **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
+        except LabcycleError as exc:
+            return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+        step["eval"] = str(folder / "eval" / "report.json")
+        if until == "evaluate":
+            break
+        decision = gate_task(report, policy, plan.cycle, plan)
+        write_json(folder / "eval" / "decision.json", decision.to_json())
+        step.update(decision=decision.decision, reasons=list(decision.reasons))
+        cycle_tasks.write_report(run_dir, cycles, released=None)
+        if decision.decision == "pass":
+            step["release"] = _release(policy, run_dir, folder, candidate.parent, decision, manifest)
+            break
+        if decision.final:
+            break
+        plan = next_plan(plan, policy)
+
+    released = next((c["release"].get("path") for c in cycles if c.get("release")), None)
+    cycle_tasks.write_report(run_dir, cycles, released=released)
+    return {**result, "cycles": cycles, "released": released,
+            # The last cycle's stages, where the CLI's summary looks for them.
+            **{k: cycles[-1][k] for k in ("generation", "mix", "tuning") if k in cycles[-1]}}
+
+
+def _release(policy: Any, run_dir: Path, folder: Path, tuned: Path, decision: Any, manifest: Path) -> dict[str, Any]:
+    candidate = cycle_tasks.candidate(tuned, folder, decision.to_json(), manifest)
+    if policy.approval.required:
+        answer = request_approval(cycle_tasks.summary(candidate, decision), policy.approval.timeout_s)
+        if not answer["approved"]:
+            return {"approved": False, **answer}
+        candidate = replace(candidate, decision={**candidate.decision, "approval": answer})
+    rel = policy.release
+    return release_task(candidate, rel.registry_location(run_dir), rel.name, rel.hub_repo)

@@ -142,6 +142,12 @@ class Until(str, Enum):
     generate = "generate"
     mix = "mix"
     tune = "tune"
+    evaluate = "evaluate"
+    cycle = "cycle"
+
+
+class Profile(str, Enum):
+    demo = "demo"
 
 
 class Phase(str, Enum):
@@ -151,23 +157,27 @@ class Phase(str, Enum):
 
 
 def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
-              teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None) -> None:
+              teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
+              profile: Profile | None = None) -> None:
     if not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     if config is not None and not config.is_file():
         raise _usage_error(f"--config {config}: no such file")
+    if config is not None and profile is not None:
+        raise _usage_error("give either --config or --profile, not both")
     from labcycle.flows.lab_cycle import lab_cycle
 
-    with _progress_bars(until is not Until.taxonomy), _tuning_progress(until is Until.tune):
+    tuning = until in (Until.tune, Until.evaluate, Until.cycle)
+    with _progress_bars(until is not Until.taxonomy), _tuning_progress(tuning):
         state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
                           config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
                           teacher_model=teacher_model, max_concurrency=max_concurrency, student_model=student_model,
-                          until=until.value, return_state=True)
+                          profile=profile.value if profile else None, until=until.value, return_state=True)
     if not state.is_completed():
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
         raise typer.Exit(1)
-    _print_summary(state.result(), teacher_model)
+    _print_summary(state.result(), teacher_model, profile)
 
 
 def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_model: str | None,
@@ -253,7 +263,7 @@ def _tuning_progress(enabled: bool):  # type: ignore[no-untyped-def]
     return bar()
 
 
-def _print_summary(result: dict, teacher_model: str | None) -> None:
+def _print_summary(result: dict, teacher_model: str | None, profile: Profile | None = None) -> None:
     out.print(f"[green]lab-cycle completed[/green]: {result['leaves']} leaves; manifest at {escape(result['manifest'])}")
     gen = result.get("generation")
     if not gen:
@@ -269,6 +279,20 @@ def _print_summary(result: dict, teacher_model: str | None) -> None:
             out.print(f"mixed {phase}: {info['samples']} samples in {escape(result['mix']['output'])}/{escape(info['data'])}")
     if result.get("tuning"):
         _print_tuned(result["tuning"])
+    for step in result.get("cycles", []):
+        if step.get("decision"):
+            out.print(f"cycle {step['cycle']}: gate {step['decision']}")
+            for reason in step.get("reasons", [])[:12]:
+                out.print(f"  {escape(reason)}")
+    if result.get("cycles") and any(c.get("decision") for c in result["cycles"]):
+        rel = result.get("released")
+        out.print(f"released: {escape(rel)}" if rel else "released: nothing (see the gate's reasons above)")
+        out.print(f"report: {escape(str(Path(result['run_dir']) / 'report.json'))}")
+    if profile is Profile.demo:
+        out.print("[yellow]note:[/yellow] the demo profile uses one tiny random model as teacher and student, and a gate "
+                  "that passes any candidate: the generated text is noise and every score means nothing. Run "
+                  "`labcycle run --config taxonomy/labcycle.yaml` with a real teacher and student for a real cycle.")
+        return
     from labcycle.models import is_tiny
 
     if teacher_model and Path(teacher_model).is_dir() and is_tiny(Path(teacher_model)):
@@ -292,10 +316,11 @@ def run_cmd(
     teacher_model: TeacherModelOpt = None,
     max_concurrency: ConcurrencyOpt = None,
     student_model: StudentModelOpt = None,
-    until: Annotated[Until, typer.Option("--until", help="The last stage to run.")] = Until.tune,
+    profile: Annotated[Optional[Profile], typer.Option("--profile", help="Named settings instead of --config: demo = tiny models built on the fly, in-process teacher.")] = None,
+    until: Annotated[Until, typer.Option("--until", help="The last stage to run (cycle: the whole loop, up to the release).")] = Until.cycle,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model)
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile)
 
 
 @app.command("generate")

@@ -90,6 +90,20 @@ class MixingConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    endpoint: str | None = None  # a vLLM server on the student's base with runtime LoRA loading; None: start one
+    served_base: str | None = None
+    judge: bool = True
+    suites: tuple[str, ...] | None = None  # None: the shipped general suites
+    max_tokens: int = 256
+    judge_max_tokens: int = 256
+    concurrency: int = 8
+    held_out_per_leaf: int | None = 10
+    max_items: int | None = None
+    max_model_len: int = 4096
+
+
+@dataclass(frozen=True)
 class GateConfig:
     policy: str | None = None  # a gate policy; None: the built-in defaults
 
@@ -103,6 +117,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     tuning: TuneSettings = field(default_factory=TuneSettings)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
     def to_json(self) -> dict[str, Any]:
@@ -137,6 +152,7 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         student=StudentConfig(**data.get("student", {})),
         mixing=MixingConfig(**data.get("mixing", {})),
         tuning=tune_settings.from_mapping(data.get("tuning", {})),
+        evaluation=_evaluation(data.get("evaluation", {})),
         gate=GateConfig(**data.get("gate", {})),
     )
     for phase in tune_settings.PHASES:
@@ -148,6 +164,11 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         if getattr(cfg.chunking, overlap_key) >= getattr(cfg.chunking, max_key):
             raise LabcycleError(f"chunking.{overlap_key} must be smaller than chunking.{max_key}", where=source)
     return cfg
+
+
+def _evaluation(data: dict[str, Any]) -> EvaluationConfig:
+    suites = data.get("suites")
+    return EvaluationConfig(**{**data, "suites": tuple(suites) if suites is not None else None})
 
 
 def _generation(data: dict[str, Any]) -> GenerationConfig:

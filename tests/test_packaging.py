@@ -34,6 +34,12 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/mix/stage.py",
         "labcycle/tasks/gate.py",
         "labcycle/tasks/release/registry.py",
+        "labcycle/tasks/evaluate/stage.py",
+        "labcycle/tasks/evaluate/prompts/judge.j2",
+        "labcycle/tasks/evaluate/suites/general_mc.jsonl",
+        "labcycle/schemas/eval-suite.schema.json",
+        "labcycle/profiles/demo.yaml",
+        "labcycle/profiles/demo-pipelines/knowledge.yaml",
         "labcycle/schemas/gate.schema.json",
         "labcycle/tasks/tune/trainer.py",
         "labcycle/flows/tune.py",
@@ -83,6 +89,17 @@ def test_shipped_configs_recipes_policies_and_pipelines_are_valid():
     assert {p.name for p in found} == set(loaders)  # the example taxonomy ships one of each
     for path in found:
         loaders[path.name](path)
-    assert len(specs) == 6  # the shipped pipelines and the demo's
+    assert len(specs) == 6  # the shipped pipelines and the demo profile's
     for path in specs:
         load_spec(path)
+    from labcycle import profiles
+
+    for name in profiles.NAMES:  # each profile's config and the gate policy it names
+        cfg = config.from_mapping(profiles.resolved_config(name), source=name)
+        load_policy(cfg.gate.policy)
+    from labcycle.tasks.evaluate import shipped_suites
+    from labcycle.tasks.evaluate.suite import load_suite
+
+    assert len(shipped_suites()) == 2
+    for path in shipped_suites():
+        load_suite(path)

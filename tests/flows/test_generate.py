@@ -63,7 +63,7 @@ def _generate_task_runs() -> dict:  # id -> task run
 
 
 def _published(run: Path) -> dict[str, dict[str, bytes]]:
-    return {leaf: {name: (run / "generated" / leaf / name).read_bytes() for name in (runner.SAMPLES, runner.YIELD)}
+    return {leaf: {name: (run / "cycle-1" / "generated" / leaf / name).read_bytes() for name in (runner.SAMPLES, runner.YIELD)}
             for leaf in LEAF_IDS}
 
 
@@ -99,17 +99,17 @@ def test_lab_cycle_generates_caches_and_regenerates_only_what_changed(prefect_ha
     kinds = {e["id"]: e["kind"] for e in manifest["leaves"]}
     assert sorted(hashes) == LEAF_IDS
     for leaf_id in LEAF_IDS:
-        report = json.loads((run1 / "generated" / leaf_id / runner.YIELD).read_text())
+        report = json.loads((run1 / "cycle-1" / "generated" / leaf_id / runner.YIELD).read_text())
         spec = load_spec(Path(pipelines[kinds[leaf_id]]))
         genhelp.check_work_folder(Path(report["work_dir"]), spec)  # the work folder behind what was published
-        assert (run1 / "generated" / leaf_id / runner.SAMPLES).read_bytes() == (Path(report["work_dir"]) / runner.SAMPLES).read_bytes()
-        samples = [json.loads(line) for line in genhelp.lines(run1 / "generated" / leaf_id / runner.SAMPLES)]
+        assert (run1 / "cycle-1" / "generated" / leaf_id / runner.SAMPLES).read_bytes() == (Path(report["work_dir"]) / runner.SAMPLES).read_bytes()
+        samples = [json.loads(line) for line in genhelp.lines(run1 / "cycle-1" / "generated" / leaf_id / runner.SAMPLES)]
         assert samples and all(r["metadata"]["leaf_hash"] == hashes[leaf_id] for r in samples)
         assert all(r["metadata"]["teacher_model"] == vllm_server.model for r in samples)
     chunks = genhelp.lines(run1 / "documents" / genhelp.LEAVES["knowledge"] / "chunks.jsonl")
     assert all(len(json.loads(c)["text"].split()) <= 150 for c in chunks)  # the config's chunking applied
 
-    summary = json.loads((run1 / "generated" / "summary.json").read_text())
+    summary = json.loads((run1 / "cycle-1" / "generated" / "summary.json").read_text())
     assert summary["leaves"] == 3 and summary["samples"] == gen["samples"] > 0
     assert summary["requests"] == summary["teacher"]["requests"] > 0
     assert summary["prompt_tokens"] > 0 and summary["completion_tokens"] > 0
@@ -133,7 +133,7 @@ def test_lab_cycle_generates_caches_and_regenerates_only_what_changed(prefect_ha
     assert _counters(vllm_server) == after_first
     assert _published(tmp_path / "run2") == _published(run1)
     assert second["generation"]["samples"] == gen["samples"]
-    summary2 = json.loads((tmp_path / "run2" / "generated" / "summary.json").read_text())
+    summary2 = json.loads((tmp_path / "run2" / "cycle-1" / "generated" / "summary.json").read_text())
     assert summary2["teacher"]["requests"] == summary2["requests"] == 0 and summary2["generation"]["requests"] > 0
     second_tasks = {k: v for k, v in _generate_task_runs().items() if k not in tasks_before and k not in first_tasks}
     assert len(second_tasks) == 3 and all(t.state.name == "Cached" for t in second_tasks.values()), \
@@ -156,7 +156,7 @@ def test_lab_cycle_generates_caches_and_regenerates_only_what_changed(prefect_ha
             assert json.loads(now[leaf_id][runner.YIELD])["work_dir"] != json.loads(before[leaf_id][runner.YIELD])["work_dir"]
         else:
             assert now[leaf_id] == before[leaf_id], leaf_id  # byte-identical: not regenerated
-    regenerated = json.loads((tmp_path / "run3" / "generated" / "summary.json").read_text())["teacher"]["requests"]
+    regenerated = json.loads((tmp_path / "run3" / "cycle-1" / "generated" / "summary.json").read_text())["teacher"]["requests"]
     assert regenerated == json.loads(now[SKILL][runner.YIELD])["requests"] > 0  # this run asked only for the changed leaf
     third_tasks = {k: v for k, v in _generate_task_runs().items() if k not in tasks_before and k not in first_tasks
                    and k not in second_tasks}
@@ -179,13 +179,13 @@ def test_generate_command(prefect_harness, example_taxonomy, vllm_server, tmp_pa
                "--teacher-endpoint", vllm_server.base_url, "--teacher-model", vllm_server.model, "--config", str(cfg),
                cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((out / "generated" / "summary.json").read_text())
-    assert f"generated {summary['samples']} samples in {out / 'generated'}" in " ".join(res.stdout.split())
+    summary = json.loads((out / "cycle-1" / "generated" / "summary.json").read_text())
+    assert f"generated {summary['samples']} samples in {out / 'cycle-1' / 'generated'}" in " ".join(res.stdout.split())
     assert "tiny model with random weights" not in res.stdout  # the note is for a local tiny model folder only
     for leaf_id in LEAF_IDS:
         assert f"  {leaf_id}: " in res.stdout
         spec = load_spec(shipped_spec_path(next(k for k, v in genhelp.LEAVES.items() if v == leaf_id)))
-        report = json.loads((out / "generated" / leaf_id / runner.YIELD).read_text())
+        report = json.loads((out / "cycle-1" / "generated" / leaf_id / runner.YIELD).read_text())
         genhelp.check_work_folder(Path(report["work_dir"]), spec)
 
     # No teacher model: one line, exit 1, before any stage runs.

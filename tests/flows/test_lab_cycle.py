@@ -1,5 +1,6 @@
-"""The whole lab_cycle flow so far (taxonomy → generate → mix → tune both phases) on a real Prefect server, a
-real vLLM teacher and the tiny student; then `labcycle mix` on the run's generated samples."""
+"""The whole lab_cycle flow (taxonomy → generate → mix → tune both phases → evaluate → gate → loop or
+release) on a real Prefect server, a real vLLM teacher, judge and evaluation server, and the tiny
+student; then `labcycle mix` on its own."""
 
 from __future__ import annotations
 
@@ -19,59 +20,117 @@ from tests import genhelp
 pytestmark = pytest.mark.slow
 
 PHASE = {"epochs": 1, "batch_size": 4, "gradient_accumulation": 1, "save_steps": 5, "logging_steps": 1, "max_length": 512}
+PASS_ANY = {"max_cycles": 2, "branch": {"min_improvement": {"default": {"absolute": -10.0}}, "leaf_tolerance": 10.0,
+                                        "fallback": {"min_improvement": {"default": {"absolute": -1.0}}, "leaf_tolerance": 1.0}},
+            "regression": {"max_drop": {"accuracy": 1.0, "perplexity": 1000.0}}, "release": {"name": "tiny"}}
+# No candidate can gain 100 judge points (or 2 on a 0-1 metric): every cycle fails.
+PASS_NONE = {"max_cycles": 2, "branch": {"min_improvement": {"default": {"absolute": 100.0}},
+                                         "fallback": {"min_improvement": {"default": {"absolute": 2.0}}}},
+             "on_fail": [{"samples_per_seed_factor": 2.0, "sampling_seed_offset": 1}]}
 
 
-def _config(path: Path, specs: Path) -> Path:
-    pipelines = {kind: str(genhelp.permissive_spec_file(kind, specs)) for kind in genhelp.KINDS}
-    path.write_text(yaml.safe_dump({
+def _config(folder: Path, server, policy: dict | None = None) -> Path:  # type: ignore[no-untyped-def]
+    pipelines = {kind: str(genhelp.permissive_spec_file(kind, folder / "specs")) for kind in genhelp.KINDS}
+    data = {
         "chunking": {"max_words": 150, "overlap_words": 15},
         "generation": {"samples_per_seed": 1, "max_rounds": 1, "max_units_per_round": 3, "max_tokens_cap": 48,
                        "pipelines": pipelines},
+        "mixing": {"recipe": str(_recipe(folder))},
         "tuning": {"knowledge": PHASE, "skills": PHASE},
-    }))
-    return path
+        # The session's server serves the tiny model, which is also the student: the candidate is loaded into it.
+        "evaluation": {"endpoint": server.base_url, "served_base": server.model, "max_tokens": 24, "judge_max_tokens": 48,
+                       "held_out_per_leaf": 2, "max_items": 4},
+    }
+    if policy is not None:
+        (folder / "gate.yaml").write_text(yaml.safe_dump(policy))
+        data["gate"] = {"policy": str(folder / "gate.yaml")}
+    (folder / "labcycle.yaml").write_text(yaml.safe_dump(data))
+    return folder / "labcycle.yaml"
 
 
-def test_lab_cycle_runs_through_both_tuning_phases(prefect_harness, example_taxonomy, vllm_server, tiny_model, tmp_path):
-    cfg = _config(tmp_path / "labcycle.yaml", tmp_path / "specs")
+def _recipe(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text("held_out:\n  per_leaf: 1\n  max_share: 0.5\n")
+    return folder / "recipe.yaml"
+
+
+def _run(taxonomy: Path, run: Path, cfg: Path, server, student: Path):  # type: ignore[no-untyped-def]
+    return lab_cycle(taxonomy=str(taxonomy), base="empty", output=str(run), config=str(cfg), teacher_endpoint=server.base_url,
+                     teacher_model=server.model, student_model=str(student), return_state=True)
+
+
+def test_one_cycle_through_tuning_evaluation_gate_and_release(prefect_harness, example_taxonomy, vllm_server, tiny_model, tmp_path):
+    cfg = _config(tmp_path, vllm_server, PASS_ANY)
     run = tmp_path / "run"
     events: list[dict] = []
     trainer.LISTENERS.append(events.append)
     try:
-        state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), config=str(cfg),
-                          teacher_endpoint=vllm_server.base_url, teacher_model=vllm_server.model,
-                          student_model=str(tiny_model), return_state=True)
+        state = _run(example_taxonomy, run, cfg, vllm_server, tiny_model)
     finally:
         trainer.LISTENERS.remove(events.append)
     assert state.is_completed(), state.message
     result = state.result()
+    cycle = run / "cycle-1"
 
-    generated = sum(1 for leaf in genhelp.LEAVES.values() for _ in (run / "generated" / leaf / "samples.jsonl").open())
-    mixed = {p: (run / "mixed" / p / "data.jsonl").read_text().splitlines() for p in ("knowledge", "skills")}
+    generated = sum(1 for leaf in genhelp.LEAVES.values() for _ in (cycle / "generated" / leaf / "samples.jsonl").open())
+    mixed = {p: (cycle / "mixed" / p / "data.jsonl").read_text().splitlines() for p in ("knowledge", "skills")}
+    held_out = (cycle / "mixed" / "held_out.jsonl").read_text().splitlines()
     assert result["mix"]["phases"]["knowledge"]["samples"] == len(mixed["knowledge"]) > 0
     assert result["mix"]["phases"]["skills"]["samples"] == len(mixed["skills"]) > 0
-    assert 0 < generated <= len(mixed["knowledge"]) + len(mixed["skills"])
-    card = json.loads((run / "mixed" / "knowledge" / "card.json").read_text())
-    assert "token" in json.dumps(card["lengths"])  # counted with the student's tokenizer
+    assert 0 < generated - len(held_out) <= len(mixed["knowledge"]) + len(mixed["skills"])
+    card = json.loads((cycle / "mixed" / "knowledge" / "card.json").read_text())
+    assert card["lengths"]["unit"] == "tokens"  # counted with the student's tokenizer
 
     manifest = json.loads((run / "manifest.json").read_text())
     for phase in ("knowledge", "skills"):
-        folder = run / "tuned" / phase
-        assert (folder / "adapter" / "adapter_model.safetensors").exists()
-        model_card = (folder / "model_card.md").read_text()
+        model_card = (cycle / "tuned" / phase / "model_card.md").read_text()
         for leaf in manifest["leaves"]:
             assert leaf["id"] in model_card and leaf["hash"][:16] in model_card
         assert manifest["taxonomy"]["commit"] in model_card
     assert {e["phase"] for e in events} == {"knowledge", "skills"}
-    skills = json.loads((run / "tuned" / "skills" / "result.json").read_text())
-    assert skills["init_adapter"] == str(run / "tuned" / "knowledge" / "adapter")
+    skills = json.loads((cycle / "tuned" / "skills" / "result.json").read_text())
+    assert skills["init_adapter"] == str(cycle / "tuned" / "knowledge" / "adapter")
+
+    # evaluated: every changed leaf, base vs candidate, and the shipped regression suites
+    report = json.loads((cycle / "eval" / "report.json").read_text())
+    assert sorted(report["branch"]["leaves"]) == sorted(genhelp.LEAVES.values())
+    assert set(report["regression"]["suites"]) == {"general_mc", "general_text"}
+    assert json.loads((cycle / "eval" / "decision.json").read_text())["decision"] == "pass"
+
+    # released: one immutable version holding the candidate, and the run's report says where
+    summary = json.loads((run / "report.json").read_text())
+    assert [c["decision"] for c in summary["cycles"]] == ["pass"]
+    version = Path(summary["released"])
+    assert version == run / "registry" / "tiny" / "v1" and result["released"] == str(version)
+    release = json.loads((version / "release.json").read_text())
+    assert release["taxonomy_commit"] == manifest["taxonomy"]["commit"]
+    assert (version / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (cycle / "tuned" / "skills" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_failing_gate_loops_back_with_a_new_plan_until_max_cycles(prefect_harness, example_taxonomy, vllm_server, tiny_model, tmp_path):
+    cfg = _config(tmp_path, vllm_server, PASS_NONE)
+    run = tmp_path / "run"
+    state = _run(example_taxonomy, run, cfg, vllm_server, tiny_model)
+    assert state.is_completed(), state.message
+    summary = json.loads((run / "report.json").read_text())
+    assert [c["decision"] for c in summary["cycles"]] == ["fail", "fail"] and summary["released"] is None
+    assert any(r.endswith(": FAIL") for r in summary["cycles"][0]["reasons"])
+    first, second = (json.loads((run / f"cycle-{k}" / "plan.json").read_text()) for k in (1, 2))
+    assert (first["samples_per_seed_factor"], first["sampling_seed_offset"]) == (1.0, 0)
+    assert (second["samples_per_seed_factor"], second["sampling_seed_offset"]) == (2.0, 1)
+    # The plan changed generation: cycle 2 asked the teacher again, with more samples per seed as its target.
+    gens = [json.loads((run / f"cycle-{k}" / "generated" / "summary.json").read_text()) for k in (1, 2)]
+    assert gens[1]["teacher"]["requests"] > 0
+    assert sum(v["target"] for v in gens[1]["per_leaf"].values()) == 2 * sum(v["target"] for v in gens[0]["per_leaf"].values())
+    assert not (run / "registry").exists()
 
 
 def test_lab_cycle_without_a_student_stops_before_generation(prefect_harness, example_taxonomy, tmp_path):
     state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(tmp_path / "run"), return_state=True)
     assert state.is_failed()
     assert "--student-model" in state.message
-    assert (tmp_path / "run" / "manifest.json").exists() and not (tmp_path / "run" / "generated").exists()
+    assert (tmp_path / "run" / "manifest.json").exists() and not (tmp_path / "run" / "cycle-1").exists()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -86,7 +145,7 @@ def test_mix_command(tmp_path):
         "compositional_skills/b": [record("compositional_skills/b", "freeform_skill", i) for i in range(5)],
     })
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("seed: 7\nknowledge:\n  grounded:\n    enabled: false\nskills:\n  replay_fraction: 0.5\n")
+    recipe.write_text("seed: 7\nknowledge:\n  grounded:\n    enabled: false\nskills:\n  replay_fraction: 0.5\nheld_out:\n  per_leaf: 0\n")
     res = _cli("mix", "--generated", str(generated), "--output", str(tmp_path / "mixed"), "--recipe", str(recipe), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"knowledge: 6 samples in {tmp_path / 'mixed' / 'knowledge' / 'data.jsonl'}" in " ".join(res.stdout.split())

@@ -351,7 +351,7 @@ def test_release_registry_location():
          "branch.min_improvement.knowledge: give exactly one of absolute or relative"),
         ("branch:\n  min_improvement:\n    default: {}\n", ":3:5", "give exactly one of absolute or relative"),
         ("branch:\n  min_improvement:\n    skills: {absolute: 0.5}\n", ":3:5", "skills"),
-        ("branch:\n  min_improvement:\n    knowledge: {absolute: -0.5}\n", ":3:17", "branch.min_improvement.knowledge.absolute"),
+        ("branch:\n  min_improvement:\n    knowledge: {relative: -0.5}\n", ":3:17", "branch.min_improvement.knowledge.relative"),
         ("branch:\n  fallback:\n    metric: judge\n", ":3:5", "branch.fallback.metric"),
         ("regression:\n  max_drop:\n    acuracy: 0.05\n", ":3:5", "acuracy"),
         ("regression:\n  suites:\n    mmlu: -0.1\n", ":3:5", "regression.suites.mmlu"),

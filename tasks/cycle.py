@@ -1,0 +1,69 @@
+"""The loop's own records: RUN/report.json (every cycle's decision and the released version), and the
+release candidate a passing cycle hands to tasks/release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from labcycle.io import write_json
+
+REPORT = "report.json"
+
+
+def write_report(run_dir: Path, cycles: list[dict[str, Any]], released: str | None) -> Path:
+    """RUN/report.json: {"cycles": [{"cycle", "decision", "reasons", "plan", ...}], "released": path or null}.
+    Rewritten after every cycle, so a crash leaves the decisions made so far."""
+    keep = ("cycle", "decision", "reasons", "plan", "folder", "eval", "release")
+    return write_json(Path(run_dir) / REPORT, {
+        "cycles": [{k: c[k] for k in keep if k in c} for c in cycles],
+        "released": released,
+    })
+
+
+def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a release event carries: overall branch scores and each regression suite."""
+    branch = report.get("branch", {}).get("overall", {})
+    suites = report.get("regression", {}).get("suites", {})
+    return {"branch": {"base": branch.get("base"), "candidate": branch.get("candidate")},
+            "regression": {name: {"metric": s.get("metric"), "base": s.get("base"), "candidate": s.get("candidate")}
+                           for name, s in suites.items()}}
+
+
+def candidate(tuned: Path, folder: Path, decision: dict[str, Any], manifest: Path):  # type: ignore[no-untyped-def]
+    """The release candidate of a cycle folder: its last tuned phase, eval report and dataset cards."""
+    from labcycle.tasks.release import Candidate
+
+    report_path = folder / "eval" / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    cards = tuple(sorted((folder / "mixed").glob("*/dataset_card.md")))
+    commit = json.loads(Path(manifest).read_text(encoding="utf-8"))["taxonomy"]["commit"]
+    return Candidate(tuned=tuned, eval_report=report_path, dataset_cards=cards, decision=decision,
+                     taxonomy_commit=commit, metrics=headline_metrics(report))
+
+
+def summary(candidate: Any, decision: Any) -> str:
+    """What the approver reads above the form in the Prefect UI."""
+    lines = [f"Candidate: {candidate.tuned}", f"Taxonomy commit: {candidate.taxonomy_commit or 'n/a'}", "",
+             "Gate:", *[f"- {r}" for r in decision.reasons]]
+    return "\n".join(lines)
+
+
+def evaluation_inputs(cfg: Any, teacher_endpoint: str | None, teacher_model: str | None,
+                      max_concurrency: int | None) -> dict[str, Any]:
+    """The evaluate task's settings from the config: the judge is the generation teacher (built inside the
+    evaluation), the suites the configured ones or the shipped general set."""
+    from labcycle.tasks.evaluate import JudgeSpec, shipped_suites
+    from labcycle.tasks.generate.inputs import teacher_config
+
+    ev = cfg.evaluation
+    judge = None
+    if ev.judge:
+        t = teacher_config(cfg.generation.teacher, teacher_endpoint, teacher_model, max_concurrency)
+        judge = JudgeSpec(endpoint=t.endpoint, model=t.model, structured_mode=t.structured_mode,
+                          max_model_len=t.max_model_len, max_concurrency=ev.concurrency, api_key_secret=t.api_key_secret)
+    suites = [Path(p) for p in ev.suites] if ev.suites is not None else shipped_suites()
+    return {"endpoint": ev.endpoint, "served_base": ev.served_base, "judge": judge, "suites": suites,
+            "max_tokens": ev.max_tokens, "judge_max_tokens": ev.judge_max_tokens, "concurrency": ev.concurrency,
+            "held_out_per_leaf": ev.held_out_per_leaf, "max_items": ev.max_items, "max_model_len": ev.max_model_len}
