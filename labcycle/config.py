@@ -129,19 +129,9 @@ class Config:
 
 def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tuple[int, int]] | None = None) -> Config:
     """A typed Config from parsed YAML; `locate` maps a key path to (line, column) for messages."""
-    from labcycle.schemas import validator
+    from labcycle.schemas import check
 
-    errors = sorted(validator("config.schema.json").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        err = errors[0]
-        path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            # Point at the first unknown key itself, not at the mapping that holds it.
-            allowed = err.schema.get("properties", {})
-            path += (next(k for k in err.instance if k not in allowed),)
-        key = ".".join(str(p) for p in path) or "the top level"
-        where = f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
-        raise LabcycleError(f"{key}: {err.message}; see schemas/config.schema.json for the allowed keys and values", where=where)
+    check(data, "config.schema.json", source, locate)
     tax = data.get("taxonomy", {})
     chunk = data.get("chunking", {})
     cfg = Config(
@@ -180,13 +170,8 @@ def load(path: str | Path | None) -> Config:
     """The config in `path`, or the defaults when no path is given."""
     if path is None:
         return Config()
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.tasks.taxonomy.reader import read_settings_file
 
-    parsed = read_yaml(Path(path)) if Path(path).is_file() else None
-    if parsed is None:
-        raise LabcycleError("config file not found; pass an existing YAML file to --config", where=str(path))
-    bad = [p for p in parsed.problems if p.rule != "file/empty"]
-    if bad:
-        p = bad[0]
-        raise LabcycleError(p.message, where=f"{path}:{p.line}:{p.column}")
+    parsed = read_settings_file(Path(path), missing="config file not found; pass an existing YAML file to --config",
+                                what="config", keys="taxonomy:, generation:, tuning: ...")
     return from_mapping(parsed.data or {}, source=str(path), locate=parsed.where)

@@ -22,3 +22,24 @@ def validator(name: str):  # type: ignore[no-untyped-def]
     schema = load(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+def check(data: Any, name: str, source: str, locate: Any = None, explain: Any = None) -> None:
+    """Raise a LabcycleError for the first place `data` breaks schema `name`: the key path, what is wrong,
+    and where (source:line:col when `locate` maps a key path to (line, column)). `explain(err, key)` may
+    word a message better than jsonschema does."""
+    from labcycle.errors import LabcycleError
+
+    errors = sorted(validator(name).iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    err = errors[0]
+    path = tuple(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        # Point at the first unknown key itself, not at the mapping that holds it.
+        allowed = err.schema.get("properties", {})
+        path += (next(k for k in err.instance if k not in allowed),)
+    key = ".".join(str(p) for p in path) or "the top level"
+    where = f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
+    message = explain(err, key) if explain else err.message
+    raise LabcycleError(f"{key}: {message}; see schemas/{name} for the allowed keys and values", where=where)

@@ -188,21 +188,10 @@ def _schema_message(err: Any, key: str) -> str:
 def policy_from_mapping(data: Any, source: str = "gate policy",
                         locate: Callable[[tuple], tuple[int, int]] | None = None) -> GatePolicy:
     """A typed GatePolicy from parsed YAML; `locate` maps a key path to (line, column) for messages."""
-    from labcycle.schemas import validator
+    from labcycle.schemas import check
 
     data = {} if data is None else data
-    errors = sorted(validator("gate.schema.json").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        err = errors[0]
-        path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            # Point at the first unknown key itself, not at the mapping that holds it.
-            allowed = err.schema.get("properties", {})
-            path += (next(k for k in err.instance if k not in allowed),)
-        key = ".".join(str(p) for p in path) or "the top level"
-        where = f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
-        raise LabcycleError(f"{key}: {_schema_message(err, key)}; see schemas/gate.schema.json for the allowed keys "
-                            "and values", where=where)
+    check(data, "gate.schema.json", source, locate, _schema_message)
     branch, regression = data.get("branch", {}), data.get("regression", {})
     main = _thresholds(branch, "judge")
     return GatePolicy(
@@ -222,19 +211,11 @@ def load_policy(path: str | Path | None) -> GatePolicy:
     """The gate policy in `path`, or the defaults when no path is given."""
     if path is None:
         return GatePolicy()
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.tasks.taxonomy.reader import read_settings_file
 
     path = Path(path)
-    parsed = read_yaml(path) if path.is_file() else None
-    if parsed is None:
-        raise LabcycleError("gate policy file not found; point gate.policy in the config at an existing YAML file",
-                            where=str(path))
-    bad = [p for p in parsed.problems if p.rule != "file/empty"]
-    if bad:
-        p = bad[0]
-        message = ("the top level must be a mapping of gate policy keys (max_cycles:, branch:, regression:, on_fail: ...)"
-                   if p.rule == "file/not-mapping" else p.message)
-        raise LabcycleError(message, where=f"{path}:{p.line}:{p.column}")
+    parsed = read_settings_file(path, missing="gate policy file not found; point gate.policy in the config at an "
+                                "existing YAML file", what="gate policy", keys="max_cycles:, branch:, regression:, on_fail: ...")
     return policy_from_mapping(parsed.data, source=str(path), locate=parsed.where)
 
 

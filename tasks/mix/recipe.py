@@ -96,23 +96,13 @@ class Recipe:
 def recipe_from_mapping(data: Any, source: str = "recipe", locate: Callable[[tuple], tuple[int, int]] | None = None,
                         base_dir: Path | None = None) -> Recipe:
     """A typed Recipe from parsed YAML; `locate` maps a key path to (line, column) for messages."""
-    from labcycle.schemas import validator
+    from labcycle.schemas import check
 
     def where(path: tuple) -> str:
         return f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
 
     data = {} if data is None else data
-    errors = sorted(validator("recipe.schema.json").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        err = errors[0]
-        path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            # Point at the first unknown key itself, not at the mapping that holds it.
-            allowed = err.schema.get("properties", {})
-            path += (next(k for k in err.instance if k not in allowed),)
-        key = ".".join(str(p) for p in path) or "the top level"
-        raise LabcycleError(f"{key}: {err.message}; see schemas/recipe.schema.json for the allowed keys and values",
-                            where=where(path))
+    check(data, "recipe.schema.json", source, locate)
     know, skills = data.get("knowledge", {}), data.get("skills", {})
     recipe = Recipe(
         seed=data.get("seed", 42),
@@ -138,18 +128,11 @@ def load_recipe(path: str | Path | None) -> Recipe:
     """The recipe in `path`, or the defaults when no path is given."""
     if path is None:
         return Recipe()
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.tasks.taxonomy.reader import read_settings_file
 
     path = Path(path)
-    parsed = read_yaml(path) if path.is_file() else None
-    if parsed is None:
-        raise LabcycleError("recipe file not found; pass an existing YAML file to --recipe", where=str(path))
-    bad = [p for p in parsed.problems if p.rule != "file/empty"]
-    if bad:
-        p = bad[0]
-        message = ("the top level must be a mapping of recipe keys (seed:, knowledge:, skills:, datasets: ...)"
-                   if p.rule == "file/not-mapping" else p.message)
-        raise LabcycleError(message, where=f"{path}:{p.line}:{p.column}")
+    parsed = read_settings_file(path, missing="recipe file not found; pass an existing YAML file to --recipe",
+                                what="recipe", keys="seed:, knowledge:, skills:, datasets: ...")
     return recipe_from_mapping(parsed.data, source=str(path), locate=parsed.where, base_dir=path.resolve().parent)
 
 

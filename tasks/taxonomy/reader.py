@@ -331,3 +331,20 @@ class _Walker:
             Problem(*_pos(node), "yaml/tag", f"the tag {node.tag} is not allowed here; remove it and write plain values")
         )
         return None
+
+
+def read_settings_file(path: Path, *, missing: str, what: str, keys: str) -> ParsedYaml:
+    """A settings YAML (config, recipe, gate policy) read safely; the first problem raises a LabcycleError
+    with file:line:col. `missing` says what to do when there is no such file, `keys` names the top-level
+    keys expected and `what` the file's kind (for a file that is not a mapping). An empty file is fine: it means the defaults."""
+    from labcycle.errors import LabcycleError
+
+    parsed = read_yaml(path) if path.is_file() else None
+    if parsed is None:
+        raise LabcycleError(missing, where=str(path))
+    bad = [p for p in parsed.problems if p.rule != "file/empty"]
+    if bad:
+        p = bad[0]
+        message = f"the top level must be a mapping of {what} keys ({keys})" if p.rule == "file/not-mapping" else p.message
+        raise LabcycleError(message, where=f"{path}:{p.line}:{p.column}")
+    return parsed
