@@ -398,6 +398,26 @@ def _print_tuned(summary: dict) -> None:
         out.print(f"tuned {phase}: {m['steps']} steps, {loss}; adapter in {escape(info['output'])}")
 
 
+webhook_app = typer.Typer(help="Receive git-push webhooks and turn them into taxonomy.push events on Prefect.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("serve")
+def webhook_serve_cmd(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for every interface (e.g. in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = 8484,
+    config: Annotated[Optional[Path], typer.Option("--config", envvar="LABCYCLE_WEBHOOK_CONFIG", help="A webhook.yaml (see schemas/webhook.schema.json): repositories, branches, body limit, delivery store. Default: accept every repository and branch.")] = None,
+) -> None:
+    """Serve POST /github, POST /gitlab and GET /healthz: verified pushes to the configured repositories and
+    branches become taxonomy.push events on the Prefect API that PREFECT_API_URL names. The shared secret comes
+    from $LABCYCLE_WEBHOOK_SECRET or the Prefect Secret block named by secret_block in the config."""
+    from labcycle.webhook import load_settings, serve
+
+    if config is not None and not config.is_file():
+        raise _usage_error(f"--config {config}: no such file")
+    serve(host, port, load_settings(config))
+
+
 def main() -> None:
     apply_defaults()
     try:

@@ -39,6 +39,8 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/evaluate/suites/general_mc.jsonl",
         "labcycle/schemas/eval-suite.schema.json",
         "labcycle/profiles/demo.yaml",
+        "labcycle/webhook/app.py",
+        "labcycle/schemas/webhook.schema.json",
         "labcycle/profiles/demo-pipelines/knowledge.yaml",
         "labcycle/schemas/gate.schema.json",
         "labcycle/tasks/tune/trainer.py",
