@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -191,54 +192,46 @@ def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_mo
     teacher_config(cfg.generation.teacher, teacher_endpoint, teacher_model, max_concurrency)
 
 
-def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
-    """A rich progress bar per leaf (samples kept / target) while generation runs in this process."""
-    from contextlib import contextmanager
-
+@contextmanager
+def _live_progress(enabled: bool, listeners: list, make_listener, *columns):  # type: ignore[no-untyped-def]
+    """Rich progress bars on stderr, fed by a listener added to `listeners` while the block runs."""
+    if not enabled:
+        yield
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    @contextmanager
-    def bars():  # type: ignore[no-untyped-def]
-        if not enabled:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
+                        console=err, transient=False)
+    listener = make_listener(progress, {})
+    listeners.append(listener)
+    try:
+        with progress:
             yield
-            return
-        from labcycle.tasks.generate import report
+    finally:
+        listeners.remove(listener)
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
-        tasks: dict[str, object] = {}
 
+def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
+    """A rich progress bar per leaf (samples kept / target) while generation runs in this process."""
+    from labcycle.tasks.generate import report
+
+    def make_listener(progress, tasks):  # type: ignore[no-untyped-def]
         def listener(leaf_id: str, kept: int, target: int) -> None:
             if leaf_id not in tasks:
                 tasks[leaf_id] = progress.add_task(leaf_id, total=target)
-            progress.update(tasks[leaf_id], completed=min(kept, target))  # type: ignore[arg-type]
+            progress.update(tasks[leaf_id], completed=min(kept, target))
+        return listener
 
-        report.LISTENERS.append(listener)
-        try:
-            with progress:
-                yield
-        finally:
-            report.LISTENERS.remove(listener)
-
-    return bars()
+    return _live_progress(enabled, report.LISTENERS, make_listener)
 
 
 def _tuning_progress(enabled: bool):  # type: ignore[no-untyped-def]
     """A rich progress bar per tuning phase: steps, loss and tokens/s, while tuning runs in this process."""
-    from contextlib import contextmanager
+    from rich.progress import TextColumn
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from labcycle.tasks.tune import trainer
 
-    @contextmanager
-    def bar():  # type: ignore[no-untyped-def]
-        if not enabled:
-            yield
-            return
-        from labcycle.tasks.tune import trainer
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                            TimeElapsedColumn(), console=err, transient=False)
-        tasks: dict[str, object] = {}
-
+    def make_listener(progress, tasks):  # type: ignore[no-untyped-def]
         def listener(event: dict) -> None:
             phase = event["phase"]
             if phase not in tasks:
@@ -251,16 +244,10 @@ def _tuning_progress(enabled: bool):  # type: ignore[no-untyped-def]
             if event.get("tokens_per_s"):
                 info.append(f"{event['tokens_per_s']:.0f} tok/s")
             fields = {"info": ", ".join(info)} if info else {}
-            progress.update(tasks[phase], completed=event["step"], total=event["max_steps"] or None, **fields)  # type: ignore[arg-type]
+            progress.update(tasks[phase], completed=event["step"], total=event["max_steps"] or None, **fields)
+        return listener
 
-        trainer.LISTENERS.append(listener)
-        try:
-            with progress:
-                yield
-        finally:
-            trainer.LISTENERS.remove(listener)
-
-    return bar()
+    return _live_progress(enabled, trainer.LISTENERS, make_listener, TextColumn("{task.fields[info]}"))
 
 
 def _print_summary(result: dict, teacher_model: str | None, profile: Profile | None = None) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from labcycle import config
 from labcycle.errors import LabcycleError
+from tests.mistakes import assert_mistake
 
 
 def test_defaults_without_a_file():
@@ -37,12 +38,7 @@ def test_values_from_a_file(tmp_path):
     ],
 )
 def test_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
-    f = tmp_path / "labcycle.yaml"
-    f.write_text(text)
-    with pytest.raises(LabcycleError) as info:
-        config.load(f)
-    assert info.value.where == f"{f}{where}"
-    assert words in info.value.message
+    assert_mistake(config.load, tmp_path / "labcycle.yaml", text, where, words)
 
 
 def test_tuning_defaults_and_per_phase_settings(tmp_path):

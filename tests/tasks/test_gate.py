@@ -16,6 +16,7 @@ import pytest
 from labcycle.errors import LabcycleError
 from labcycle.tasks.gate import (Decision, GatePolicy, Plan, Step, decide, first_plan, load_policy, markdown,
                                  next_plan, plan_for, policy_from_mapping, read_report)
+from tests.mistakes import assert_mistake
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KNOW, KNOW_2 = "knowledge/ai/risks", "knowledge/ai/mitigations"
@@ -364,12 +365,7 @@ def test_release_registry_location():
     ],
 )
 def test_policy_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
-    f = tmp_path / "gate.yaml"
-    f.write_text(text)
-    with pytest.raises(LabcycleError) as info:
-        load_policy(f)
-    assert info.value.where == f"{f}{where}"
-    assert words in info.value.message
+    assert_mistake(load_policy, tmp_path / "gate.yaml", text, where, words)
 
 
 def test_missing_and_empty_policy_files(tmp_path):

@@ -20,6 +20,7 @@ from labcycle.schemas import validator
 from labcycle.tasks.mix import Recipe, load_chat_dataset, load_recipe, mix, mix_task, recipe_from_mapping
 from labcycle.tasks.mix.card import length_stats
 from labcycle.tasks.mix.phases import upsample_targets
+from tests.mistakes import assert_mistake
 
 KNOW_A, KNOW_B = "knowledge/ai/risk", "knowledge/ai/mitigation"
 FREEFORM, GROUNDED, EMPTY = "compositional_skills/writing/notes", "compositional_skills/extraction/tables", "compositional_skills/empty"
@@ -433,12 +434,7 @@ def test_recipe_defaults_digest_and_shipped_example():
     ],
 )
 def test_recipe_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
-    f = tmp_path / "recipe.yaml"
-    f.write_text(text)
-    with pytest.raises(LabcycleError) as info:
-        load_recipe(f)
-    assert info.value.where == f"{f}{where}"
-    assert words in info.value.message
+    assert_mistake(load_recipe, tmp_path / "recipe.yaml", text, where, words)
 
 
 def test_missing_recipe_file(tmp_path):
