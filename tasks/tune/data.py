@@ -95,18 +95,40 @@ def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> t
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
-    """(rows that fit in max_length tokens with the chat template, how many did not).
+def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], list[int], int]:
+    """(rows that fit in max_length tokens with the chat template, their lengths, how many did not fit).
 
     Packing truncates a longer sample, and what it cuts is the end: the answer, the only part that
     carries loss. Such a sample would train on nothing (or on half an answer), so it is left out and
     counted; the mix stage's dataset card lists these samples in advance.
     """
-    kept = []
+    kept, lengths = [], []
     for row in rows:
         ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
         if hasattr(ids, "keys"):  # transformers returns a BatchEncoding when asked for a dict
             ids = ids["input_ids"]
         if len(ids) <= max_length:
             kept.append(row)
-    return kept, len(rows) - len(kept)
+            lengths.append(len(ids))
+    return kept, lengths, len(rows) - len(kept)
+
+
+def step_shape(batch_size: int, gradient_accumulation: int, packing: bool, max_length: int,
+               lengths: list[int]) -> dict[str, Any]:
+    """How an optimizer step is made: {per_device, accumulation, samples_per_step, samples_per_row}.
+
+    batch_size x gradient_accumulation counts samples, as the reference recipe's effective batch does.
+    Packed, a micro-batch is ONE row of up to max_length tokens: TRL's padding-free collator joins a
+    micro-batch's rows into one sequence, and attention without a varlen kernel (SDPA, and every CPU)
+    then computes the whole joined row, twice the work at two rows and more beyond (bench/train.py).
+    The step then accumulates as many rows as hold the asked-for samples, estimated from the lengths
+    (best-fit-decreasing packing fills rows nearly full).
+    """
+    samples = batch_size * gradient_accumulation
+    if not packing or not lengths:
+        return {"per_device": batch_size, "accumulation": gradient_accumulation, "samples_per_step": samples,
+                "samples_per_row": 1.0}
+    rows = max(1, -(-sum(lengths) // max_length))
+    per_row = len(lengths) / rows
+    return {"per_device": 1, "accumulation": max(1, round(samples / per_row)), "samples_per_step": samples,
+            "samples_per_row": round(per_row, 2)}

@@ -44,7 +44,10 @@ class PhaseSettings:
     learning_rate: float = 2e-4
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
-    batch_size: int = 8  # per device; the effective batch is batch_size x gradient_accumulation
+    # batch_size x gradient_accumulation = samples per optimizer step (the effective batch, counted in
+    # samples as the reference does). Packed, each micro-batch is one row and the step accumulates as many
+    # rows as hold that many samples (data.step_shape).
+    batch_size: int = 8
     gradient_accumulation: int = 16
     max_length: int = 4096
     packing: bool = True  # padding-free best-fit-decreasing packing: no pad token is ever computed

@@ -31,7 +31,7 @@ from labcycle.tasks.tune.data import fingerprint_path, model_fingerprint
 from labcycle.tasks.tune.settings import TuneSettings
 
 # Bumped whenever what the trainer produces from the same inputs changes.
-TUNE_FORMAT = 1
+TUNE_FORMAT = 2  # 2: a packed micro-batch is one row; the effective batch counts samples
 PUBLISHED = ("model_card.md", "loss.png", "log_history.json")
 
 

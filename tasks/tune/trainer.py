@@ -119,7 +119,9 @@ def lora_config(settings: TuneSettings):  # type: ignore[no-untyped-def]
                       use_rslora=lora.use_rslora, init_lora_weights=init, task_type="CAUSAL_LM", bias="none")
 
 
-def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool, assistant_masks: bool):  # type: ignore[no-untyped-def]
+def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool, assistant_masks: bool,
+               shape: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+    """SFTConfig for a phase; `shape` (data.step_shape) sets the micro-batch and accumulation."""
     import torch
     from trl import SFTConfig
 
@@ -136,9 +138,9 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
         learning_rate=p.learning_rate,
         lr_scheduler_type=p.lr_scheduler,
         warmup_steps=p.warmup_ratio,  # below 1: a share of the total steps
-        per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.gradient_accumulation,
+        per_device_train_batch_size=shape["per_device"] if shape else p.batch_size,
+        per_device_eval_batch_size=shape["per_device"] if shape else p.batch_size,
+        gradient_accumulation_steps=shape["accumulation"] if shape else p.gradient_accumulation,
         weight_decay=p.weight_decay,
         max_grad_norm=p.max_grad_norm,
         optim=optim,
@@ -231,7 +233,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
 
     _check_model_dir(base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    rows, too_long = tune_data.drop_too_long(rows, tokenizer, p.max_length)
+    rows, lengths, too_long = tune_data.drop_too_long(rows, tokenizer, p.max_length)
     if not rows:
         raise LabcycleError(f"every {phase} sample is longer than tuning.{phase}.max_length ({p.max_length} tokens); "
                             f"raise it, or shorten the samples (e.g. fewer documents_in_context in the mixing recipe)",
@@ -243,7 +245,8 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     if not masks:
         rows = [tune_data.to_prompt_completion(r) for r in rows]
     train_rows, eval_rows = tune_data.split_rows(rows, p.eval_fraction, p.seed)
-    args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks)
+    shape = tune_data.step_shape(p.batch_size, p.gradient_accumulation, p.packing, p.max_length, lengths)
+    args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks, shape=shape)
     torch.manual_seed(p.seed)
     model = load_student(base_model, settings, args.gradient_checkpointing)
     peft_config = None
@@ -284,6 +287,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "data": str(data),
         "data_fingerprint": tune_data.fingerprint_path(Path(data)),
         "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long},
+        "step": shape,
         "loss_on": "assistant turns" if masks else "the last assistant turn (prompt/completion)",
         "resumed_from_step": _step(resumed_from) if resumed_from else None,
         "metrics": metrics,

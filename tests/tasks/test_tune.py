@@ -264,3 +264,18 @@ def test_settings_digest_tracks_only_the_phase_itself():
     assert s.digest_for("knowledge") == replace(s, skills=phase(learning_rate=1.0)).digest_for("knowledge")
     assert s.digest_for("knowledge") != replace(s, knowledge=phase(learning_rate=1.0)).digest_for("knowledge")
     assert s.digest_for("skills") != replace(s, lora=LoraSettings(r=2)).digest_for("skills")
+
+
+@pytest.mark.parametrize("packing, lengths, expect", [
+    (False, [100] * 10, {"per_device": 8, "accumulation": 16, "samples_per_step": 128, "samples_per_row": 1.0}),
+    # 64 samples of 500 tokens fill 8 rows of 4,096: 8 samples a row, so 128 samples are 16 rows
+    (True, [500] * 64, {"per_device": 1, "accumulation": 16, "samples_per_step": 128, "samples_per_row": 8.0}),
+    # long samples, one a row: a step of 128 samples is 128 rows
+    (True, [4000] * 10, {"per_device": 1, "accumulation": 128, "samples_per_step": 128, "samples_per_row": 1.0}),
+    # more samples to a row than a step asks for: still one row a step
+    (True, [10] * 1000, {"per_device": 1, "accumulation": 1, "samples_per_step": 128, "samples_per_row": 333.33}),
+])
+def test_a_step_counts_samples_and_a_packed_micro_batch_is_one_row(packing, lengths, expect):
+    from labcycle.tasks.tune.data import step_shape
+
+    assert step_shape(8, 16, packing, 4096, lengths) == expect
