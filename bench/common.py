@@ -61,3 +61,17 @@ def write_results(path: Path | None, results: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"results written to {path}")
+
+
+def print_machine(out: dict) -> None:
+    """The machine, load, commit and package lines every benchmark prints under its table."""
+    m = out["machine"]
+    print()
+    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}")
+    if m.get("gpu"):
+        print(f"GPU: {m['gpu']}")
+    load = m["load_average_1min"]
+    print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
+    src = out["source"]
+    print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v is not None))

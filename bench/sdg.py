@@ -87,7 +87,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for bench/common.py
 
-from bench.common import load_average, machine, source_state, write_results  # noqa: E402
+from bench.common import load_average, machine, print_machine, source_state, write_results  # noqa: E402
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
 from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
@@ -513,14 +513,7 @@ def run(base_url: str, model: str, args: argparse.Namespace, scratch: Path, serv
 
 
 def print_table(out: dict[str, Any]) -> None:
-    m = out["machine"]
-    print()
-    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}")
-    load = m["load_average_1min"]
-    print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
-    src = out["source"]
-    print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
-    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v is not None))
+    print_machine(out)
     print(f"server: {out['server']}")
     print(f"work: {out['requests']} requests x ({out['prompt_tokens']} prompt + {out['max_tokens']} completion tokens), "
           f"median of {out['repeat']} runs")

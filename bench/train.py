@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 # labcycle package (tasks/ is mapped into it at install time), and must not shadow an installed one.
 sys.path.append(str(REPO))
 
-from bench.common import load_average, machine, source_state, write_results  # noqa: E402
+from bench.common import load_average, machine, print_machine, source_state, write_results  # noqa: E402
 
 PATHS = ("labcycle", "baseline", "labcycle-bs1")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets")
@@ -565,16 +565,7 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(out: dict[str, Any]) -> None:
-    m = out["machine"]
-    print()
-    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}")
-    if m.get("gpu"):
-        print(f"GPU: {m['gpu']}")
-    load = m["load_average_1min"]
-    print(f"load average (1 min): {load['start']} at start, {load['end']} at end")
-    src = out["source"]
-    print(f"labcycle: commit {src['commit']}{' with uncommitted changes to its sources' if src['uncommitted_changes'] else ''}")
-    print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v is not None))
+    print_machine(out)
     mod, d = out["model"], out["data"]
     print(f"model: random Llama, {mod['parameters'] / 1e6:.1f}M parameters (hidden {mod['hidden']}, {mod['layers']} layers, "
           f"{mod['heads']} heads, MLP {mod['intermediate']}, vocab {mod['vocab']}), method {out['method']}")
