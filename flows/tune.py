@@ -23,7 +23,7 @@ from labcycle.errors import LabcycleError
 from labcycle.io import write_json
 from labcycle.tasks.tune import trainer
 from labcycle.tasks.tune.settings import with_plan
-from labcycle.tasks.tune.stage import publish_tuned, tune_phase_task
+from labcycle.tasks.tune.stage import phase2_start, plan_phases, publish_tuned, tune_phase_task
 
 
 @flow(name="tune", log_prints=False)
@@ -44,7 +44,7 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
     """
     try:
         cfg = config_module.load(config)
-        plan = _plan(phase, base_model or cfg.student.model, knowledge_data, skills_data)
+        plan = plan_phases(phase, base_model or cfg.student.model, knowledge_data, skills_data)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     settings = with_plan(cfg.tuning, plan)
@@ -58,7 +58,7 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
             r1 = tune_phase_task("knowledge", base, knowledge_data, s1, None, lineage)
             results["knowledge"] = publish_tuned(r1, out / "knowledge")
         if "skills" in plan["phases"]:
-            base2, init = _phase2_start(results.get("knowledge") or trainer.read_result(out / "knowledge"), base, settings)
+            base2, init = phase2_start(results.get("knowledge") or trainer.read_result(out / "knowledge"), base, settings)
             r2 = tune_phase_task("skills", base2, skills_data, settings, init, lineage)
             results["skills"] = publish_tuned(r2, out / "skills")
     except LabcycleError as exc:
@@ -66,42 +66,6 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
     summary = {"output": str(out), "base_model": base, "phases": {k: _brief(v) for k, v in results.items()}}
     write_json(out / "tune.json", summary)
     return summary
-
-
-def _plan(phase: str, base_model: str | None, knowledge_data: str | None, skills_data: str | None) -> dict[str, Any]:
-    if not base_model:
-        raise LabcycleError("no student model: pass --base-model DIR or set student.model in the config")
-    if not (Path(base_model) / "config.json").is_file():
-        raise LabcycleError("not a Hugging Face model folder (no config.json); pass a local model folder", where=base_model)
-    phases = ("knowledge", "skills") if phase == "both" else (phase,)
-    for name, data in (("knowledge", knowledge_data), ("skills", skills_data)):
-        if name in phases and not data:
-            raise LabcycleError(f"the {name} phase needs data: pass --{name}-data PATH (JSONL in chat `messages` "
-                                "format or a saved HF dataset, e.g. the mix stage's OUTPUT/" + name + ")")
-        if name in phases and not Path(data).exists():  # type: ignore[arg-type]
-            raise LabcycleError(f"{name} data not found", where=str(data))
-    return {"phases": phases, "base_model": base_model}
-
-
-def _phase2_start(phase1: dict[str, Any] | None, base: str, settings: Any) -> tuple[str, str | None]:
-    """(base model, adapter to continue) for the skills phase.
-
-    continue (default): phase 2 keeps training phase 1's adapter on the same base. The result is one
-    adapter on the original base, which vLLM serves with --enable-lora next to the base for the eval
-    gate, and the 4-bit base is never written. merge: phase 1 is merged into a full-precision copy of
-    the base and phase 2 trains a new adapter on that; its adapter then only fits the merged model.
-    full fine-tuning: phase 2 starts from phase 1's weights.
-    """
-    if phase1 is None:
-        return base, None  # skills alone, no phase 1 in this output: a new adapter on the base
-    if settings.method == "full":
-        return phase1["output"], None
-    if settings.phase2_start == "merge":
-        if not phase1.get("merged"):
-            raise LabcycleError("phase2_start is merge but the knowledge phase has no merged model; rerun the "
-                                "knowledge phase with this config", where=phase1["output"])
-        return phase1["merged"], None
-    return base, phase1["output"]
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:

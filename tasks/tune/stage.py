@@ -138,3 +138,39 @@ def publish_tuned(result: dict[str, Any], dest: Path) -> dict[str, Any]:
         shutil.rmtree(dest)
     tmp.rename(dest)
     return published
+
+
+def plan_phases(phase: str, base_model: str | None, knowledge_data: str | None, skills_data: str | None) -> dict[str, Any]:
+    """The phases to run and the base model, after checking every input a user can get wrong."""
+    if not base_model:
+        raise LabcycleError("no student model: pass --base-model DIR or set student.model in the config")
+    trainer.check_model_dir(Path(base_model))
+    phases = ("knowledge", "skills") if phase == "both" else (phase,)
+    for name, data in (("knowledge", knowledge_data), ("skills", skills_data)):
+        if name in phases and not data:
+            raise LabcycleError(f"the {name} phase needs data: pass --{name}-data PATH (JSONL in chat `messages` "
+                                "format or a saved HF dataset, e.g. the mix stage's OUTPUT/" + name + ")")
+        if name in phases and not Path(data).exists():  # type: ignore[arg-type]
+            raise LabcycleError(f"{name} data not found", where=str(data))
+    return {"phases": phases, "base_model": base_model}
+
+
+def phase2_start(phase1: dict[str, Any] | None, base: str, settings: Any) -> tuple[str, str | None]:
+    """(base model, adapter to continue) for the skills phase.
+
+    continue (default): phase 2 keeps training phase 1's adapter on the same base. The result is one
+    adapter on the original base, which vLLM serves with --enable-lora next to the base for the eval
+    gate, and the 4-bit base is never written. merge: phase 1 is merged into a full-precision copy of
+    the base and phase 2 trains a new adapter on that; its adapter then only fits the merged model.
+    full fine-tuning: phase 2 starts from phase 1's weights.
+    """
+    if phase1 is None:
+        return base, None  # skills alone, no phase 1 in this output: a new adapter on the base
+    if settings.method == "full":
+        return phase1["output"], None
+    if settings.phase2_start == "merge":
+        if not phase1.get("merged"):
+            raise LabcycleError("phase2_start is merge but the knowledge phase has no merged model; rerun the "
+                                "knowledge phase with this config", where=phase1["output"])
+        return phase1["merged"], None
+    return base, phase1["output"]

@@ -231,7 +231,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    _check_model_dir(base_model)
+    check_model_dir(base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     rows, lengths, too_long = tune_data.drop_too_long(rows, tokenizer, p.max_length)
     if not rows:
@@ -304,7 +304,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     return result
 
 
-def _check_model_dir(base_model: Path) -> None:
+def check_model_dir(base_model: Path) -> None:
     if not (Path(base_model) / "config.json").is_file():
         raise LabcycleError("not a Hugging Face model folder (no config.json); pass a local model folder "
                             "(e.g. one saved with save_pretrained, or a snapshot downloaded beforehand)",
