@@ -30,6 +30,7 @@ from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.flows.tune import tune
 from labcycle.io import write_json
 from labcycle.tasks import cycle as cycle_tasks
+from labcycle.tasks.checkout import blank, checkout_task
 from labcycle.tasks.evaluate import evaluate_task
 from labcycle.tasks.gate import first_plan, gate_task, load_policy, next_plan
 from labcycle.tasks.manifest import lineage
@@ -42,11 +43,14 @@ Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]
 @flow(name="lab-cycle", log_prints=True)
 def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None,
               teacher_endpoint: str | None = None, teacher_model: str | None = None, max_concurrency: int | None = None,
-              student_model: str | None = None, profile: str | None = None, until: Stage = "cycle") -> Any:
+              student_model: str | None = None, profile: str | None = None, until: Stage = "cycle",
+              taxonomy_repo: str | None = None, branch: str | None = None, commit: str | None = None,
+              max_cycles: int | None = None) -> Any:
     """Run the LAB cycle on a qna.yaml taxonomy.
 
     Args:
-        taxonomy: the taxonomy root (a folder holding knowledge/, compositional_skills/, ...).
+        taxonomy: the taxonomy root (a folder holding knowledge/, compositional_skills/, ...);
+            ignored when taxonomy_repo is given.
         base: the git ref changed leaves are selected against; "empty" selects every leaf;
             default origin/main, else main.
         output: the run folder; default runs/<timestamp>.
@@ -57,8 +61,21 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         student_model: the base model to tune (a local model folder); default: the config's student.model.
         profile: named settings instead of a config ("demo": tiny models built on the fly, in-process teacher).
         until: the last stage to run ("cycle": the whole loop, up to the release).
+        taxonomy_repo: a git URL (or local path) of the taxonomy repository: cloned into RUN/taxonomy/ at
+            `commit`, else at the tip of `branch`, else of its default branch.
+        branch: the branch to check out (a push's branch).
+        commit: the commit to check out (a push's head commit).
+        max_cycles: the most cycles before giving up; default: the gate policy's max_cycles.
     """
     run_dir = Path(output).resolve() if output else default_run_dir()
+    taxonomy_repo, branch, commit = blank(taxonomy_repo), blank(branch), blank(commit)
+    if (branch or commit) and not taxonomy_repo:
+        return Failed(message="branch and commit name what to check out of taxonomy_repo: give the repository's URL too")
+    if taxonomy_repo:
+        try:
+            taxonomy = str(checkout_task(taxonomy_repo, run_dir / "taxonomy", branch, commit).root)
+        except LabcycleError as exc:
+            return Failed(message=str(exc))
     if profile:
         if config:
             return Failed(message="give either a profile or a config, not both")
@@ -83,6 +100,10 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             raise LabcycleError("no student model to tune: pass --student-model DIR or set student.model in the "
                                 "config (or stop earlier with --until mix)")
         policy = load_policy(cfg.gate.policy)
+        if max_cycles is not None:
+            if max_cycles < 1:
+                raise LabcycleError(f"max_cycles must be 1 or more, not {max_cycles}")
+            policy = replace(policy, max_cycles=max_cycles)
         recipe = load_recipe(cfg.mixing.recipe)
     except LabcycleError as exc:
         return Failed(message=str(exc))

@@ -159,9 +159,12 @@ class Phase(str, Enum):
 
 def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
               teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
-              profile: Profile | None = None) -> None:
-    if not taxonomy.is_dir():
+              profile: Profile | None = None, repo: dict | None = None) -> None:
+    repo = repo or {}
+    if not repo.get("taxonomy_repo") and not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
+    if (repo.get("branch") or repo.get("commit")) and not repo.get("taxonomy_repo"):
+        raise _usage_error("--branch and --commit need --taxonomy-repo")
     if config is not None and not config.is_file():
         raise _usage_error(f"--config {config}: no such file")
     if config is not None and profile is not None:
@@ -173,7 +176,7 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
                           config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
                           teacher_model=teacher_model, max_concurrency=max_concurrency, student_model=student_model,
-                          profile=profile.value if profile else None, until=until.value, return_state=True)
+                          profile=profile.value if profile else None, until=until.value, return_state=True, **repo)
     if not state.is_completed():
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
@@ -305,9 +308,14 @@ def run_cmd(
     student_model: StudentModelOpt = None,
     profile: Annotated[Optional[Profile], typer.Option("--profile", help="Named settings instead of --config: demo = tiny models built on the fly, in-process teacher.")] = None,
     until: Annotated[Until, typer.Option("--until", help="The last stage to run (cycle: the whole loop, up to the release).")] = Until.cycle,
+    taxonomy_repo: Annotated[Optional[str], typer.Option("--taxonomy-repo", help="A taxonomy git repository (URL or path) to clone into RUN/taxonomy/ instead of --taxonomy.")] = None,
+    branch: Annotated[Optional[str], typer.Option("--branch", help="With --taxonomy-repo: the branch to check out. Default: the repository's default branch.")] = None,
+    commit: Annotated[Optional[str], typer.Option("--commit", help="With --taxonomy-repo: the commit to check out (wins over --branch).")] = None,
+    max_cycles: Annotated[Optional[int], typer.Option("--max-cycles", min=1, help="The most cycles before giving up. Default: the gate policy's max_cycles.")] = None,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile)
+    repo = {k: v for k, v in dict(taxonomy_repo=taxonomy_repo, branch=branch, commit=commit, max_cycles=max_cycles).items() if v is not None}
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile, repo)
 
 
 @app.command("generate")
