@@ -413,6 +413,36 @@ def webhook_serve_cmd(
     serve(host, port, load_settings(config))
 
 
+pools_app = typer.Typer(help="The Prefect work pools labcycle's deployments run on.", no_args_is_help=True)
+app.add_typer(pools_app, name="pools")
+
+
+class GpuType(str, Enum):
+    kubernetes = "kubernetes"
+    docker = "docker"
+    process = "process"
+
+
+@pools_app.command("apply")
+def pools_apply_cmd(
+    prefect_file: Annotated[Path, typer.Option("--prefect-file", help="The prefect.yaml whose definitions.work_pools to apply.")] = Path("deployments/prefect.yaml"),
+    gpu_type: Annotated[Optional[GpuType], typer.Option("--gpu-type", help="The gpu pool's type, and so its base job template (default: the declared type).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Change nothing: say what would be created or updated (without PREFECT_API_URL: only check the declarations and templates).")] = False,
+) -> None:
+    """Create or update the work pools prefect.yaml declares, on the Prefect server PREFECT_API_URL names."""
+    from labcycle.deploy.pools import apply_pools
+
+    if not prefect_file.is_file():
+        raise _usage_error(f"--prefect-file {prefect_file}: no such file; run from the repository root or pass its path")
+    results = apply_pools(prefect_file, gpu_type.value if gpu_type else None, dry_run=dry_run)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        action = r.action if not r.dry_run or r.action in ("unchanged", "checked") else f"would be {r.action}"
+        out.print(f"{r.name:<{width}}  {r.type:<10}  {action}  ({r.template_source})", markup=False)
+    if dry_run and any(r.action == "checked" for r in results):
+        out.print("dry run: declarations and templates are valid; PREFECT_API_URL is unset, so no server was compared")
+
+
 def main() -> None:
     apply_defaults()
     try:

@@ -45,6 +45,10 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/schemas/gate.schema.json",
         "labcycle/tasks/tune/trainer.py",
         "labcycle/flows/tune.py",
+        "labcycle/deploy/pools.py",
+        "labcycle/deploy/steps.py",
+        "labcycle/tasks/checkout.py",
+        "labcycle/schemas/pools.schema.json",
         *(f"labcycle/schemas/qna/{family}.v{v}.json" for family in ("knowledge", "compositional_skills") for v in (1, 2, 3)),
     ):
         assert required in names, required
