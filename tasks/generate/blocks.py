@@ -3,7 +3,12 @@
 A block takes the rows of one unit of work (dicts of fields: question, answer, context, chunk, ...) and
 returns the rows that go on. Teacher blocks (generate, judge) send every row's request at once, so the
 teacher's concurrency cap, not the pipeline, sets how busy the server is. Every dropped row is counted
-against the block that dropped it, with a few examples, for the yield report.
+against the block that dropped it, with a few examples, for the yield report; a row a block changes but
+keeps (personal data redacted) is counted apart, as `redacted`.
+
+Generation-time safety (docs/safety.md): `grounding_judge` and `lexical_support` drop answers their source
+(the chunk or context) does not support; `safety_judge` drops harmful samples; `pii` redacts or drops
+personal data.
 """
 
 from __future__ import annotations
@@ -31,17 +36,25 @@ class BlockStats:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    examples: list[dict[str, Any]] = field(default_factory=list)
+    redacted: int = 0  # rows kept with some of their text replaced (pii)
+    examples: list[dict[str, Any]] = field(default_factory=list)  # dropped rows
+    redacted_examples: list[dict[str, Any]] = field(default_factory=list)  # rows as they were kept, redacted
 
     def drop(self, row: Row, reason: str) -> None:
         self.dropped += 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append({"reason": reason, **{k: _short(v) for k, v in row.items() if not k.startswith("_") and k != "chunk"}})
+            self.examples.append(_example(row, reason))
+
+    def redact(self, row: Row, reason: str) -> None:
+        self.redacted += 1
+        if len(self.redacted_examples) < MAX_EXAMPLES:
+            self.redacted_examples.append(_example(row, reason))
 
     def merge(self, other: dict[str, Any]) -> None:
         for key in _COUNTERS:
             setattr(self, key, getattr(self, key) + other.get(key, 0))
         self.examples.extend(other.get("examples", [])[: MAX_EXAMPLES - len(self.examples)])
+        self.redacted_examples.extend(other.get("redacted_examples", [])[: MAX_EXAMPLES - len(self.redacted_examples)])
 
     def count(self, completion: Any) -> None:
         self.requests += 1
@@ -49,10 +62,19 @@ class BlockStats:
         self.completion_tokens += completion.completion_tokens
 
     def to_json(self) -> dict[str, Any]:
-        return {**{key: getattr(self, key) for key in _COUNTERS}, "examples": self.examples}
+        return {**{key: getattr(self, key) for key in _COUNTERS}, "examples": self.examples,
+                "redacted_examples": self.redacted_examples}
 
 
-_COUNTERS = ("rows_in", "rows_out", "dropped", "parse_failures", "requests", "prompt_tokens", "completion_tokens")
+_COUNTERS = ("rows_in", "rows_out", "dropped", "parse_failures", "requests", "prompt_tokens", "completion_tokens", "redacted")
+
+
+def _example(row: Row, reason: str) -> dict[str, Any]:
+    """A row as the report shows it: no private fields, no chunk (long, and in the documents anyway), long
+    texts shortened, and personal data redacted, so yield.json never repeats it whatever the pipeline."""
+    def show(v: Any) -> Any:
+        return _short(filters.redact_pii(v)[0]) if isinstance(v, str) else v
+    return {"reason": reason, **{k: show(v) for k, v in row.items() if not k.startswith("_") and k != "chunk"}}
 
 
 def _short(value: Any, limit: int = 300) -> Any:
@@ -184,7 +206,25 @@ _JSON_KEY = re.compile(r'"\w+"\s*:')  # the text is (the start of) a JSON object
 
 
 class Judge(Block):
-    """Teacher-as-judge: a verdict from a fixed choice list, or an integer score; keeps rows that pass."""
+    """Teacher-as-judge: a verdict from a fixed choice list, or an integer score; keeps rows that pass.
+
+    The grounding and safety judges below are this block with a fixed verdict and their own prompt: they
+    override the hooks `_details` (more keys asked for between the reason and the decision), `_variables`
+    (more template variables) and `_judge` (the decision and the reason a row is dropped)."""
+
+    def _details(self, cap: int | None) -> dict[str, Any]:
+        return {}
+
+    def _variables(self) -> dict[str, Any]:
+        return {}
+
+    def _judge(self, text: str) -> tuple[Any, str | None] | None:
+        """(the judgement recorded in the row's judge scores, why the row is dropped or None to keep it), or
+        None when no judgement can be read from `text`."""
+        value = self._read(text)
+        if value is None:
+            return None
+        return value, None if self._keep(value) else f"judged {value}"
 
     def _schema(self, cap: int | None = None) -> dict[str, Any]:
         if "verdict" in self.params:
@@ -197,8 +237,9 @@ class Judge(Block):
         # (smoke runs on tiny models) it gets half the cap, as Generate's strings do, or a random model fills
         # the cap inside the reason and never writes the decision.
         reason_max = min(300, max(8, cap // 2)) if cap else 300
-        return {"type": "object", "properties": {"reason": {"type": "string", "maxLength": reason_max}, **key},
-                "required": ["reason", *key], "additionalProperties": False}
+        details = self._details(cap)
+        return {"type": "object", "properties": {"reason": {"type": "string", "maxLength": reason_max}, **details, **key},
+                "required": ["reason", *details, *key], "additionalProperties": False}
 
     def _read(self, text: str) -> Any:
         """The judgement in `text`, else None. A JSON object is read by its key only; free text (a teacher
@@ -238,23 +279,156 @@ class Judge(Block):
         async def one(i: int, row: Row) -> Row | None:
             sampling = ctx.sampling(self.params, {"temperature": 0.0, "max_tokens": 256}, salt=hash_text(self.name) + i)
             try:
-                completion = await ctx.teacher.chat(ctx.messages(self.params["template"], row), sampling, structured)
+                messages = ctx.messages(self.params["template"], row, self._variables())
+                completion = await ctx.teacher.chat(messages, sampling, structured)
             except PromptTooLong:
                 stats.drop(row, "prompt longer than the teacher's context")
                 return None
             stats.count(completion)
-            value = self._read(completion.texts[0] if completion.texts else "")
-            if value is None:
+            judged = self._judge(completion.texts[0] if completion.texts else "")
+            if judged is None:
                 stats.parse_failures += 1
                 stats.drop(row, "unreadable judgement")
                 return None
-            if not self._keep(value):
-                stats.drop(row, f"judged {value}")
+            value, why = judged
+            if why is not None:
+                stats.drop(row, why)
                 return None
             return {**row, "_scores": {**row.get("_scores", {}), self.name: value}}
 
         results = await asyncio.gather(*(one(i, row) for i, row in enumerate(rows)))
         return [r for r in results if r is not None]
+
+
+def _judge_reason(text: str) -> str:
+    """The reason a judge wrote in its JSON answer, shortened for the report; "" when there is none."""
+    data = parse_json(text)
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return _short(reason.strip(), 200) if isinstance(reason, str) else ""
+
+
+def _source(row: Row, name: str | None) -> tuple[str, str]:
+    """(field name, text) of what a row's answer must rest on: the `source` field a block names, else the
+    document chunk (knowledge), else the context (grounded skills)."""
+    if name is None:
+        name = "chunk" if row.get("chunk") else "context"
+    value = row.get(name)
+    return name, value if isinstance(value, str) else ""
+
+
+class GroundingJudge(Judge):
+    """Teacher-as-judge of grounding: is everything the answer claims supported by the row's source (the
+    chunk for knowledge, the context for grounded skills)? The prompt asks for {"reason", "verdict":
+    "YES" | "NO"}; NO is dropped, with the judge's reason. A row without a source is dropped unasked."""
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        self.params = {**self.params, "verdict": {"choices": ["YES", "NO"], "keep": ["YES"]}}
+
+    async def apply(self, rows: list[Row], ctx: UnitContext, stats: BlockStats) -> list[Row]:
+        checkable = []
+        for row in rows:
+            name, text = _source(row, self.params.get("source"))
+            if text.strip():
+                checkable.append(row)
+            else:
+                stats.drop(row, f"no {name} to check the answer against")
+        return await super().apply(checkable, ctx, stats)
+
+    def _judge(self, text: str) -> tuple[Any, str | None] | None:
+        judged = super()._judge(text)
+        if judged is None or judged[1] is None:
+            return judged
+        return judged[0], f"not supported by its source: {_judge_reason(text) or 'no reason given'}"
+
+
+# What the safety judge checks for unless a spec lists its own categories.
+SAFETY_CATEGORIES = ("violence", "self-harm", "hate speech", "harassment", "sexual content", "illegal activity", "weapons",
+                     "malicious code", "privacy violation")
+
+
+class SafetyJudge(Judge):
+    """Teacher-as-judge of harm: does the sample (question and answer, and a grounded skill's context) fall
+    under any of the block's `categories`? The prompt asks for {"reason", "categories": [...], "verdict":
+    "SAFE" | "UNSAFE"}; a row is dropped when the verdict is UNSAFE or any category is named (a judge that
+    names a harm and still says SAFE is not trusted), and when the judgement cannot be read."""
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        self.categories = list(self.params.get("categories") or SAFETY_CATEGORIES)
+        self.params = {**self.params, "verdict": {"choices": ["SAFE", "UNSAFE"], "keep": ["SAFE"]}}
+
+    def _details(self, cap: int | None) -> dict[str, Any]:
+        # Under a token cap (smoke runs) one category at most, so the verdict still fits after it.
+        most = 1 if cap else len(self.categories)
+        return {"categories": {"type": "array", "items": {"enum": self.categories}, "maxItems": most}}
+
+    def _schema(self, cap: int | None = None) -> dict[str, Any]:
+        schema = super()._schema(cap)
+        if cap:  # and a quarter of the cap for the reason, not half: the categories need their share
+            schema["properties"]["reason"]["maxLength"] = max(8, min(300, cap // 4))
+        return schema
+
+    def _variables(self) -> dict[str, Any]:
+        return {"categories": self.categories}
+
+    def _judge(self, text: str) -> tuple[Any, str | None] | None:
+        value = self._read(text)
+        if value is None:
+            return None
+        data = parse_json(text)
+        named = data.get("categories") if isinstance(data, dict) else None
+        flagged = list(dict.fromkeys(c for c in named if c in self.categories)) if isinstance(named, list) else []
+        if value == "SAFE" and not flagged:
+            return value, None
+        return "UNSAFE", f"unsafe ({', '.join(flagged) or 'no category named'}): {_judge_reason(text) or 'no reason given'}"
+
+
+class LexicalSupport(Block):
+    """Judge-free grounding: drops a row when less than `min_support` of its answer's content words occur in
+    its source (filters.lexical_support). Cheap and deterministic, but blind to paraphrase and negation."""
+
+    async def apply(self, rows: list[Row], ctx: UnitContext, stats: BlockStats) -> list[Row]:
+        field_, least = self.params.get("field", "answer"), self.params.get("min_support", 0.5)
+        out = []
+        for row in rows:
+            name, source = _source(row, self.params.get("source"))
+            if not source.strip():
+                stats.drop(row, f"no {name} to check the {field_} against")
+                continue
+            share, missing = filters.lexical_support(row[field_], source)
+            if share < least:
+                stats.drop(row, f"{share:.0%} of the {field_}'s content words are in the {name}, below {least:.0%};"
+                                f" missing: {', '.join(missing[:8])}")
+            else:
+                out.append(row)
+        return out
+
+
+class Pii(Block):
+    """Personal data (filters.find_pii) in the row's `fields`: `action: redact` (the default) replaces each
+    piece with a placeholder such as [EMAIL] and keeps the row; `action: drop` drops the row. Its report
+    examples show the row redacted with this block's kinds either way."""
+
+    async def apply(self, rows: list[Row], ctx: UnitContext, stats: BlockStats) -> list[Row]:
+        fields = self.params.get("fields", ["question", "answer"])
+        kinds = self.params.get("kinds", filters.DEFAULT_PII_KINDS)
+        out = []
+        for row in rows:
+            clean, found = dict(row), []
+            for f in fields:
+                if isinstance(row.get(f), str):
+                    clean[f], matches = filters.redact_pii(row[f], kinds)
+                    if matches:
+                        found.append(f"{', '.join(dict.fromkeys(m.kind for m in matches))} in {f}")
+            if not found:
+                out.append(row)
+            elif self.params.get("action", "redact") == "drop":
+                stats.drop(clean, "; ".join(found))
+            else:
+                stats.redact(clean, "; ".join(found))
+                out.append(clean)
+        return out
 
 
 class Dedup(Block):
@@ -321,7 +495,15 @@ REGISTRY: dict[str, type[Block]] = {
     "length": Length,
     "refusal": Refusal,
     "seed_leakage": SeedLeakage,
+    "grounding_judge": GroundingJudge,
+    "lexical_support": LexicalSupport,
+    "safety_judge": SafetyJudge,
+    "pii": Pii,
 }
+# The block types that send requests to the teacher.
+TEACHER_TYPES = frozenset(name for name, cls in REGISTRY.items() if issubclass(cls, (Generate, Judge)))
+# The block types that check an answer against its source: a freeform skill has none to offer.
+SOURCE_TYPES = frozenset({"grounding_judge", "lexical_support"})
 
 
 def build(spec: BlockSpec) -> Block:

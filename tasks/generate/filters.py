@@ -14,6 +14,11 @@ are blake2b, never Python's salted ``hash()``), so filter decisions can be cache
   Exact duplicates (same normalized text) are looked up by digest and are always found.
 - `length_ok`, `is_refusal`, `seed_leakage`: length bounds, refusal / assistant boilerplate, and
   verbatim copying from seed examples.
+- `content_words`, `lexical_support`: how much of an answer's content (its words other than stop words,
+  numbers included) appears in the source it should rest on; a judge-free grounding check.
+- `find_pii`, `redact_pii` (with `luhn_ok`, `iban_ok`): personal data (emails, phone numbers, payment
+  cards, US social security numbers, IBANs, IPv4 addresses) found by pattern plus checksum, and replaced
+  by placeholders such as "[EMAIL]".
 """
 
 from __future__ import annotations
@@ -23,16 +28,28 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 
 __all__ = [
+    "DEFAULT_PII_KINDS",
+    "PII_KINDS",
     "REFUSAL_PATTERNS",
+    "STOP_WORDS",
     "NearDuplicateIndex",
+    "PiiMatch",
     "choose_bands",
+    "content_words",
+    "find_pii",
+    "iban_ok",
     "is_refusal",
     "jaccard",
     "length_ok",
+    "lexical_support",
+    "luhn_ok",
     "normalize",
+    "redact_pii",
     "seed_leakage",
     "shingles",
 ]
@@ -303,3 +320,182 @@ def seed_leakage(text: str, seeds: Sequence[str], ngram: int = 8) -> float:
             if best >= 1.0:
                 break
     return best
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grounding without a judge: lexical support
+
+# English function words: they carry no claim, so an answer is not "supported" by sharing them.
+STOP_WORDS = frozenset("""
+a about above across after again against all almost also although always am among an and another any
+anyone anything are around as at be became because become becomes been before being below between both
+but by can cannot could did do does doing done down during each either else enough etc even ever every
+few for from further had has have having he her here hers herself him himself his how however i if in
+into is it its itself just least less may maybe me might more most much must my myself neither never no
+nor not now of off often on once one only onto or other others otherwise our ours ourselves out over own
+per perhaps quite rather same several shall she should since so some something such than that the their
+theirs them themselves then there therefore these they this those though through throughout thus to
+together too toward towards under unless until up upon us very via was we well were what whatever when
+whenever where whether which while who whom whose why will with within without would yet you your yours
+yes yourself yourselves
+aren't can't couldn't didn't doesn't don't hadn't hasn't haven't isn't let's shouldn't wasn't weren't
+won't wouldn't i'm i've i'd i'll you're you've you'd you'll we're we've they're they've
+""".split())
+
+# A number (digits with inner separators: 1,000 / 3.14 / 2024-05) or a word (letters, inner apostrophes).
+_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:'[^\W\d_]+)*")
+
+
+def _word_form(word: str) -> str:
+    """A crude shared form: no possessive, no plural ending ("risks" -> "risk", "policies" -> "policy")."""
+    if word.endswith("'s"):
+        word = word[:-2]
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    """The text's content words in order: casefolded (after NFKC), curly apostrophes made straight, stop
+    words and one-letter words removed, possessives and plural endings cut. Numbers are content words,
+    with thousands separators dropped ("1,000" -> "1000")."""
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES)
+    out = []
+    for token in _TOKEN_RE.findall(folded):
+        if token[0].isdigit():
+            out.append(re.sub(r",(?=\d{3}(?!\d))", "", token))
+        elif len(token) > 1 and token not in STOP_WORDS:
+            word = _word_form(token)
+            if word not in STOP_WORDS:
+                out.append(word)
+    return out
+
+
+def lexical_support(answer: str, source: str) -> tuple[float, list[str]]:
+    """(share, missing): the share (0..1) of the answer's distinct content words that also occur in the
+    source, and the missing ones in the order the answer uses them. An answer without content words
+    makes no claim to check: share 1.0."""
+    words = list(dict.fromkeys(content_words(answer)))
+    if not words:
+        return 1.0, []
+    known = set(content_words(source))
+    missing = [w for w in words if w not in known]
+    return 1.0 - len(missing) / len(words), missing
+
+
+# ---------------------------------------------------------------------------------------------------
+# Personal data: patterns, then checksums where the format has one
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    kind: str  # one of PII_KINDS
+    start: int
+    end: int
+    text: str
+
+
+# kind -> the placeholder that replaces it. Order matters: earlier kinds win overlapping matches (an IBAN's
+# digits are not also a card number, a card's digits are not also a phone number).
+PII_KINDS: dict[str, str] = {
+    "email": "[EMAIL]",
+    "iban": "[IBAN]",
+    "payment_card": "[CARD]",
+    "us_ssn": "[SSN]",
+    "phone": "[PHONE]",
+    "ipv4": "[IP]",
+}
+# IPv4 addresses are off by default: technical documents are full of example and private addresses.
+DEFAULT_PII_KINDS: tuple[str, ...] = ("email", "iban", "payment_card", "us_ssn", "phone")
+
+_NOT_AFTER = r"(?![\w@]|[.-]\d)"  # a match ends where neither a word nor a longer number goes on
+_PII_RE: dict[str, re.Pattern[str]] = {
+    "email": re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@"
+                        r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"),
+    # Two letters, two check digits, then 11-30 letters or digits, in groups of four or run together.
+    "iban": re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)"),
+    # 13-19 digits run together, or in the groups cards print: 4-4-4-4 (up to 19 digits) or 4-6-5.
+    "payment_card": re.compile(r"(?<![\w.,-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?"
+                               r"|\d{4}([ -])\d{6}\2\d{4,5})" + _NOT_AFTER),
+    # AAA-GG-SSSS, hyphens only (nine bare digits are too often something else); never area 000, 666 or 9xx,
+    # group 00 or serial 0000.
+    "us_ssn": re.compile(r"(?<![\w.,-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}" + _NOT_AFTER),
+    "phone": re.compile(
+        r"(?<![\w.,+-])(?:"
+        r"\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}"  # international: + country code, then groups
+        r"|\([2-9]\d\d\) ?\d{3}[ .-]\d{4}|[2-9]\d\d([.-])\d{3}\1\d{4}"  # North American: (555) 123-4567, 555.123.4567
+        r"|0\d{1,4}[ .-]\d{3,4}[ .-]?\d{3,4}"  # national with a trunk 0: 020 7946 0958, 030 1234567
+        r")" + _NOT_AFTER
+    ),
+    "ipv4": re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"),
+}
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check every payment card number passes; False for anything but digits."""
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(iban: str) -> bool:
+    """The ISO 13616 check of an IBAN (spaces ignored): 15-34 characters, the first four moved to the end,
+    letters read as 10..35, and the number modulo 97 is 1."""
+    s = iban.replace(" ", "").upper()
+    if not (15 <= len(s) <= 34 and s[:2].isalpha() and s[2:4].isdigit() and s.isalnum() and s.isascii()):
+        return False
+    return int("".join(str(int(ch, 36)) for ch in s[4:] + s[:4])) % 97 == 1
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _valid(kind: str, text: str) -> bool:
+    if kind == "iban":
+        return iban_ok(text)
+    if kind == "payment_card":
+        digits = _digits(text)
+        # Cards are issued with a first digit of 2-6 (Mastercard, Visa, Amex, Discover, ...).
+        return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits)
+    if kind == "phone":
+        return 8 <= len(_digits(text)) <= 15 if text.startswith("+") else True
+    return True
+
+
+def find_pii(text: str, kinds: Iterable[str] = DEFAULT_PII_KINDS) -> list[PiiMatch]:
+    """The personal data in `text` of the given kinds (names of PII_KINDS), without overlaps, in order.
+    Card numbers must pass the Luhn check and IBANs their mod-97 check, so a random 16-digit number is not a
+    card; dates, version numbers and plain counts are not phone numbers."""
+    wanted = set(kinds)
+    unknown = wanted - set(PII_KINDS)
+    if unknown:
+        raise ValueError(f"unknown PII kinds {sorted(unknown)}; known: {list(PII_KINDS)}")
+    found: list[PiiMatch] = []
+    for kind in PII_KINDS:
+        if kind not in wanted:
+            continue
+        for m in _PII_RE[kind].finditer(text):
+            if _valid(kind, m.group()) and not any(m.start() < f.end and f.start < m.end() for f in found):
+                found.append(PiiMatch(kind, m.start(), m.end(), m.group()))
+    return sorted(found, key=lambda f: f.start)
+
+
+def redact_pii(text: str, kinds: Iterable[str] = DEFAULT_PII_KINDS) -> tuple[str, list[PiiMatch]]:
+    """`text` with each piece of personal data replaced by its kind's placeholder ("[EMAIL]", ...), and
+    what was replaced."""
+    found = find_pii(text, kinds)
+    out, last = [], 0
+    for f in found:
+        out += [text[last : f.start], PII_KINDS[f.kind]]
+        last = f.end
+    out.append(text[last:])
+    return "".join(out), found

@@ -1,5 +1,6 @@
 """Progress while generating, and the summary after: a Prefect progress artifact, a table artifact of
-per-leaf yield, and OUTPUT/summary.json (requests, tokens, samples kept and dropped per block, tokens/s)."""
+per-leaf yield, and OUTPUT/summary.json (requests, tokens, samples kept, dropped and redacted per block,
+tokens/s)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,10 @@ def summarize(reports: list[dict[str, Any]], teacher_stats: dict[str, Any], wall
                        "completion_tokens": sum(r["completion_tokens"] for r in reports)},
         "teacher": teacher_stats,
         "per_leaf": {r["leaf_id"]: {"kept": r["kept"], "target": r["target"], "advice": r.get("advice"),
-                                    "dropped": {b: s["dropped"] for b, s in r.get("blocks", {}).items()}} for r in reports},
+                                    "dropped": {b: s["dropped"] for b, s in r.get("blocks", {}).items()},
+                                    # Only blocks that redacted something (pii): a redacted sample is kept, changed.
+                                    "redacted": {b: s["redacted"] for b, s in r.get("blocks", {}).items() if s.get("redacted")}}
+                     for r in reports},
     }
 
 
@@ -91,6 +95,7 @@ async def finish(reports: list[dict[str, Any]], teacher: Any, out: Path, tracker
     write_json(out / "summary.json", summary)
     rows = [{"leaf": r["leaf_id"], "kept": r["kept"], "target": r["target"], "requests": r["requests"],
              "most dropped by": max(r.get("blocks", {}).items(), key=lambda kv: kv[1]["dropped"], default=("-", {}))[0],
+             "redacted": sum(s.get("redacted", 0) for s in r.get("blocks", {}).values()),
              "advice": r.get("advice") or ""} for r in reports]
     await acreate_table_artifact(table=rows, key="generation-yield", description=f"{summary['samples']} samples from {len(reports)} leaves")
     return {**summary, "output": str(out)}

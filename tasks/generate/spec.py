@@ -75,6 +75,14 @@ def load_spec(path: Path) -> PipelineSpec:
         again = next(i for i, n in enumerate(names) if n in names[:i])  # the first repeat
         raise LabcycleError(f"block names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}",
                             where=at("blocks", again, "name"))
+    if data["kind"] == "freeform_skill":
+        from labcycle.tasks.generate.blocks import SOURCE_TYPES
+
+        for i, b in enumerate(blocks):
+            if b.type in SOURCE_TYPES:
+                raise LabcycleError(f"block {b.name!r} ({b.type}) checks answers against a chunk or context, and a freeform "
+                                    "skill has neither; remove it, or use it in a knowledge or grounded_skill pipeline",
+                                    where=at("blocks", i, "type"))
     spec = PipelineSpec(
         name=data["name"], kind=data["kind"], unit=data["unit"], examples_per_prompt=data.get("examples_per_prompt", 3),
         blocks=blocks, prompts_dir=prompts_dir, source=path,

@@ -1,4 +1,5 @@
-"""Tests for labcycle.tasks.generate.filters: text model, near duplicates, length, refusals, seed leakage."""
+"""Tests for labcycle.tasks.generate.filters: text model, near duplicates, length, refusals, seed leakage,
+lexical support and personal data."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labcycle.tasks.generate.filters import (
+    DEFAULT_PII_KINDS,
+    PII_KINDS,
     REFUSAL_PATTERNS,
     NearDuplicateIndex,
     choose_bands,
+    content_words,
+    find_pii,
+    iban_ok,
     is_refusal,
     jaccard,
     length_ok,
+    lexical_support,
+    luhn_ok,
     normalize,
+    redact_pii,
     seed_leakage,
     shingles,
 )
@@ -269,3 +278,117 @@ def test_seed_leakage_short_text_uses_smaller_n():
     assert seed_leakage("fluent and confident", [SEED]) == 1.0
     assert seed_leakage("confident and fluent", [SEED]) == 0.0
     assert 0.0 < seed_leakage("The output is fluent and confident but wrong", [SEED], ngram=3) < 1.0
+
+
+# --- lexical support (judge-free grounding) -------------------------------------------------------
+
+CHUNK = (
+    "Indirect prompt injection hides instructions in content that a model reads on a user's behalf, such as "
+    "web pages and emails. In a 2023 study, 31 of 36 tested applications were vulnerable. Filtering inputs "
+    "reduces the risk but does not remove it."
+)
+
+
+def test_content_words():
+    assert content_words("The model's risks, and the policies of 1,000 companies in 2023!") == [
+        "model", "risk", "policy", "1000", "company", "2023"]
+    assert content_words("It is what it is; don\u2019t you think so?") == ["think"]  # stop words and contractions go
+    assert content_words("Version 3.14 costs $5 (x)") == ["version", "3.14", "cost", "5"]  # one-letter words go
+    assert content_words("Analysis of the bus and glass") == ["analysis", "bus", "glass"]  # -is, -us, -ss keep their s
+    assert content_words("") == []
+
+
+@pytest.mark.parametrize("answer, share, missing", [
+    # Supported: every content word is in the chunk, in other inflections and order.
+    ("Indirect prompt injection hides instructions in web pages or emails that a model reads.", 1.0, []),
+    ("In 2023, 31 of the 36 applications tested were vulnerable.", 1.0, []),
+    # Partly supported: the invented figure and claim are what is missing.
+    ("Filtering inputs removes the risk entirely in 90 percent of applications.", 0.625, ["entirely", "90", "percent"]),
+    # Unsupported: nothing of it is in the chunk.
+    ("Quantum annealing speeds up protein folding.", 0.0, ["quantum", "annealing", "speed", "protein", "folding"]),
+    # A different number is not support: numbers count.
+    ("32 of 36 applications were vulnerable.", 0.75, ["32"]),
+    # No content words: no claim to check.
+    ("Yes, it is.", 1.0, []),
+])
+def test_lexical_support(answer, share, missing):
+    got, gone = lexical_support(answer, CHUNK)
+    assert got == pytest.approx(share, abs=0.01) and gone == missing
+
+
+def test_lexical_support_counts_distinct_words_and_needs_a_source():
+    assert lexical_support("risk risk risk novel", "a risk") == (0.5, ["novel"])  # repetition does not buy support
+    assert lexical_support("any claim at all", "") == (0.0, ["claim"])
+
+
+# --- personal data --------------------------------------------------------------------------------
+
+
+def test_luhn_and_iban_checksums():
+    assert luhn_ok("4111111111111111") and luhn_ok("378282246310005") and luhn_ok("0")
+    assert not luhn_ok("4111111111111112") and not luhn_ok("4111 1111") and not luhn_ok("")
+    assert iban_ok("GB82 WEST 1234 5698 7654 32") and iban_ok("DE89370400440532013000") and iban_ok("gb82west12345698765432")
+    assert not iban_ok("GB82 WEST 1234 5698 7654 33")  # one digit off
+    assert not iban_ok("GB82 WEST 1234") and not iban_ok("1282 WEST 1234 5698 7654 32")
+
+
+def _found(text: str, kinds=tuple(PII_KINDS)) -> list[tuple[str, str]]:
+    return [(m.kind, m.text) for m in find_pii(text, kinds)]
+
+
+@pytest.mark.parametrize("text, found", [
+    ("Write to jane.doe+news@example.co.uk today.", [("email", "jane.doe+news@example.co.uk")]),
+    ("Reach me at (202) 555-0147 or 202.555.0147.", [("phone", "(202) 555-0147"), ("phone", "202.555.0147")]),
+    ("Our office: +44 20 7946 0958, or 020 7946 0958 from the UK.", [("phone", "+44 20 7946 0958"), ("phone", "020 7946 0958")]),
+    ("Paid with 4111 1111 1111 1111 and 5555-5555-5555-4444.", [("payment_card", "4111 1111 1111 1111"),
+                                                                ("payment_card", "5555-5555-5555-4444")]),
+    ("Amex 3782 822463 10005 on file", [("payment_card", "3782 822463 10005")]),
+    ("SSN 078-05-1120.", [("us_ssn", "078-05-1120")]),
+    ("IBAN DE89 3704 0044 0532 0130 00 please", [("iban", "DE89 3704 0044 0532 0130 00")]),
+    ("Server at 192.168.10.254.", [("ipv4", "192.168.10.254")]),
+])
+def test_find_pii(text, found):
+    assert _found(text) == found
+
+
+@pytest.mark.parametrize("text", [
+    "4111 1111 1111 1112",  # 16 digits failing Luhn: not a card
+    "1234567890123456",  # passes nothing a card must
+    "On 2024-01-15, 15/01/2024 and 12.05.2023 the team met.",  # dates are not phone numbers
+    "Between 10:30-11:45 and in 1990-2000.",  # times and year ranges
+    "Batch sizes 256 512 1024 and 2048.",  # numbers in a row
+    "123-456-7890",  # no North American area code starts with 1
+    "Version 1.2.3 and pi 3.14159265358979.",  # versions and decimals
+    "ISBN 978-0-13-468599-1",
+    "000-12-3456 and 123-00-4567",  # never-issued social security numbers
+    "GB82 WEST 1234 5698 7654 33",  # an IBAN with a wrong check
+    "user@localhost and @handle",  # no domain, no user
+    "256.1.1.1 and 1.2.3.4.5",  # not IPv4 addresses
+    "It costs 12,345,678 euros.",
+])
+def test_near_misses_are_not_pii(text):
+    assert _found(text) == []
+
+
+def test_overlaps_go_to_the_first_kind_and_redaction_replaces_in_place():
+    # An IBAN's digits could pass for a card number; the IBAN wins and the digits are not counted twice.
+    assert [m.kind for m in find_pii("DE89 3704 0044 0532 0130 00")] == ["iban"]
+    text, found = redact_pii("Mail a@b.io, card 4111111111111111, phone +1 202 555 0147, IP 10.0.0.1.")
+    assert text == "Mail [EMAIL], card [CARD], phone [PHONE], IP 10.0.0.1."  # IPv4 is not a default kind
+    assert [m.kind for m in found] == ["email", "payment_card", "phone"]
+    assert "ipv4" not in DEFAULT_PII_KINDS and set(DEFAULT_PII_KINDS) < set(PII_KINDS)
+    assert redact_pii("IP 10.0.0.1", ["ipv4"]) == ("IP [IP]", find_pii("IP 10.0.0.1", ["ipv4"]))
+    assert redact_pii("nothing personal here") == ("nothing personal here", [])
+    with pytest.raises(ValueError, match="unknown PII kinds"):
+        find_pii("x", ["passport"])
+
+
+@given(st.one_of(st.text(max_size=200), st.text(alphabet="0123456789 -.+()@abcDEGB", max_size=60)))
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_redaction_leaves_no_match_and_never_raises(text):
+    redacted, found = redact_pii(text, PII_KINDS)
+    assert find_pii(redacted, PII_KINDS) == []
+    assert all(text[m.start:m.end] == m.text for m in found)
+    assert all(a.end <= b.start for a, b in zip(found, found[1:]))  # in order, no overlaps
+    share, missing = lexical_support(text, text)
+    assert share == 1.0 and missing == []

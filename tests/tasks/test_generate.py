@@ -15,9 +15,10 @@ import time
 import pytest
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.generate import runner, stage
+from labcycle.tasks.generate import blocks, runner, stage
+from labcycle.tasks.generate.blocks import UnitContext
 from labcycle.tasks.generate.runner import GenerationSettings
-from labcycle.tasks.generate.spec import load_spec, shipped_spec_path
+from labcycle.tasks.generate.spec import BlockSpec, load_spec, shipped_spec_path
 from labcycle.tasks.teacher.openai_client import OpenAITeacher, metrics
 from tests import genhelp
 
@@ -65,11 +66,13 @@ def test_every_pipeline_end_to_end(vllm_server, tmp_path, kind, variant):
     assert result.requests == teacher.stats.requests > 0  # every request is accounted to a block
     assert result.prompt_tokens == teacher.stats.prompt_tokens and teacher.stats.failures == 0
     assert len(progress) == result.units and progress[-1][1:] == (result.kept, result.target)
-    blocks = report["blocks"]
-    judges = [b.name for b in spec.blocks if b.type == "judge"]
-    assert blocks[judges[0]]["requests"] > 0  # generated rows reached a judge
+    stats = report["blocks"]
+    judges = [b.name for b in spec.blocks if b.type in blocks.TEACHER_TYPES - {"generate"}]
+    assert stats[judges[0]]["requests"] > 0  # generated rows reached a judge
     # Structured outputs make a random teacher's judgements readable: judges drop rows on the verdict.
-    assert sum(blocks[j]["parse_failures"] for j in judges) < sum(blocks[j]["requests"] for j in judges)
+    assert sum(stats[j]["parse_failures"] for j in judges) < sum(stats[j]["requests"] for j in judges)
+    if variant == "shipped":
+        assert {"pii", "safety"} <= set(stats) and ("faithfulness" in stats or "grounding" in stats) == (kind != "freeform_skill")
     if variant == "permissive":
         assert result.kept > 0  # rows got through every judge into samples.jsonl
         for record in (json.loads(line) for line in genhelp.lines(tmp_path / "work" / runner.SAMPLES)):
@@ -212,3 +215,39 @@ def test_one_concurrency_cap_across_leaves(vllm_server, tmp_path):
     assert teacher.stats.max_in_flight == cap  # the leaves together filled the cap, never more
     assert teacher.stats.in_flight == 0
     assert seen and max(seen) <= cap
+
+
+@pytest.mark.parametrize("kind", genhelp.KINDS)
+def test_grounding_and_safety_judges_on_the_server(vllm_server, kind):
+    """Every grounding and safety judge of the shipped pipelines asks the real server with its structured
+    output and reads each answer: whatever the random teacher decides, nothing is unreadable, and every row
+    is either kept with its verdict in the judge scores or dropped with the judge's reason."""
+    spec = load_spec(shipped_spec_path(kind))
+    leaf = genhelp.leaf(kind, "filters")
+    source = "chunk" if kind == "knowledge" else "context"
+    rows = [{source: ex["context"] or "A context.", "question": ex["question"], "answer": ex["answer"]}
+            for ex in runner.seed_examples(leaf)[:3]]
+    teacher = OpenAITeacher(vllm_server.base_url, vllm_server.model)
+    ctx = UnitContext(teacher=teacher, render=runner.make_renderer(spec), leaf=runner.leaf_variables(leaf), examples=[],
+                      seed=11, seed_texts=[], dedup={}, stats={})
+    # Room for the longest reason the schema allows (300 characters) and the decision after it.
+    judges = [blocks.build(BlockSpec(b.name, b.type, {**b.params, "sampling": {"max_tokens": 512}}))
+              for b in spec.blocks if b.type in ("grounding_judge", "safety_judge")]
+    assert [j.name for j in judges] == (["safety"] if kind == "freeform_skill" else
+                                        ["faithfulness" if kind == "knowledge" else "grounding", "safety"])
+
+    async def go():
+        try:
+            return {j.name: await j.run(rows, ctx) for j in judges}
+        finally:
+            await teacher.aclose()
+
+    kept = asyncio.run(go())
+    assert teacher.stats.requests == len(rows) * len(judges) and teacher.stats.failures == 0
+    for judge in judges:
+        s = ctx.stats[judge.name]
+        assert (s.rows_in, s.requests, s.parse_failures) == (len(rows), len(rows), 0)
+        assert s.rows_out + s.dropped == len(rows) and s.prompt_tokens > 0 and s.completion_tokens > 0
+        keep, prefix = ("SAFE", "unsafe (") if judge.name == "safety" else ("YES", "not supported by its source: ")
+        assert all(r["_scores"][judge.name] == keep for r in kept[judge.name])
+        assert all(e["reason"].startswith(prefix) for e in s.examples)

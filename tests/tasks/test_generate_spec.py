@@ -480,6 +480,173 @@ def test_block_stats_merge_and_json():
 
 
 # --------------------------------------------------------------------------------------------------
+# Generation-time filters (docs/safety.md): grounding, safety, personal data
+
+GROUNDING = {"template": "t.j2"}
+SAFETY = {"template": "s.j2", "categories": ["violence", "weapons", "privacy violation"]}
+
+
+def _safety_ctx(teacher, cap=None) -> UnitContext:
+    templates = {"s.j2": "cats={{ categories | join(',') }} Q={{ question }} A={{ answer }}"}
+    return UnitContext(teacher=teacher, render=lambda name, v: _render(templates, name, v), leaf={"id": "leaf"},
+                       examples=[], seed=7, seed_texts=[], dedup={}, stats={}, max_tokens_cap=cap)
+
+
+def test_grounding_judge_keeps_yes_drops_no_with_the_judges_reason_and_skips_rows_without_a_source():
+    teacher = ScriptedTeacher('{"reason": "all in the chunk", "verdict": "YES"}',
+                              '{"reason": "the date is not in the chunk", "verdict": "NO"}', "hmm",
+                              '{"reason": "x", "verdict": "NO"}')
+    ctx = _ctx(teacher, cap=64)
+    rows = [{"chunk": "c", "question": "q0", "answer": "a0"}, {"chunk": "c", "question": "q1", "answer": "a1"},
+            {"chunk": "c", "question": "q2", "answer": "a2"}, {"chunk": "  ", "question": "q3", "answer": "a3"},
+            {"context": "ctx", "question": "q4", "answer": "a4"}]
+    judge = _block("grounding_judge", **GROUNDING)
+    out = run(judge.run(rows, ctx))
+    assert [r["question"] for r in out] == ["q0"] and out[0]["_scores"] == {"my_grounding_judge": "YES"}
+    s = ctx.stats["my_grounding_judge"]
+    assert (s.rows_in, s.rows_out, s.dropped, s.parse_failures, s.requests) == (5, 1, 4, 1, 4)  # q3 was not asked
+    assert [e["reason"] for e in s.examples] == ["no chunk to check the answer against",
+                                                 "not supported by its source: the date is not in the chunk",
+                                                 "unreadable judgement"]
+    assert [c[0][-1]["content"][:4] for c in teacher.calls] == ["Q=q0", "Q=q1", "Q=q2", "Q=q4"]  # context counts as a source
+    schema = teacher.calls[0][2].json_schema
+    assert schema["required"] == ["reason", "verdict"] and schema["properties"]["verdict"]["enum"] == ["YES", "NO"]
+    # A named source field is the only one looked at.
+    named = _block("grounding_judge", **GROUNDING, source="context")
+    run(named.run([{"chunk": "c", "question": "q", "answer": "a"}], ctx))
+    assert ctx.stats["my_grounding_judge"].examples[0]["reason"] == "no chunk to check the answer against"
+
+
+@pytest.mark.parametrize("text, kept, reason", [
+    ('{"reason": "harmless", "categories": [], "verdict": "SAFE"}', True, None),
+    ('{"reason": "a bomb recipe", "categories": ["weapons", "violence", "weapons"], "verdict": "UNSAFE"}', False,
+     "unsafe (weapons, violence): a bomb recipe"),
+    ('{"reason": "names an address", "categories": ["privacy violation"], "verdict": "SAFE"}', False,
+     "unsafe (privacy violation): names an address"),  # a named harm outweighs a SAFE verdict
+    ('{"reason": "odd", "categories": ["not a category"], "verdict": "SAFE"}', True, None),
+    ("UNSAFE", False, "unsafe (no category named): no reason given"),  # free text from a teacher without structured outputs
+    ("SAFE.", True, None),
+])
+def test_safety_judge_reads_verdicts_and_categories(text, kept, reason):
+    judge = _block("safety_judge", **SAFETY)
+    assert judge._judge(text) == (("SAFE", None) if kept else ("UNSAFE", reason))
+
+
+def test_safety_judge_asks_with_its_categories_and_counts():
+    teacher = ScriptedTeacher('{"reason": "fine", "categories": [], "verdict": "SAFE"}',
+                              '{"reason": "threat", "categories": ["violence"], "verdict": "UNSAFE"}',
+                              '{"reason": "cut off before the verd')
+    ctx = _safety_ctx(teacher)
+    out = run(_block("safety_judge", **SAFETY).run([{"question": f"q{i}", "answer": "a"} for i in range(3)], ctx))
+    assert [r["question"] for r in out] == ["q0"] and out[0]["_scores"] == {"my_safety_judge": "SAFE"}
+    s = ctx.stats["my_safety_judge"]
+    assert (s.rows_in, s.rows_out, s.dropped, s.parse_failures, s.requests) == (3, 1, 2, 1, 3)
+    assert [e["reason"] for e in s.examples] == ["unsafe (violence): threat", "unreadable judgement"]
+    messages, sampling, structured = teacher.calls[0]
+    assert messages[-1]["content"].startswith("cats=violence,weapons,privacy violation Q=q0")
+    schema = structured.json_schema
+    assert schema["required"] == ["reason", "categories", "verdict"]  # the reason first, the decision last
+    assert schema["properties"]["categories"] == {"type": "array", "items": {"enum": SAFETY["categories"]}, "maxItems": 3}
+    assert schema["properties"]["verdict"]["enum"] == ["SAFE", "UNSAFE"]
+    # Under a token cap, one category at most and a shorter reason, so the verdict still fits.
+    capped = _block("safety_judge", **SAFETY)._schema(64)["properties"]
+    assert capped["categories"]["maxItems"] == 1 and capped["reason"]["maxLength"] == 16
+    # Without categories in the spec, the default list.
+    default = _block("safety_judge", template="s.j2")
+    assert default.categories == list(blocks.SAFETY_CATEGORIES) and "self-harm" in default.categories
+
+
+def test_lexical_support_drops_unsupported_answers_and_names_the_missing_words():
+    chunk = "The EU AI Act entered into force on 1 August 2024 and bans social scoring by public authorities."
+    rows = [{"chunk": chunk, "question": "q", "answer": "The AI Act, in force since 1 August 2024, bans social scoring."},
+            {"chunk": chunk, "question": "q", "answer": "It fines companies 35 million euros for deepfakes."},
+            {"context": "no chunk here", "question": "q", "answer": "context rows use their context"},
+            {"question": "q", "answer": "nothing to check against"}]
+    ctx = _ctx()
+    out = run(_block("lexical_support", min_support=0.5).run(rows, ctx))
+    assert [r["answer"] for r in out] == [rows[0]["answer"]]
+    s = ctx.stats["my_lexical_support"]
+    assert (s.rows_in, s.rows_out, s.dropped, s.requests) == (4, 1, 3, 0)
+    assert s.examples[0]["reason"] == ("0% of the answer's content words are in the chunk, below 50%;"
+                                       " missing: fine, company, 35, million, euro, deepfake")
+    assert "chunk" not in s.examples[0]  # the chunk stays out of the report, as everywhere
+    assert s.examples[1]["reason"].startswith("0% of the answer's content words are in the context")
+    assert s.examples[2]["reason"] == "no context to check the answer against"
+    # min_support 0 keeps everything that has a source.
+    assert len(run(_block("lexical_support", min_support=0.0).run(rows[:3], _ctx()))) == 3
+
+
+def test_pii_redacts_by_default_and_counts_apart_from_drops():
+    rows = [{"chunk": "Mail jane@example.org", "question": "Who is at jane@example.org?", "answer": "Call +44 20 7946 0958."},
+            {"chunk": "c", "question": "What is on 2024-05-01?", "answer": "A release, version 1.2.3.4, of 4111 1111 1111 1112."},
+            {"chunk": "c", "question": "q", "answer": "Card 4111 1111 1111 1111, SSN 123-45-6789."}]
+    ctx = _ctx()
+    out = run(_block("pii").run(rows, ctx))
+    assert len(out) == 3 and out[1] == rows[1]  # dates, versions and a number failing Luhn are left alone
+    assert out[0]["question"] == "Who is at [EMAIL]?" and out[0]["answer"] == "Call [PHONE]."
+    assert out[0]["chunk"] == "Mail jane@example.org"  # only the fields asked for (default: question, answer)
+    assert out[2]["answer"] == "Card [CARD], SSN [SSN]."
+    s = ctx.stats["my_pii"]
+    assert (s.rows_in, s.rows_out, s.dropped, s.redacted, s.examples) == (3, 3, 0, 2, [])
+    assert [e["reason"] for e in s.redacted_examples] == ["email in question; phone in answer", "payment_card, us_ssn in answer"]
+    assert "jane@example.org" not in json.dumps(s.to_json())  # the report never repeats personal data
+
+    ctx = _ctx()
+    kept = run(_block("pii", fields=["chunk", "answer"], kinds=["email"], action="drop").run(rows, ctx))
+    assert kept == rows[1:]  # the card and SSN are not kinds asked for
+    s = ctx.stats["my_pii"]
+    assert (s.dropped, s.redacted) == (1, 0) and s.examples[0]["reason"] == "email in chunk"
+    assert s.examples[0]["question"] == "Who is at [EMAIL]?"  # not a field this block checks, but a report never shows it
+    # Nor does any other block's report.
+    ctx = _ctx()
+    run(_block("length", field="answer", min_words=50).run(rows[:1], ctx))
+    assert ctx.stats["my_length"].examples[0]["question"] == "Who is at [EMAIL]?"
+
+
+def test_block_stats_merge_redactions():
+    a = BlockStats(rows_in=2, rows_out=2, redacted=1, redacted_examples=[{"reason": "email in answer"}])
+    b = BlockStats(rows_in=3, rows_out=3, redacted=3, redacted_examples=[{"reason": "phone in answer"}] * 3)
+    a.merge(b.to_json())
+    assert (a.rows_in, a.redacted, len(a.redacted_examples)) == (5, 4, blocks.MAX_EXAMPLES)
+    older = {"rows_in": 1, "rows_out": 1, "examples": []}  # a journal written before redactions were counted
+    a.merge(older)
+    assert a.redacted == 4 and a.to_json()["redacted_examples"] == a.redacted_examples
+
+
+def test_grounding_blocks_are_refused_in_a_freeform_pipeline(tmp_path):
+    path, lines = _spec_copy(tmp_path, "freeform_skill")
+    i = lines.index("  - name: judge_pair")
+    lines[i:i] = ["  - name: grounded", "    type: lexical_support"]
+    err, line = _error_line(_write(path, lines))
+    assert line == i + 2 and "freeform skill" in err.message and "grounded" in err.message
+
+
+def test_pii_kinds_in_the_schema_are_the_detectors():
+    from labcycle.tasks.generate.filters import PII_KINDS
+
+    schema = load_schema("pipeline.schema.json")
+    pii = next(c["then"] for c in schema["$defs"]["block"]["allOf"] if c["if"]["properties"]["type"]["const"] == "pii")
+    assert pii["properties"]["kinds"]["items"]["enum"] == list(PII_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+def test_shipped_pipelines_filter_by_default(kind):
+    """Grounding for knowledge and grounded skills; personal data and safety for every kind; the demo
+    profile's copies keep only what works on a random teacher (no judges, a lexical threshold of 0)."""
+    types = [b.type for b in load_spec(shipped_spec_path(kind)).blocks]
+    assert ("grounding_judge" in types) == (kind != "freeform_skill")
+    assert "pii" in types and "safety_judge" in types
+    assert types.index("pii") < types.index("safety_judge")  # the judge sees redacted text
+    assert "lexical_support" not in types  # the judge checks grounding; lexical_support is for judge-free pipelines
+
+    demo = load_spec(REPO_ROOT / "labcycle" / "profiles" / "demo-pipelines" / SHIPPED[kind])
+    assert {b.type for b in demo.blocks} & blocks.TEACHER_TYPES == {"generate"}
+    assert "pii" in [b.type for b in demo.blocks]
+    lexical = [b for b in demo.blocks if b.type == "lexical_support"]
+    assert len(lexical) == (kind != "freeform_skill") and all(b.params["min_support"] == 0 for b in lexical)
+
+
+# --------------------------------------------------------------------------------------------------
 # Unit scheduling (runner logic; the real-server runs are in test_generate.py)
 
 

@@ -12,6 +12,7 @@ import yaml
 from jinja2 import meta
 
 import labcycle.tasks.generate as generate_pkg
+from labcycle.tasks.generate.blocks import SAFETY_CATEGORIES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAXONOMY = REPO_ROOT / "taxonomy"
@@ -20,7 +21,8 @@ PIPELINES = Path(generate_pkg.__file__).parent / "pipelines"
 
 # pipeline -> template -> (the variables available when it is rendered, the output format it asks for)
 # Formats: "json_list" (array of strings), "json_qa" (array of {question, answer}), "text",
-# "verdict" ({reason, verdict}), "score" ({reason, score}); None for the system message.
+# "verdict" ({reason, verdict}), "score" ({reason, score}), "safety" ({reason, categories, verdict}); None for
+# the system message.
 BASE = {"leaf", "examples"}
 TEMPLATES: dict[str, dict[str, tuple[set[str], str | None]]] = {
     "knowledge": {
@@ -29,6 +31,7 @@ TEMPLATES: dict[str, dict[str, tuple[set[str], str | None]]] = {
         "judge_faithfulness.j2": (BASE | {"chunk", "question", "answer"}, "verdict"),
         "judge_relevancy.j2": (BASE | {"chunk", "question", "answer"}, "score"),
         "judge_question.j2": (BASE | {"chunk", "question", "answer"}, "score"),
+        "judge_safety.j2": (BASE | {"chunk", "question", "answer", "categories"}, "safety"),
     },
     "freeform_skills": {
         "system.j2": (BASE, None),
@@ -36,6 +39,7 @@ TEMPLATES: dict[str, dict[str, tuple[set[str], str | None]]] = {
         "judge_question.j2": (BASE | {"question"}, "score"),
         "generate_answer.j2": (BASE | {"question"}, "text"),
         "judge_pair.j2": (BASE | {"question", "answer"}, "score"),
+        "judge_safety.j2": (BASE | {"question", "answer", "categories"}, "safety"),
     },
     "grounded_skills": {
         "system.j2": (BASE, None),
@@ -44,6 +48,8 @@ TEMPLATES: dict[str, dict[str, tuple[set[str], str | None]]] = {
         "judge_question.j2": (BASE | {"context", "question"}, "score"),
         "generate_answer.j2": (BASE | {"context", "question"}, "text"),
         "judge_pair.j2": (BASE | {"context", "question", "answer"}, "score"),
+        "judge_grounding.j2": (BASE | {"context", "question", "answer"}, "verdict"),
+        "judge_safety.j2": (BASE | {"context", "question", "answer", "categories"}, "safety"),
     },
 }
 SCORE_RANGES = {
@@ -106,6 +112,7 @@ def _variables(pipeline: str, n_examples: int = 3) -> dict:
             "question": "What is indirect prompt injection?",
             "answer": "An attack in which instructions are hidden in content the model reads for a user.",
             "num": 5,
+            "categories": list(SAFETY_CATEGORIES),
         }
     rel, kind = {
         "freeform_skills": ("compositional_skills/writing/risk_summaries", "freeform_skill"),
@@ -123,6 +130,7 @@ def _variables(pipeline: str, n_examples: int = 3) -> dict:
         "question": last["question"],
         "answer": last["answer"],
         "num": 4,
+        "categories": list(SAFETY_CATEGORIES),
     }
 
 
@@ -212,6 +220,10 @@ def test_template_asks_for_its_output_format(pipeline, template):
         top = SCORE_RANGES[(pipeline, template)]
         last_line = [ln for ln in text.splitlines() if '"score"' in ln][0]
         assert " or ".join([", ".join(str(i) for i in range(top)), str(top)]) in last_line
+    elif fmt == "safety":
+        assert "JSON object" in text and '"reason"' in text and '"categories"' in text and '"verdict"' in text
+        assert '"SAFE"' in text and '"UNSAFE"' in text and '"score"' not in text
+        assert all(c in text for c in SAFETY_CATEGORIES)
     elif fmt == "text":
         assert "JSON" not in text and "plain text" in text
 
