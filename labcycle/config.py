@@ -90,6 +90,13 @@ class MixingConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    enabled: bool = True  # base and candidate answer a safety suite; the gate's safety rules read it
+    suite: str | None = None  # a safety suite JSONL (schemas/safety-suite.schema.json); None: the shipped one
+    judge: bool = True  # the evaluation's judge labels the answers; False (or no judge): refusal phrases only
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     endpoint: str | None = None  # a vLLM server on the student's base with runtime LoRA loading; None: start one
     served_base: str | None = None
@@ -101,11 +108,21 @@ class EvaluationConfig:
     held_out_per_leaf: int | None = 10
     max_items: int | None = None
     max_model_len: int = 4096
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 @dataclass(frozen=True)
 class GateConfig:
     policy: str | None = None  # a gate policy; None: the built-in defaults
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Stages run through Prefect deployments (flows/remote.py), exchanging data through shared storage."""
+
+    storage: str | None = None  # an fsspec URL or a local path, reached by this machine and the GPU workers
+    deployments: dict[str, str] = field(default_factory=dict)  # stage -> "flow/deployment"; unlisted: in-process
+    timeout_s: float | None = None  # how long lab_cycle waits for a remote stage; None: no limit
 
 
 @dataclass(frozen=True)
@@ -119,12 +136,15 @@ class Config:
     tuning: TuneSettings = field(default_factory=TuneSettings)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+        # Where stages run changes no result: remote settings stay out of the digest.
+        data = {k: v for k, v in self.to_json().items() if k != "remote"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tuple[int, int]] | None = None) -> Config:
@@ -144,6 +164,7 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         tuning=tune_settings.from_mapping(data.get("tuning", {})),
         evaluation=_evaluation(data.get("evaluation", {})),
         gate=GateConfig(**data.get("gate", {})),
+        remote=_remote(data.get("remote", {}), source, locate),
     )
     for phase in tune_settings.PHASES:
         p = cfg.tuning.phase(phase)
@@ -156,9 +177,21 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
     return cfg
 
 
+def _remote(data: dict[str, Any], source: str, locate: Callable[[tuple], tuple[int, int]] | None) -> RemoteConfig:
+    deployments = {stage: name for stage, name in (data.get("deployments") or {}).items() if name}
+    if deployments and not data.get("storage"):
+        stage = next(iter(deployments))
+        where = f"{source}:{':'.join(map(str, locate(('remote', 'deployments', stage))))}" if locate else source
+        raise LabcycleError(f"remote.deployments.{stage}: a remote stage exchanges its data through shared storage: set "
+                            "remote.storage (an fsspec URL such as s3://bucket/labcycle, or a folder the GPU workers "
+                            "share), or remove the deployment to run the stage in-process", where=where)
+    return RemoteConfig(storage=data.get("storage"), deployments=deployments, timeout_s=data.get("timeout_s"))
+
+
 def _evaluation(data: dict[str, Any]) -> EvaluationConfig:
     suites = data.get("suites")
-    return EvaluationConfig(**{**data, "suites": tuple(suites) if suites is not None else None})
+    return EvaluationConfig(**{**data, "suites": tuple(suites) if suites is not None else None,
+                               "safety": SafetyConfig(**(data.get("safety") or {}))})
 
 
 def _generation(data: dict[str, Any]) -> GenerationConfig:

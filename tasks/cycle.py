@@ -23,12 +23,18 @@ def write_report(run_dir: Path, cycles: list[dict[str, Any]], released: str | No
 
 
 def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a release event carries: overall branch scores and each regression suite."""
+    """The few numbers a release event carries: overall branch scores, each regression suite, and the
+    safety rates (when the evaluation had a safety suite)."""
     branch = report.get("branch", {}).get("overall", {})
     suites = report.get("regression", {}).get("suites", {})
-    return {"branch": {"base": branch.get("base"), "candidate": branch.get("candidate")},
-            "regression": {name: {"metric": s.get("metric"), "base": s.get("base"), "candidate": s.get("candidate")}
-                           for name, s in suites.items()}}
+    metrics = {"branch": {"base": branch.get("base"), "candidate": branch.get("candidate")},
+               "regression": {name: {"metric": s.get("metric"), "base": s.get("base"), "candidate": s.get("candidate")}
+                              for name, s in suites.items()}}
+    safety = report.get("safety") or {}
+    if safety.get("enabled"):
+        metrics["safety"] = {rate: {side: safety.get(side, {}).get(rate) for side in ("base", "candidate")}
+                             for rate in ("unsafe_rate", "over_refusal_rate")}
+    return metrics
 
 
 def candidate(tuned: Path, folder: Path, decision: dict[str, Any], manifest: Path):  # type: ignore[no-untyped-def]
@@ -53,8 +59,9 @@ def summary(candidate: Any, decision: Any) -> str:
 def evaluation_inputs(cfg: Any, teacher_endpoint: str | None, teacher_model: str | None,
                       max_concurrency: int | None) -> dict[str, Any]:
     """The evaluate task's settings from the config: the judge is the generation teacher (built inside the
-    evaluation), the suites the configured ones or the shipped general set."""
-    from labcycle.tasks.evaluate import JudgeSpec, shipped_suites
+    evaluation), the suites the configured ones or the shipped general set, the safety suite the configured
+    one or the shipped one (None when evaluation.safety.enabled is false)."""
+    from labcycle.tasks.evaluate import JudgeSpec, SafetySpec, shipped_suites
     from labcycle.tasks.generate.inputs import teacher_config
 
     ev = cfg.evaluation
@@ -64,6 +71,8 @@ def evaluation_inputs(cfg: Any, teacher_endpoint: str | None, teacher_model: str
         judge = JudgeSpec(endpoint=t.endpoint, model=t.model, structured_mode=t.structured_mode,
                           max_model_len=t.max_model_len, max_concurrency=ev.concurrency, api_key_secret=t.api_key_secret)
     suites = [Path(p) for p in ev.suites] if ev.suites is not None else shipped_suites()
-    return {"endpoint": ev.endpoint, "served_base": ev.served_base, "judge": judge, "suites": suites,
+    safety = (SafetySpec(suite=Path(ev.safety.suite) if ev.safety.suite else None, judge=ev.safety.judge)
+              if ev.safety.enabled else None)
+    return {"endpoint": ev.endpoint, "served_base": ev.served_base, "judge": judge, "suites": suites, "safety": safety,
             "max_tokens": ev.max_tokens, "judge_max_tokens": ev.judge_max_tokens, "concurrency": ev.concurrency,
             "held_out_per_leaf": ev.held_out_per_leaf, "max_items": ev.max_items, "max_model_len": ev.max_model_len}

@@ -35,10 +35,23 @@ def test_values_from_a_file(tmp_path):
         ("tuning:\n  skills:\n    learning_rat: 1e-4\n", ":3:5", "learning_rat"),
         ("tuning:\n  method: qdora\n", ":2:3", "method"),
         ("tuning:\n  knowledge:\n    select: best\n", "", "eval_fraction"),
+        ("remote:\n  deployments:\n    tune: tune/gpu\n", ":3:5", "set remote.storage"),
+        ("remote:\n  storage: s3://b/l\n  deployments:\n    tune: gpu\n", ":4:5", "remote.deployments.tune"),
+        ("remote:\n  storage: s3://b/l\n  deployments:\n    mix: mix/gpu\n", ":4:5", "remote.deployments.mix"),
     ],
 )
 def test_mistakes_name_the_file_line_and_key(tmp_path, text, where, words):
     assert_mistake(config.load, tmp_path / "labcycle.yaml", text, where, words)
+
+
+def test_remote_stages(tmp_path):
+    assert config.load(None).remote.deployments == {}
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("remote:\n  storage: s3://bucket/labcycle\n  deployments:\n    tune: tune/gpu\n    evaluate: null\n"
+                 "  timeout_s: 3600\n")
+    remote = config.load(f).remote
+    assert (remote.storage, remote.deployments, remote.timeout_s) == ("s3://bucket/labcycle", {"tune": "tune/gpu"}, 3600)
+    assert config.load(f).digest() == config.load(None).digest()  # where a stage runs changes no result
 
 
 def test_tuning_defaults_and_per_phase_settings(tmp_path):

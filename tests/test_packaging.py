@@ -37,6 +37,11 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/evaluate/stage.py",
         "labcycle/tasks/evaluate/prompts/judge.j2",
         "labcycle/tasks/evaluate/suites/general_mc.jsonl",
+        "labcycle/tasks/evaluate/safety.py",
+        "labcycle/tasks/evaluate/suites/safety.jsonl",
+        "labcycle/tasks/evaluate/prompts/safety_judge.j2",
+        "labcycle/tasks/evaluate/prompts/safety_judge_system.j2",
+        "labcycle/schemas/safety-suite.schema.json",
         "labcycle/schemas/eval-suite.schema.json",
         "labcycle/profiles/demo.yaml",
         "labcycle/webhook/app.py",
@@ -109,3 +114,6 @@ def test_shipped_configs_recipes_policies_and_pipelines_are_valid():
     assert len(shipped_suites()) == 2
     for path in shipped_suites():
         load_suite(path)
+    from labcycle.tasks.evaluate.safety import load_safety_suite, shipped_safety_suite
+
+    load_safety_suite(shipped_safety_suite())

@@ -31,24 +31,31 @@ class BranchSettings:
     judge_max_tokens: int = 256
 
 
-async def _answer(model: Teacher, question: Question, max_tokens: int) -> str | None:
+async def _answer(model: Teacher, messages: Sequence[dict[str, str]], max_tokens: int) -> str | None:
     try:
-        completion = await model.chat(list(question.messages), Sampling(temperature=0.0, max_tokens=max_tokens))
+        completion = await model.chat(list(messages), Sampling(temperature=0.0, max_tokens=max_tokens))
     except PromptTooLong:
         return None
     return (completion.texts[0] if completion.texts else "").strip()
 
 
-async def answer_all(questions: Sequence[Question], models: dict[str, Teacher], max_tokens: int) -> list[dict[str, str | None]]:
-    """Each question's answer by each side (None: the prompt did not fit that model's context).
+async def answer_prompts(prompts: Sequence[Sequence[dict[str, str]]], models: dict[str, Teacher],
+                         max_tokens: int) -> list[dict[str, str | None]]:
+    """Each prompt's (chat messages') greedy answer by each side (None: it did not fit that model's context).
 
     One side after the other, never both in one batch: vLLM 0.32 on CPU applies the adapter to base
     requests that share a batch with adapter requests (checked: the base then answers as the candidate
-    does). Each side alone still fills the server, so this costs nothing measurable on a GPU either."""
+    does). Each side alone still fills the server, so this costs nothing measurable on a GPU either. For
+    the same reason callers never run two of these (or a judge on the same server) at once."""
     by_side = {}
     for side in SIDES:
-        by_side[side] = await asyncio.gather(*(_answer(models[side], q, max_tokens) for q in questions))
-    return [{side: by_side[side][i] for side in SIDES} for i in range(len(questions))]
+        by_side[side] = await asyncio.gather(*(_answer(models[side], m, max_tokens) for m in prompts))
+    return [{side: by_side[side][i] for side in SIDES} for i in range(len(prompts))]
+
+
+async def answer_all(questions: Sequence[Question], models: dict[str, Teacher], max_tokens: int) -> list[dict[str, str | None]]:
+    """Each question's answer by each side (None: the prompt did not fit that model's context)."""
+    return await answer_prompts([q.messages for q in questions], models, max_tokens)
 
 
 async def judge_all(judge: Teacher, questions: Sequence[Question], answers: Sequence[dict[str, str | None]],
@@ -147,4 +154,4 @@ async def evaluate_branch(questions: Sequence[Question], kinds: dict[str, str], 
     return aggregate(records, kinds, judge is not None), records
 
 
-__all__ = ["BranchSettings", "SIDES", "aggregate", "answer_all", "evaluate_branch", "judge_all", "score_records"]
+__all__ = ["BranchSettings", "SIDES", "aggregate", "answer_all", "answer_prompts", "evaluate_branch", "judge_all", "score_records"]

@@ -71,39 +71,55 @@ def read_score(text: str) -> tuple[int | None, str]:
     return (score, reason) if SCORE_MIN <= score <= SCORE_MAX else (None, reason)
 
 
+# The grading judge (judge*.j2) and the safety judge (safety_judge*.j2, see safety.py).
+TEMPLATES = ("judge_system.j2", "judge.j2", "safety_judge_system.j2", "safety_judge.j2")
+
+
 @cache
 def _templates() -> Any:
     import jinja2
 
     folder = files("labcycle.tasks.evaluate").joinpath("prompts")
-    sources = {name: folder.joinpath(name).read_text(encoding="utf-8") for name in ("judge_system.j2", "judge.j2")}
+    sources = {name: folder.joinpath(name).read_text(encoding="utf-8") for name in TEMPLATES}
     return jinja2.Environment(loader=jinja2.DictLoader(sources), undefined=jinja2.StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
 
-def judge_messages(question: str, reference: str, answer: str, context: str = "") -> list[dict[str, str]]:
+def render_messages(system: str, user: str, **variables: str) -> list[dict[str, str]]:
+    """A system and a user turn from two of the prompts/ templates."""
     env = _templates()
-    variables = {"question": question, "reference": reference, "answer": answer, "context": context}
-    return [{"role": "system", "content": env.get_template("judge_system.j2").render(**variables).strip()},
-            {"role": "user", "content": env.get_template("judge.j2").render(**variables).strip()}]
+    return [{"role": "system", "content": env.get_template(system).render(**variables).strip()},
+            {"role": "user", "content": env.get_template(user).render(**variables).strip()}]
+
+
+def judge_messages(question: str, reference: str, answer: str, context: str = "") -> list[dict[str, str]]:
+    return render_messages("judge_system.j2", "judge.j2", question=question, reference=reference, answer=answer,
+                           context=context)
+
+
+async def ask_judge(judge: Teacher, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> str | None:
+    """The judge's reply, greedy, constrained to `schema` where the judge has structured outputs; None when
+    the prompt does not fit the judge's context. Other failures (the judge unreachable after its retries,
+    a wrong model name) propagate: they are not the candidate's fault and would make every judgement fail."""
+    structured = Structured(json_schema=schema) if judge.supports_structured else None
+    try:
+        completion = await judge.chat(messages, Sampling(temperature=0.0, max_tokens=max_tokens), structured)
+    except PromptTooLong:
+        return None
+    return completion.texts[0] if completion.texts else ""
 
 
 async def judge_answer(judge: Teacher, question: str, reference: str, answer: str, context: str = "", *,
                        max_tokens: int = 256) -> Judgement:
-    """One judgement; a prompt too long for the judge or an unreadable reply is a Judgement with an error.
-    Other failures (the judge unreachable after its retries, a wrong model name) propagate: they are not
-    the candidate's fault and would make every judgement fail."""
-    structured = Structured(json_schema=judge_schema(max_tokens)) if judge.supports_structured else None
-    try:
-        completion = await judge.chat(judge_messages(question, reference, answer, context),
-                                      Sampling(temperature=0.0, max_tokens=max_tokens), structured)
-    except PromptTooLong:
+    """One judgement; a prompt too long for the judge or an unreadable reply is a Judgement with an error."""
+    text = await ask_judge(judge, judge_messages(question, reference, answer, context), judge_schema(max_tokens),
+                           max_tokens)
+    if text is None:
         return Judgement(score=None, error="prompt too long for the judge")
-    text = completion.texts[0] if completion.texts else ""
     score, reason = read_score(text)
     if score is None:
         return Judgement(score=None, reason=reason, error="unreadable judgement", raw=text)
     return Judgement(score=score, reason=reason)
 
 
-__all__ = ["Judgement", "judge_answer", "judge_messages", "judge_schema", "read_score"]
+__all__ = ["Judgement", "ask_judge", "judge_answer", "judge_messages", "judge_schema", "read_score", "render_messages"]

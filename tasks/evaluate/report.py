@@ -1,6 +1,7 @@
 """The evaluation report: report.json (the shape tasks/gate.py reads), answers.jsonl (every question's
-answers, judgements and scores; every suite document's log-likelihoods) and report.md (base vs candidate
-tables, drops flagged with ⚠, shown as the Prefect artifact "eval-report")."""
+answers, judgements and scores; every suite document's log-likelihoods; every safety prompt's answers and
+labels) and report.md (base vs candidate tables, drops flagged with ⚠, shown as the Prefect artifact
+"eval-report")."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def _round_scores(block: dict[str, Any]) -> None:
             block[side] = {m: (None if v is None else round(v, DIGITS)) for m, v in block[side].items()}
 
 
-def build(branch: dict[str, Any], regression: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The report: branch and regression as the gate reads them (scores rounded to 4 digits), plus
-    `extra` (models, settings, timings, ...). Per-document suite details move to answers.jsonl."""
+def build(branch: dict[str, Any], regression: dict[str, Any], extra: dict[str, Any],
+          safety: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report: branch, regression and safety (tasks/evaluate/safety.py; None: not evaluated) as the gate
+    reads them (scores rounded to 4 digits), plus `extra` (models, settings, timings, ...). Per-document
+    suite details move to answers.jsonl."""
     for leaf in branch["leaves"].values():
         _round_scores(leaf)
     _round_scores(branch["overall"])
@@ -36,13 +39,15 @@ def build(branch: dict[str, Any], regression: dict[str, Any], extra: dict[str, A
             if key in entry:
                 entry[key] = {s: round(v, 6) for s, v in entry[key].items()}
         entry.pop("details", None)
-    return {"branch": branch, "regression": regression, **extra}
+    return {"branch": branch, "regression": regression, "safety": safety or {"enabled": False}, **extra}
 
 
-def answer_rows(records: list[dict[str, Any]], suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def answer_rows(records: list[dict[str, Any]], suites: dict[str, dict[str, Any]],
+                safety: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     rows = [{"type": "branch", **r} for r in records]
     for name, entry in suites.items():
         rows += [{"type": "regression", "suite": name, **d} for d in entry.get("details", [])]
+    rows += [{"type": "safety", **r} for r in safety or []]
     return rows
 
 
@@ -95,6 +100,7 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
     lines.append(row("overall", "", f"{branch['overall']['leaves']} leaves", branch["overall"]))
     if branch.get("skipped_questions"):
         lines += ["", f"{branch['skipped_questions']} questions were left out: too long for the served context."]
+    lines += ["", *safety_markdown(report.get("safety") or {"enabled": False})]
     lines += ["", f"## Regression suites ({WARN} = candidate worse than base)", ""]
     if not suites:
         lines.append("No regression suites configured.")
@@ -106,6 +112,56 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
             lines.append(f"| {label} | {entry['metric']}{' (lower is better)' if not entry['higher_is_better'] else ''} "
                          f"| {entry['items']} | {cell} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(rate: float | None, count: int | None = None) -> str:
+    if rate is None:
+        return "–"
+    return f"{count} ({rate * 100:.1f}%)" if count is not None else f"{rate * 100:.1f}%"
+
+
+def _rate_cell(base: float | None, cand: float | None, base_n: int | None = None, cand_n: int | None = None,
+               warn: bool = True) -> str:
+    """base → candidate for a rate where higher is worse; a rise is flagged (when `warn`)."""
+    cell = f"{_share(base, base_n)} → {_share(cand, cand_n)}"
+    if base is None or cand is None:
+        return cell
+    delta = (cand - base) * 100
+    cell += f" ({'+' if delta >= 0 else '−'}{abs(delta):.1f} points)"
+    return f"**{cell} {WARN}**" if warn and cand > base else cell
+
+
+def safety_markdown(safety: dict[str, Any]) -> list[str]:
+    """The report's safety section: unsafe answers to harmful prompts and refusals of benign ones, base vs
+    candidate, with the label sources (a rise is flagged with ⚠)."""
+    lines = [f"## Safety ({WARN} = candidate worse than base)", ""]
+    if not safety.get("enabled"):
+        return lines + ["Not evaluated: evaluation.safety.enabled is false in the config."]
+    prompts, answered, sources = safety["prompts"], safety["answered"], safety["label_sources"]
+    base, cand = safety["base"], safety["candidate"]
+    judge = safety.get("judge", {})
+    lines.append(f"Suite `{safety['suite']}`: {prompts['harmful']} harmful and {prompts['benign']} benign prompts. "
+                 f"Labels: the judge for {sources['judge']} prompts, refusal phrases for {sources['refusal_phrases']}.")
+    if sources["refusal_phrases"]:
+        why = ("no judge" if not judge.get("requested") else
+               ", ".join(f"{n} {reason}" for reason, n in judge.get("failures", {}).items()) or "judge failures")
+        lines.append(f"- Refusal phrases ({why}) only tell refused from not refused: there, a harmful prompt "
+                     "answered without a refusal counts as unsafe, which overstates the unsafe rate for both models.")
+    if safety.get("skipped"):
+        lines.append(f"- {safety['skipped']} prompts were left out: too long for the served context.")
+    lines += ["", "| metric | prompts | base → candidate |", "|---|---:|---|"]
+    for what, kind, rate, count, warn in (("unsafe answers to harmful prompts", "harmful", "unsafe_rate", "unsafe", True),
+                                          ("refusals of benign prompts (over-refusal)", "benign", "over_refusal_rate",
+                                           "refused_benign", True),
+                                          ("refusals of harmful prompts", "harmful", "refusal_rate", "refused_harmful", False)):
+        cell = _rate_cell(base[rate], cand[rate], base[count], cand[count], warn=warn)
+        lines.append(f"| {what} | {answered[kind]} | {cell} |")
+    lines += ["", "| category | kind | prompts | base → candidate |", "|---|---|---:|---|"]
+    for entry in safety.get("by_category", []):
+        what = "unsafe" if entry["kind"] == "harmful" else "refused"
+        lines.append(f"| {entry['category']} | {entry['kind']} ({what}) | {entry['prompts']} | "
+                     f"{_rate_cell(entry['base'], entry['candidate'])} |")
+    return lines
 
 
 def entry_block(entry: dict[str, Any]) -> dict[str, Any]:
@@ -123,4 +179,4 @@ def write(out_dir: Path, report: dict[str, Any], rows: list[dict[str, Any]], not
     return md
 
 
-__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "answer_rows", "build", "markdown", "write"]
+__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "answer_rows", "build", "markdown", "safety_markdown", "write"]

@@ -1,7 +1,7 @@
-"""The evaluation stage: branch and regression evaluations of a candidate adapter against its base.
+"""The evaluation stage: branch, safety and regression evaluations of a candidate adapter against its base.
 
     report = evaluate(RUN/manifest.json, OUT/skills/adapter, BASE_DIR, RUN/cycle-1/eval,
-                      endpoint=None, judge=teacher, suites=[...], held_out=None)
+                      endpoint=None, judge=teacher, suites=[...], held_out=None, safety=SafetySpec())
 
 Both models are served by one vLLM server, the candidate as a LoRA adapter on the base (no merge): with
 no endpoint the stage starts that server itself on the base and stops it at the end; with one, the
@@ -9,8 +9,11 @@ server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) a
 folder at the same path. The adapter is loaded under "candidate-<12 hex of its content>", so a changed
 adapter is never confused with an old one of the same path.
 
-Re-running with the same inputs (leaves, held-out rows, suites, adapter and base content, judge model,
-settings) returns the report already in out_dir without starting anything: that is all the caching the
+The three run one after the other (branch, safety, regression), each sending one model's requests at a
+time: vLLM on CPU mixes up base and adapter requests that share a batch (see branch.answer_prompts).
+
+Re-running with the same inputs (leaves, held-out rows, suites, safety suite, adapter and base content,
+judge model, settings) returns the report already in out_dir without starting anything: that is all the caching the
 stage needs (an evaluation depends on a live server, which a Prefect result cache cannot vouch for).
 """
 
@@ -31,11 +34,12 @@ from labcycle.errors import LabcycleError, retry_if_transient
 from labcycle.tasks.evaluate import report as report_io
 from labcycle.tasks.evaluate.branch import BranchSettings, evaluate_branch
 from labcycle.tasks.evaluate.questions import Question, held_out_questions, seed_questions
+from labcycle.tasks.evaluate.safety import SafetySpec, SafetySuite, load_safety_suite
 from labcycle.tasks.evaluate.suite import Suite, load_suite
 from labcycle.tasks.teacher.base import Teacher
 
 # Bumped whenever the same inputs would give a different report (prompts, metrics, report shape).
-EVAL_FORMAT = 1
+EVAL_FORMAT = 2  # 2: the safety block
 
 
 @dataclass(frozen=True)
@@ -150,12 +154,12 @@ async def load_adapter(base_url: str, name: str, path: Path) -> None:
                             "the adapter folder at this same path", where=str(path))
 
 
-def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None,
-               per_leaf: int | None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
+def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None, per_leaf: int | None,
+               taxonomy_root: Path | None = None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
     from labcycle.config import GenerationConfig
     from labcycle.tasks.generate.inputs import load_leaves
 
-    leaves, _ = load_leaves(Path(manifest), GenerationConfig())
+    leaves, _ = load_leaves(Path(manifest), GenerationConfig(), taxonomy_root)
     if changed is not None:
         unknown = sorted(set(changed) - {leaf.id for leaf in leaves})
         if unknown:
@@ -173,28 +177,32 @@ def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None,
 async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir: Path, *,
                          endpoint: str | None, judge: Teacher | JudgeSpec | None, suites: list[Path], held_out: Path | None,
                          settings: EvalSettings = EvalSettings(), changed_leaves: list[str] | None = None,
-                         served_base: str | None = None, reuse: bool = True) -> dict[str, Any]:
+                         served_base: str | None = None, reuse: bool = True,
+                         taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
     from labcycle.models import is_tiny
     from labcycle.tasks.evaluate.loglik import LoglikClient
     from labcycle.tasks.evaluate.regression import evaluate_regression
+    from labcycle.tasks.evaluate.safety import evaluate_safety
     from labcycle.tasks.teacher.openai_client import OpenAITeacher
     from labcycle.tasks.tune.data import model_fingerprint
 
     out_dir, candidate_adapter, base_model = Path(out_dir), Path(candidate_adapter), Path(base_model)
     started = time.monotonic()
     # Everything a user can get wrong is checked before a server starts.
-    questions, kinds, counts = _questions(manifest, changed_leaves, held_out, settings.held_out_per_leaf)
+    questions, kinds, counts = _questions(manifest, changed_leaves, held_out, settings.held_out_per_leaf, taxonomy_root)
     loaded: list[Suite] = [load_suite(p, settings.max_items) for p in suites]
     names = [s.name for s in loaded]
     if len(set(names)) != len(names):
         twice = ", ".join(sorted({n for n in names if names.count(n) > 1}))
         raise LabcycleError(f"two regression suites share a task name ({twice}); give each its own `task:`")
+    safety_suite: SafetySuite | None = load_safety_suite(safety.suite_path()) if safety is not None else None
     fingerprint, rank = _adapter(candidate_adapter)
     adapter_name = f"candidate-{fingerprint[:12]}"
     digest = _digest(format=EVAL_FORMAT, questions=[(q.to_json(), q.messages) for q in questions], kinds=kinds,
                      suites=[(s.name, s.digest) for s in loaded], adapter=fingerprint,
                      base=model_fingerprint(base_model) if base_model.is_dir() else str(base_model),
                      judge=getattr(judge, "model", None),
+                     safety=(safety_suite.digest, safety.judge) if safety is not None and safety_suite is not None else None,
                      settings={**asdict(settings), "concurrency": None, "score_concurrency": None})
     previous = out_dir / report_io.REPORT
     if reuse and previous.is_file():
@@ -226,6 +234,13 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         try:
             branch, records = await evaluate_branch(questions, kinds, models, own_judge or judge,
                                                     BranchSettings(settings.max_tokens, settings.judge_max_tokens))
+            t_safety = time.monotonic()
+            safety_block, safety_records = None, []
+            if safety is not None and safety_suite is not None:
+                # After the branch evaluation, never beside it: one side's requests at a time (branch.answer_prompts).
+                safety_block, safety_records = await evaluate_safety(
+                    safety_suite, models, (own_judge or judge) if safety.judge else None,
+                    max_tokens=settings.max_tokens, judge_max_tokens=settings.judge_max_tokens)
         finally:
             for m in [*models.values(), *([own_judge] if own_judge else [])]:
                 await m.aclose()
@@ -239,7 +254,7 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         if server is not None:
             await asyncio.to_thread(server.stop)
 
-    rows = report_io.answer_rows(records, regression["suites"])  # before build() moves the details out
+    rows = report_io.answer_rows(records, regression["suites"], safety_records)  # before build() moves the details out
     tiny = base_model.is_dir() and is_tiny(base_model)
     notes = ["tiny random models: their scores are noise and mean nothing"] if tiny else []
     extra = {
@@ -247,12 +262,13 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
                    "base_model": str(base_model)},
         "questions": counts,
         "settings": asdict(settings),
-        "timings": {"branch_s": round(t1 - t0, 2), "regression_s": round(t2 - t1, 2),
+        "timings": {"branch_s": round(t_safety - t0, 2), "safety_s": round(t1 - t_safety, 2),
+                    "regression_s": round(t2 - t1, 2),
                     "total_s": round(time.monotonic() - started, 2)},
         "notes": notes,
         "inputs_digest": digest,
     }
-    result = report_io.build(branch, regression, extra)
+    result = report_io.build(branch, regression, extra, safety_block)
     report_io.write(out_dir, result, rows, notes)
     return result
 
@@ -262,15 +278,18 @@ def evaluate(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir:
              concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
              held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
              served_base: str | None = None, score_concurrency: int | None = None,
-             reuse: bool = True) -> dict[str, Any]:
+             reuse: bool = True, taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
     """Evaluate the candidate against the base and write out_dir/report.json, answers.jsonl and report.md;
-    returns the report. Runs its own event loop: from async code, await evaluate_async instead."""
+    returns the report. Runs its own event loop: from async code, await evaluate_async instead.
+    `taxonomy_root`: where the manifest's leaves are read, if not at the root the manifest names.
+    `safety`: the safety suite and whether the judge labels it (tasks/evaluate/safety.py); None: no safety
+    evaluation (the report says so, and a gate policy with safety.required fails the candidate)."""
     settings = EvalSettings(max_tokens=max_tokens, judge_max_tokens=judge_max_tokens, concurrency=concurrency,
                             held_out_per_leaf=held_out_per_leaf, max_items=max_items, max_model_len=max_model_len,
                             score_concurrency=score_concurrency)
     return asyncio.run(evaluate_async(manifest, candidate_adapter, base_model, out_dir, endpoint=endpoint, judge=judge,
                                       suites=suites, held_out=held_out, settings=settings, changed_leaves=changed_leaves,
-                                      served_base=served_base, reuse=reuse))
+                                      served_base=served_base, reuse=reuse, taxonomy_root=taxonomy_root, safety=safety))
 
 
 # No Prefect cache: a judge teacher is not a hashable input, and evaluate() already returns the report in
@@ -280,7 +299,8 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
                   judge: Teacher | JudgeSpec | None, suites: list[Path], held_out: Path | None, max_tokens: int = 256,
                   concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
                   held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
-                  served_base: str | None = None, score_concurrency: int | None = None) -> dict[str, Any]:
+                  served_base: str | None = None, score_concurrency: int | None = None,
+                  taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
     """evaluate(), with report.md as the markdown artifact "eval-report". A transient failure (the server
     would not start or stopped answering) is retried once; user mistakes are not."""
     from prefect.artifacts import create_markdown_artifact
@@ -288,14 +308,17 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
     result = evaluate(manifest, candidate_adapter, base_model, out_dir, endpoint=endpoint, judge=judge, suites=suites,
                       held_out=held_out, max_tokens=max_tokens, concurrency=concurrency, changed_leaves=changed_leaves,
                       judge_max_tokens=judge_max_tokens, held_out_per_leaf=held_out_per_leaf, max_items=max_items,
-                      max_model_len=max_model_len, served_base=served_base, score_concurrency=score_concurrency)
+                      max_model_len=max_model_len, served_base=served_base, score_concurrency=score_concurrency,
+                      taxonomy_root=taxonomy_root, safety=safety)
     md = (Path(out_dir) / report_io.MARKDOWN).read_text(encoding="utf-8")
     overall = result["branch"]["overall"]
+    prompts = result["safety"].get("prompts")
     create_markdown_artifact(markdown=md, key="eval-report",
-                             description=f"candidate vs base over {overall['leaves']} leaves and "
-                                         f"{len(result['regression']['suites'])} suites")
+                             description=f"candidate vs base over {overall['leaves']} leaves, "
+                                         f"{len(result['regression']['suites'])} suites and "
+                                         + (f"{sum(prompts.values())} safety prompts" if prompts else "no safety suite"))
     return result
 
 
-__all__ = ["EvalSettings", "JudgeSpec", "evaluate", "evaluate_async", "evaluate_task", "load_adapter", "served_base_name",
-           "shipped_suites"]
+__all__ = ["EvalSettings", "JudgeSpec", "SafetySpec", "evaluate", "evaluate_async", "evaluate_task", "load_adapter",
+           "served_base_name", "shipped_suites"]

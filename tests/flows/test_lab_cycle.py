@@ -20,13 +20,16 @@ from tests import genhelp
 pytestmark = pytest.mark.slow
 
 PHASE = {"epochs": 1, "batch_size": 4, "gradient_accumulation": 1, "save_steps": 5, "logging_steps": 1, "max_length": 512}
+# The safety rules run, on the tiny judge's noise, and pass any rates (as the demo gate's do).
+ANY_SAFETY = {"required": True, "max_unsafe_rise": 1.0, "max_over_refusal_rise": 1.0}
 PASS_ANY = {"max_cycles": 2, "branch": {"min_improvement": {"default": {"absolute": -10.0}}, "leaf_tolerance": 10.0,
                                         "fallback": {"min_improvement": {"default": {"absolute": -1.0}}, "leaf_tolerance": 1.0}},
-            "regression": {"max_drop": {"accuracy": 1.0, "perplexity": 1000.0}}, "release": {"name": "tiny"}}
+            "regression": {"max_drop": {"accuracy": 1.0, "perplexity": 1000.0}}, "safety": ANY_SAFETY,
+            "release": {"name": "tiny"}}
 # No candidate can gain 100 judge points (or 2 on a 0-1 metric): every cycle fails.
 PASS_NONE = {"max_cycles": 2, "branch": {"min_improvement": {"default": {"absolute": 100.0}},
                                          "fallback": {"min_improvement": {"default": {"absolute": 2.0}}}},
-             "on_fail": [{"samples_per_seed_factor": 2.0, "sampling_seed_offset": 1}]}
+             "safety": ANY_SAFETY, "on_fail": [{"samples_per_seed_factor": 2.0, "sampling_seed_offset": 1}]}
 
 
 def _config(folder: Path, server, policy: dict | None = None) -> Path:  # type: ignore[no-untyped-def]
@@ -95,7 +98,10 @@ def test_one_cycle_through_tuning_evaluation_gate_and_release(prefect_harness, e
     report = json.loads((cycle / "eval" / "report.json").read_text())
     assert sorted(report["branch"]["leaves"]) == sorted(genhelp.LEAVES.values())
     assert set(report["regression"]["suites"]) == {"general_mc", "general_text"}
-    assert json.loads((cycle / "eval" / "decision.json").read_text())["decision"] == "pass"
+    assert report["safety"]["answered"] == {"harmful": 13, "benign": 14}  # the shipped safety suite, both models
+    decision = json.loads((cycle / "eval" / "decision.json").read_text())
+    assert decision["decision"] == "pass" and [r["name"] for r in decision["rules"]][:2] == ["safety/unsafe",
+                                                                                           "safety/over_refusal"]
 
     # released: one immutable version holding the candidate, and the run's report says where
     summary = json.loads((run / "report.json").read_text())
@@ -104,6 +110,8 @@ def test_one_cycle_through_tuning_evaluation_gate_and_release(prefect_harness, e
     assert version == run / "registry" / "tiny" / "v1" and result["released"] == str(version)
     release = json.loads((version / "release.json").read_text())
     assert release["taxonomy_commit"] == manifest["taxonomy"]["commit"]
+    assert release["metrics"]["safety"]["unsafe_rate"]["base"] == report["safety"]["base"]["unsafe_rate"]
+    assert "### Safety (⚠ = candidate worse than base)" in (version / "model_card.md").read_text()
     assert (version / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (cycle / "tuned" / "skills" / "adapter" / "adapter_model.safetensors").read_bytes()
 

@@ -6,7 +6,6 @@ gate accepts (with the tiny model as a judge that writes noise).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,16 +18,9 @@ from labcycle.tasks.evaluate.metrics import lcs_length, normalize_answer, rouge_
 from labcycle.tasks.evaluate.questions import Question, held_out_questions
 from labcycle.tasks.evaluate.suite import load_suite
 from labcycle.tasks.gate import decide, load_policy
+from tests.evalhelp import LEAVES, REPO_ROOT, TAXONOMY, TUNED_ANSWER, train_adapter, write_manifest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TAXONOMY = REPO_ROOT / "taxonomy"
 SUITES = REPO_ROOT / "tasks" / "evaluate" / "suites"
-LEAVES = {
-    "knowledge": "knowledge/technology/generative_ai/risks",
-    "freeform_skill": "compositional_skills/writing/risk_summaries",
-    "grounded_skill": "compositional_skills/extraction/risk_register",
-}
-TUNED_ANSWER = "Risk is managed by review."
 
 
 # --- metrics -------------------------------------------------------------------------------------------
@@ -292,30 +284,12 @@ def test_report_shape_and_markdown_and_the_gate_reads_it(judge):
 @pytest.fixture(scope="module")
 def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter on the tiny model that answers everything with TUNED_ANSWER (20 steps, a few seconds)."""
-    from labcycle.tasks.tune import trainer
-    from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, TuneSettings
-
-    folder = tmp_path_factory.mktemp("eval-adapter")
-    data = folder / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
-                                                     {"role": "assistant", "content": TUNED_ANSWER}]}) + "\n" for i in range(8)))
-    phase = PhaseSettings(max_steps=20, learning_rate=5e-3, batch_size=4, gradient_accumulation=1, save_steps=20,
-                          logging_steps=5, max_length=256, warmup_ratio=0.0, lr_scheduler="constant")
-    result = trainer.train_phase("knowledge", tiny_model, data, folder / "work",
-                                 TuneSettings(lora=LoraSettings(r=8, alpha=16, dropout=0.0), knowledge=phase, skills=phase))
-    return Path(result["output"])
+    return train_adapter(tiny_model, tmp_path_factory.mktemp("eval-adapter"))
 
 
 @pytest.fixture()
 def manifest(tmp_path: Path) -> Path:
-    entries = [{"id": p, "path": f"{p}/qna.yaml", "kind": k, "version": 3, "status": "added",
-                "hash": hashlib.sha256(p.encode()).hexdigest(), "chunks": 0, "documents": None} for k, p in LEAVES.items()]
-    path = tmp_path / "run" / "manifest.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"manifest_version": 1, "config_digest": "0",
-                                "taxonomy": {"root": str(TAXONOMY), "commit": None, "base": "empty", "leaves_total": 3},
-                                "leaves": entries}))
-    return path
+    return write_manifest(tmp_path)
 
 
 @pytest.mark.slow

@@ -1,0 +1,44 @@
+"""Shared pieces of the evaluation tests: the example taxonomy's leaves, a run manifest naming them, and a
+real LoRA adapter on the tiny model that answers everything with TUNED_ANSWER."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TAXONOMY = REPO_ROOT / "taxonomy"
+LEAVES = {
+    "knowledge": "knowledge/technology/generative_ai/risks",
+    "freeform_skill": "compositional_skills/writing/risk_summaries",
+    "grounded_skill": "compositional_skills/extraction/risk_register",
+}
+TUNED_ANSWER = "Risk is managed by review."
+
+
+def train_adapter(tiny_model: Path, folder: Path) -> Path:
+    """A LoRA adapter on the tiny model that answers everything with TUNED_ANSWER (20 steps, a few seconds)."""
+    from labcycle.tasks.tune import trainer
+    from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, TuneSettings
+
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
+                                                     {"role": "assistant", "content": TUNED_ANSWER}]}) + "\n" for i in range(8)))
+    phase = PhaseSettings(max_steps=20, learning_rate=5e-3, batch_size=4, gradient_accumulation=1, save_steps=20,
+                          logging_steps=5, max_length=256, warmup_ratio=0.0, lr_scheduler="constant")
+    result = trainer.train_phase("knowledge", tiny_model, data, folder / "work",
+                                 TuneSettings(lora=LoraSettings(r=8, alpha=16, dropout=0.0), knowledge=phase, skills=phase))
+    return Path(result["output"])
+
+
+def write_manifest(folder: Path) -> Path:
+    """folder/run/manifest.json naming the three LEAVES of the shipped example taxonomy."""
+    entries = [{"id": p, "path": f"{p}/qna.yaml", "kind": k, "version": 3, "status": "added",
+                "hash": hashlib.sha256(p.encode()).hexdigest(), "chunks": 0, "documents": None} for k, p in LEAVES.items()]
+    path = folder / "run" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"manifest_version": 1, "config_digest": "0",
+                                "taxonomy": {"root": str(TAXONOMY), "commit": None, "base": "empty", "leaves_total": 3},
+                                "leaves": entries}))
+    return path
