@@ -4,7 +4,8 @@
                       [--teacher-model NAME] [--max-concurrency N] [--config FILE]
 
 One task per leaf, all awaited together in one event loop so that a single teacher client caps the
-requests in flight across every leaf. Also a subflow of lab_cycle, and deployable on its own.
+requests in flight across every leaf. Also a subflow of lab_cycle, and deployable on its own (the
+deployment generate/gpu: deployments/prefect.yaml; lab_cycle runs it there through flows/remote.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.states import Failed
 
 from labcycle import config as config_module
 from labcycle.errors import LabcycleError
+from labcycle.flows import remote
 from labcycle.tasks.generate import inputs, report
 from labcycle.tasks.generate.stage import generate_leaf_task, publish_generated
 from labcycle.tasks.teacher import make_teacher
@@ -26,7 +28,8 @@ from labcycle.tasks.teacher import make_teacher
 @flow(name="generate", log_prints=True)
 async def generate(manifest: str, output: str, config: str | None = None, teacher_endpoint: str | None = None,
                    teacher_model: str | None = None, max_concurrency: int | None = None,
-                   plan: dict[str, Any] | None = None) -> Any:
+                   plan: dict[str, Any] | None = None, taxonomy_root: str | None = None,
+                   storage: str | None = None) -> Any:
     """Generate samples for every leaf of a run manifest into OUTPUT/<leaf-id>/.
 
     Args:
@@ -37,11 +40,32 @@ async def generate(manifest: str, output: str, config: str | None = None, teache
         teacher_model: the served model name, or a local model folder for the in-process engine.
         max_concurrency: most teacher requests in flight at once, across all leaves.
         plan: a later cycle's changes (tasks/gate.Plan as JSON): more samples, other seeds, stricter judges.
+        taxonomy_root: where the leaves' qna.yaml files are; default: the root the manifest names.
+        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
+            manifest, output, config and taxonomy_root are then relative to it; the inputs are fetched
+            first and the output sent back after.
     """
+    if not storage:
+        return await _generate(manifest, output, config, teacher_endpoint, teacher_model, max_concurrency, plan,
+                               taxonomy_root)
+    mirror = remote.worker_mirror(storage)
+    try:
+        mirror.pull(manifest, taxonomy_root, config)
+        mirror.pull("documents", missing_ok=True)  # none without knowledge leaves
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    result = await _generate(mirror.local(manifest), mirror.local(output), mirror.local(config), teacher_endpoint,
+                             teacher_model, max_concurrency, plan, mirror.local(taxonomy_root))
+    return remote.hand_back(mirror, output, result)
+
+
+async def _generate(manifest: str, output: str, config: str | None, teacher_endpoint: str | None,
+                    teacher_model: str | None, max_concurrency: int | None, plan: dict[str, Any] | None,
+                    taxonomy_root: str | None) -> Any:
     try:
         cfg = config_module.load(config).generation
         teacher_cfg = inputs.teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
-        leaves, specs = inputs.load_leaves(Path(manifest), cfg)
+        leaves, specs = inputs.load_leaves(Path(manifest), cfg, Path(taxonomy_root) if taxonomy_root else None)
         api_key = await inputs.api_key(teacher_cfg)
     except LabcycleError as exc:
         return Failed(message=str(exc))

@@ -19,20 +19,17 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import Failed
-from prefect.utilities.asyncutils import run_coro_as_sync
 
 from labcycle import config as config_module
 from labcycle import profiles
 from labcycle.env import default_run_dir
 from labcycle.errors import LabcycleError
-from labcycle.flows.generate import generate
+from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
-from labcycle.flows.tune import tune
 from labcycle.io import write_json
 from labcycle.tasks import cycle as cycle_tasks
 from labcycle.tasks.checkout import blank, checkout_task
-from labcycle.tasks.evaluate import evaluate_task
-from labcycle.tasks.gate import first_plan, gate_task, load_policy, next_plan
+from labcycle.tasks.gate import Plan, first_plan, gate_task, load_policy
 from labcycle.tasks.manifest import lineage
 from labcycle.tasks.mix import load_recipe, mix_task
 from labcycle.tasks.release import release_task, request_approval
@@ -76,6 +73,9 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             taxonomy = str(checkout_task(taxonomy_repo, run_dir / "taxonomy", branch, commit).root)
         except LabcycleError as exc:
             return Failed(message=str(exc))
+    elif not Path(taxonomy).is_dir():
+        return Failed(message=f"taxonomy folder {taxonomy!r} not found here: give taxonomy_repo (the taxonomy's git URL) "
+                              "or a taxonomy folder this worker can read")
     if profile:
         if config:
             return Failed(message="give either a profile or a config, not both")
@@ -119,9 +119,10 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         step: dict[str, Any] = {"cycle": plan.cycle, "plan": plan.to_json(), "folder": str(folder)}
         cycles.append(step)
 
-        generated = run_coro_as_sync(generate(manifest=str(manifest), output=str(folder / "generated"), config=config,
-                                              teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
-                                              max_concurrency=max_concurrency, plan=plan.to_json(), return_state=True))
+        # Each GPU stage runs in-process, or through its deployment when the config's remote section names one.
+        generated = run_stage("generate", cfg, run_dir, manifest=str(manifest), output=str(folder / "generated"),
+                              config=config, teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
+                              max_concurrency=max_concurrency, plan=plan.to_json())
         if not generated.is_completed():
             return Failed(message=generated.message)
         step["generation"] = generated.result()
@@ -136,9 +137,10 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             break
         phases = [p for p in ("knowledge", "skills") if mixed["phases"][p]["samples"] > 0]
         data = {p: str(folder / "mixed" / mixed["phases"][p]["data"]) for p in phases}
-        tuned = tune(output=str(folder / "tuned"), phase="both" if len(phases) == 2 else phases[0], base_model=student,
-                     knowledge_data=data.get("knowledge"), skills_data=data.get("skills"), config=config,
-                     lineage=lineage(manifest), plan=plan.to_json(), return_state=True)
+        tuned = run_stage("tune", cfg, run_dir, output=str(folder / "tuned"),
+                          phase="both" if len(phases) == 2 else phases[0], base_model=student,
+                          knowledge_data=data.get("knowledge"), skills_data=data.get("skills"), config=config,
+                          lineage=lineage(manifest), plan=plan.to_json())
         if not tuned.is_completed():
             return Failed(message=tuned.message)
         step["tuning"] = tuned.result()
@@ -146,12 +148,14 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             break
         last = step["tuning"]["phases"][phases[-1]]
         candidate = Path(last["output"])
-        try:
-            report = evaluate_task(manifest, candidate, Path(last["base_model"]), folder / "eval",
-                                   held_out=folder / "mixed" / mixed["held_out"]["data"],
-                                   **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
-        except LabcycleError as exc:
-            return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+        evaluated = run_stage("evaluate", cfg, run_dir, manifest=str(manifest), candidate=str(candidate),
+                              base_model=last["base_model"], output=str(folder / "eval"),
+                              held_out=str(folder / "mixed" / mixed["held_out"]["data"]), config=config,
+                              teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
+                              max_concurrency=max_concurrency)
+        if not evaluated.is_completed():
+            return Failed(message=evaluated.message)
+        report = evaluated.result()
         step["eval"] = str(folder / "eval" / "report.json")
         if until == "evaluate":
             break
@@ -164,7 +168,7 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             break
         if decision.final:
             break
-        plan = next_plan(plan, policy)
+        plan = Plan.from_json(decision.next_plan)  # the gate's plan: a safety failure has its own on_fail steps
 
     released = next((c["release"].get("path") for c in cycles if c.get("release")), None)
     cycle_tasks.write_report(run_dir, cycles, released=released)

@@ -3,8 +3,9 @@
     labcycle tune --phase knowledge|skills|both --base-model DIR [--knowledge-data PATH]
                   [--skills-data PATH] --output DIR [--config FILE]
 
-Its own flow so that it can be deployed to a GPU work pool; without a GPU it runs in-process (tiny
-models on CPU). Also a subflow of lab_cycle. Each phase writes OUTPUT/<phase>/ (adapter/, model_card.md,
+Its own flow so that it can be deployed to a GPU work pool (the deployment tune/gpu:
+deployments/prefect.yaml; lab_cycle runs it there through flows/remote.py); without a GPU it runs
+in-process (tiny models on CPU). Also a subflow of lab_cycle. Each phase writes OUTPUT/<phase>/ (adapter/, model_card.md,
 loss.png, log_history.json, result.json); started again on the same inputs after a kill, it resumes
 from the last checkpoint.
 """
@@ -20,6 +21,7 @@ from prefect.states import Failed
 
 from labcycle import config as config_module
 from labcycle.errors import LabcycleError
+from labcycle.flows import remote
 from labcycle.io import write_json
 from labcycle.tasks.tune import trainer
 from labcycle.tasks.tune.settings import with_plan
@@ -29,7 +31,7 @@ from labcycle.tasks.tune.stage import phase2_start, plan_phases, publish_tuned, 
 @flow(name="tune", log_prints=False)
 def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", base_model: str | None = None,
          knowledge_data: str | None = None, skills_data: str | None = None, config: str | None = None,
-         lineage: dict[str, Any] | None = None, plan: dict[str, Any] | None = None) -> Any:
+         lineage: dict[str, Any] | None = None, plan: dict[str, Any] | None = None, storage: str | None = None) -> Any:
     """Tune the student on the mixed phase data.
 
     Args:
@@ -41,23 +43,41 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
         config: a labcycle.yaml; its `tuning` section.
         lineage: what the model cards record about the data (taxonomy commit, leaves); set by lab_cycle.
         plan: a later cycle's changes (tasks/gate.Plan as JSON): epochs_add adds epochs to both phases.
+        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
+            output, the data and config are then relative to it (base_model too when it is in the
+            mirror); the inputs are fetched first and the output sent back after.
     """
+    if not storage:
+        return _tune(output, phase, base_model, knowledge_data, skills_data, config, lineage, plan)
+    mirror = remote.worker_mirror(storage)
+    try:
+        mirror.pull(knowledge_data, skills_data, config)
+        base_model = remote.model_path(mirror, base_model)
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    result = _tune(mirror.local(output), phase, base_model, mirror.local(knowledge_data), mirror.local(skills_data),
+                   mirror.local(config), lineage, plan)
+    return remote.hand_back(mirror, output, result)
+
+
+def _tune(output: str, phase: str, base_model: str | None, knowledge_data: str | None, skills_data: str | None,
+          config: str | None, lineage: dict[str, Any] | None, plan: dict[str, Any] | None) -> Any:
     try:
         cfg = config_module.load(config)
-        plan = plan_phases(phase, base_model or cfg.student.model, knowledge_data, skills_data)
+        chosen = plan_phases(phase, base_model or cfg.student.model, knowledge_data, skills_data)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     settings = with_plan(cfg.tuning, plan)
     out = Path(output)
-    base = plan["base_model"]
+    base = chosen["base_model"]
     results: dict[str, Any] = {}
     try:
-        if "knowledge" in plan["phases"]:
+        if "knowledge" in chosen["phases"]:
             # Merge mode needs phase 1 merged, whatever tuning.merge says: phase 2 trains on top of it.
             s1 = replace(settings, merge=True) if settings.phase2_start == "merge" else settings
             r1 = tune_phase_task("knowledge", base, knowledge_data, s1, None, lineage)
             results["knowledge"] = publish_tuned(r1, out / "knowledge")
-        if "skills" in plan["phases"]:
+        if "skills" in chosen["phases"]:
             base2, init = phase2_start(results.get("knowledge") or trainer.read_result(out / "knowledge"), base, settings)
             r2 = tune_phase_task("skills", base2, skills_data, settings, init, lineage)
             results["skills"] = publish_tuned(r2, out / "skills")

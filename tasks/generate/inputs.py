@@ -42,11 +42,14 @@ async def api_key(cfg: TeacherConfig) -> str | None:
     return secret.get()
 
 
-def load_leaves(manifest_path: Path, cfg: GenerationConfig) -> tuple[list[LeafInput], dict[str, PipelineSpec]]:
+def load_leaves(manifest_path: Path, cfg: GenerationConfig,
+                taxonomy_root: Path | None = None) -> tuple[list[LeafInput], dict[str, PipelineSpec]]:
+    """The manifest's leaves, read from the taxonomy root it names or from `taxonomy_root` (a copy of the
+    leaves elsewhere, e.g. on a GPU worker: flows/remote.py)."""
     if not manifest_path.is_file():
         raise LabcycleError("run manifest not found; run the taxonomy stage first (labcycle run)", where=str(manifest_path))
     manifest = json.loads(manifest_path.read_text())
-    root = Path(manifest["taxonomy"]["root"])
+    root = Path(taxonomy_root) if taxonomy_root else Path(manifest["taxonomy"]["root"])
     run_dir = manifest_path.parent
     specs: dict[str, PipelineSpec] = {}
     leaves = []

@@ -1,0 +1,73 @@
+"""The evaluation of a cycle's candidate: branch (judge + reference metrics on the changed leaves) and
+regression suites, candidate adapter against its base, on one vLLM server.
+
+    evaluate(manifest="RUN/manifest.json", candidate="RUN/cycle-1/tuned/skills/adapter", base_model=DIR,
+             output="RUN/cycle-1/eval", held_out="RUN/cycle-1/mixed/held_out.jsonl", config=FILE)
+
+Its own flow so that it can be deployed to a GPU work pool (the deployment evaluate/gpu:
+deployments/prefect.yaml; lab_cycle runs it there through flows/remote.py); otherwise a subflow of
+lab_cycle. Writes OUTPUT/report.json, report.md and answers.jsonl (tasks/evaluate/stage.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.states import Failed
+
+from labcycle import config as config_module
+from labcycle.errors import LabcycleError
+from labcycle.flows import remote
+from labcycle.tasks import cycle as cycle_tasks
+from labcycle.tasks.evaluate import evaluate_task
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(manifest: str, candidate: str, base_model: str, output: str, held_out: str | None = None,
+             config: str | None = None, teacher_endpoint: str | None = None, teacher_model: str | None = None,
+             max_concurrency: int | None = None, taxonomy_root: str | None = None, storage: str | None = None) -> Any:
+    """Evaluate a candidate adapter against its base model; returns the report (OUTPUT/report.json).
+
+    Args:
+        manifest: the run's manifest.json: the leaves whose seed questions are asked.
+        candidate: the candidate's LoRA adapter folder (the last tuned phase's adapter/).
+        base_model: the model the adapter was trained on.
+        output: where report.json, report.md and answers.jsonl go.
+        held_out: held-out generated samples (the mix stage's held_out.jsonl), asked besides the seeds.
+        config: a labcycle.yaml; its `evaluation` section, and the teacher that judges.
+        teacher_endpoint: the judge's OpenAI-compatible base URL; unset: an in-process vLLM engine.
+        teacher_model: the judge's served model name, or a local model folder for the in-process engine.
+        max_concurrency: most judge requests in flight at once.
+        taxonomy_root: where the leaves' qna.yaml files are; default: the root the manifest names.
+        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
+            manifest, candidate, output, held_out, config and taxonomy_root are then relative to it
+            (base_model too when it is in the mirror); the inputs are fetched first and the output sent back after.
+    """
+    if not storage:
+        return _evaluate(manifest, candidate, base_model, output, held_out, config, teacher_endpoint, teacher_model,
+                         max_concurrency, taxonomy_root)
+    mirror = remote.worker_mirror(storage)
+    try:
+        mirror.pull(manifest, candidate, held_out, taxonomy_root, config)
+        base_model = remote.model_path(mirror, base_model) or base_model
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    result = _evaluate(mirror.local(manifest), mirror.local(candidate), base_model, mirror.local(output),  # type: ignore[arg-type]
+                       mirror.local(held_out), mirror.local(config), teacher_endpoint, teacher_model, max_concurrency,
+                       mirror.local(taxonomy_root))
+    return remote.hand_back(mirror, output, result)
+
+
+def _evaluate(manifest: str, candidate: str, base_model: str, output: str, held_out: str | None, config: str | None,
+              teacher_endpoint: str | None, teacher_model: str | None, max_concurrency: int | None,
+              taxonomy_root: str | None) -> Any:
+    try:
+        cfg = config_module.load(config)
+        return evaluate_task(Path(manifest), Path(candidate), Path(base_model), Path(output),
+                             held_out=Path(held_out) if held_out else None,
+                             taxonomy_root=Path(taxonomy_root) if taxonomy_root else None,
+                             **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
+    except LabcycleError as exc:
+        return Failed(message=f"{exc} (finished work is kept: rerun to resume)")

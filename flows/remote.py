@@ -1,0 +1,254 @@
+"""Remote stages: generate, tune and evaluate run in-process, or through a Prefect deployment (on a GPU
+work pool) when the config names one; the data goes through shared storage, not in-memory results.
+
+    remote:                                    # labcycle.yaml
+      storage: s3://bucket/labcycle            # or a folder that this machine and the workers share
+      deployments: {generate: generate/gpu, tune: tune/gpu, evaluate: evaluate/gpu}
+      timeout_s: null
+
+The run folder RUN has a mirror STORAGE/<run name>/ with the same layout, plus taxonomy/ (the manifest's
+leaves, whose root is a path of this machine) and config/ (a config file from outside RUN). Before a
+remote stage lab_cycle uploads what the stage reads and starts the deployment with those paths relative
+to the mirror and `storage` set to the mirror's URL. The stage flow downloads them into its worker's copy
+of the mirror ($LABCYCLE_HOME/work/<run name>), runs as it does in-process, uploads its output folder and
+writes its result to STORAGE/<run name>/.stages/<flow run id>.json, every path in it pointing into the
+mirror. lab_cycle then downloads the output folder into RUN and carries on as if the stage had run here.
+Only changed files travel (labcycle/storage.py).
+
+Models outside RUN (the student, a teacher folder) and the files a config names (pipelines, recipe,
+suites, gate policy) are passed as they are: a GPU worker must see them at the same path, or a model
+under the same Hugging Face id. Files the stages write keep the worker's paths (result.json says where a
+phase was trained); only the results lab_cycle uses are mapped back to RUN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labcycle import storage
+from labcycle.errors import LabcycleError
+
+# The parameters of each stage flow that name files or folders lab_cycle hands over (the output aside).
+INPUTS = {
+    "generate": ("manifest", "config"),
+    "tune": ("knowledge_data", "skills_data", "base_model", "config"),
+    "evaluate": ("manifest", "candidate", "base_model", "held_out", "config"),
+}
+MODELS = ("base_model", "teacher_model")  # outside RUN: a local folder (by its absolute path) or a Hugging Face id
+RESULTS = ".stages"  # STORAGE/<run name>/.stages/<flow run id>.json: a remote stage's result
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A local folder and its copy in shared storage, with the same layout."""
+
+    url: str
+    root: Path
+
+    def push(self, *paths: str | None) -> None:
+        storage.upload(self.root, self.url, [p for p in paths if p])
+
+    def pull(self, *paths: str | None, missing_ok: bool = False) -> dict[str, list[str]]:
+        return storage.download(self.url, self.root, [p for p in paths if p], missing_ok=missing_ok)
+
+    def local(self, rel: str | None) -> str | None:
+        return str(self.root / rel) if rel else None
+
+    def relative(self, path: str | Path) -> str | None:
+        """path relative to the root (posix), or None when it lies outside."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return None
+
+    def to_shared(self, obj: Any) -> Any:
+        """obj with every path under the root rewritten to the same place in the storage."""
+        return _rebase(obj, str(self.root), self.url)
+
+    def from_shared(self, obj: Any) -> Any:
+        """obj with every storage URL of the mirror rewritten to the same place under the root."""
+        return _rebase(obj, self.url, str(self.root))
+
+
+def run_stage(stage: str, cfg: Any, run_dir: Path, **params: Any) -> Any:
+    """Run a stage flow (generate, tune, evaluate) with these parameters and return its final state:
+    in-process, or through the deployment remote.deployments names for it. Either way the stage's files
+    end up in run_dir and the state's result is what the in-process flow returns."""
+    deployment = cfg.remote.deployments.get(stage)
+    if not deployment:
+        return _in_process(stage, params)
+    return _remote(stage, deployment, cfg.remote, Path(run_dir).resolve(), params)
+
+
+def run_name(run_dir: Path) -> str:
+    """The mirror's folder: RUN's name and a hash of this machine and RUN's full path, so a run folder
+    always gets the same mirror and two machines' runs/demo never share one."""
+    run_dir = Path(run_dir).resolve()
+    digest = hashlib.sha256(f"{socket.gethostname()}:{run_dir}".encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', run_dir.name)}-{digest}"
+
+
+# --- on the worker: what a stage flow does when its `storage` parameter is set ------------------------
+
+
+def worker_mirror(url: str) -> Mirror:
+    """The worker's copy of a run's mirror: $LABCYCLE_HOME/work/<run name>, kept between stages so that
+    unchanged inputs are not fetched again."""
+    from labcycle.env import state_dir
+
+    url = url.rstrip("/")
+    return Mirror(url, state_dir() / "work" / url.rsplit("/", 1)[-1])
+
+
+def model_path(mirror: Mirror, path: str | None) -> str | None:
+    """A model parameter: a folder of the mirror when lab_cycle put it there (a merged model under RUN),
+    else as given (a path the worker sees as the orchestrator does, or a Hugging Face id)."""
+    if not path or Path(path).is_absolute() or path.startswith(".."):
+        return path
+    found = mirror.pull(path, missing_ok=True)
+    return mirror.local(path) if not found["missing"] else path
+
+
+def hand_back(mirror: Mirror, output: str, result: Any) -> Any:
+    """After the stage: its output folder to the storage (a failed stage's finished work too), and its
+    result, paths pointing into the storage, where lab_cycle reads it. Returns what the flow returns."""
+    from prefect.runtime import flow_run
+    from prefect.states import Failed, State
+
+    try:
+        if (mirror.root / output).exists():
+            mirror.push(output)
+        if isinstance(result, State):
+            return result
+        shared = mirror.to_shared(result)
+        storage.write_json(storage.join(mirror.url, RESULTS, f"{flow_run.id}.json"), shared)
+    except LabcycleError as exc:
+        return Failed(message=f"the stage ran, but handing its output back failed: {exc}")
+    return shared
+
+
+# --- on the orchestrator ----------------------------------------------------------------------------
+
+
+def _in_process(stage: str, params: dict[str, Any]) -> Any:
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    call = _flow(stage)(**params, return_state=True)
+    return run_coro_as_sync(call) if inspect.isawaitable(call) else call
+
+
+def _flow(stage: str) -> Any:
+    if stage == "generate":
+        from labcycle.flows.generate import generate
+
+        return generate
+    if stage == "tune":
+        from labcycle.flows.tune import tune
+
+        return tune
+    from labcycle.flows.evaluate import evaluate
+
+    return evaluate
+
+
+def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: dict[str, Any]) -> Any:
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    from prefect.states import Completed, Failed
+
+    mirror = Mirror(storage.join(settings.storage, run_name(run_dir)), run_dir)
+    try:
+        parameters = _send(stage, mirror, params)
+    except LabcycleError as exc:
+        return Failed(message=f"{stage}: sending its inputs to the shared storage failed: {exc}")
+    try:
+        child = run_deployment(deployment, parameters=parameters, timeout=settings.timeout_s)
+    except ObjectNotFound:
+        return Failed(message=f"{stage}: deployment {deployment!r} not found on the Prefect server; create it (prefect "
+                              f"deploy --all --prefect-file deployments/prefect.yaml) or remove remote.deployments.{stage} "
+                              "from the config to run the stage in-process")
+    except PrefectHTTPStatusError as exc:
+        return Failed(message=f"{stage}: the Prefect server refused a run of deployment {deployment!r} "
+                              f"({exc.response.status_code}: {exc.response.text[:300]})")
+    run = f"flow run {child.name!r} (id {child.id}) of deployment {deployment!r}"
+    state = child.state
+    if state is None or not state.is_final():
+        return Failed(message=f"{stage}: {run} did not finish within remote.timeout_s ({settings.timeout_s:g} s) and is "
+                              f"{state.name if state else 'not started'}; its worker may be busy or gone: raise the "
+                              "timeout, or cancel the run in the Prefect UI and start again")
+    if not state.is_completed():
+        try:  # whatever the stage finished comes back too, as it would in-process
+            mirror.pull(parameters["output"], missing_ok=True)
+        except LabcycleError:
+            pass
+        return Failed(message=f"{stage}: {run} ended {state.name}: {state.message or 'no message'}")
+    try:
+        mirror.pull(parameters["output"])
+        result = storage.read_json(storage.join(mirror.url, RESULTS, f"{child.id}.json"))
+    except LabcycleError as exc:
+        return Failed(message=f"{stage}: {run} completed, but fetching its output failed: {exc}")
+    if result is None:
+        return Failed(message=f"{stage}: {run} completed without writing its result to {mirror.url}; is labcycle on the "
+                              "worker the same version as here?")
+    return Completed(data=mirror.from_shared(result), message=f"ran as {run}")
+
+
+def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
+    """Upload what the stage reads; -> the deployment's parameters, paths relative to the mirror."""
+    sent = dict(params)
+    for key in INPUTS[stage]:
+        value = params.get(key)
+        if value is None:
+            continue
+        rel = mirror.relative(value) if Path(value).exists() else None  # not a Hugging Face id that looks like a path
+        if rel is not None:
+            mirror.push(rel)
+            sent[key] = rel
+        elif key == "config":
+            path = Path(value)
+            storage.upload(path.parent, mirror.url, [path.name], into="config")
+            sent[key] = f"config/{path.name}"
+    for key in MODELS:
+        value = params.get(key)
+        if value and sent.get(key) == value and Path(value).exists():
+            sent[key] = str(Path(value).resolve())  # the workers must see it at this same path
+    output = mirror.relative(params["output"])
+    if output is None:
+        raise LabcycleError("a remote stage's output must lie inside the run folder", where=str(params["output"]))
+    sent["output"] = output
+    if "manifest" in params:
+        sent["taxonomy_root"] = _send_taxonomy(mirror, Path(params["manifest"]))
+    if stage == "generate" and (mirror.root / "documents").is_dir():
+        mirror.push("documents")
+    sent["storage"] = mirror.url
+    return sent
+
+
+def _send_taxonomy(mirror: Mirror, manifest: Path) -> str:
+    """The manifest's leaves (their qna.yaml files) into the mirror's taxonomy/; -> "taxonomy"."""
+    import json
+
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    leaves = [leaf["path"] for leaf in data["leaves"]]
+    if leaves:
+        storage.upload(Path(data["taxonomy"]["root"]), mirror.url, leaves, into="taxonomy")
+    return "taxonomy"
+
+
+def _rebase(obj: Any, old: str, new: str) -> Any:
+    old = old.rstrip("/")
+    if isinstance(obj, str):
+        if obj == old or obj.startswith(old + "/"):
+            return new.rstrip("/") + obj[len(old):]
+        return obj
+    if isinstance(obj, dict):
+        return {k: _rebase(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rebase(v, old, new) for v in obj]
+    return obj

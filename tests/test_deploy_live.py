@@ -1,0 +1,173 @@
+"""The three ways users start a cycle, against a real Prefect server: a git push through the webhook
+receiver, the Prefect UI (a run created through the API with the form's parameters), and the schedule.
+
+One stack for the module (tests/stack.py): `prefect server start`, `labcycle pools apply`, `prefect deploy`
+of deployments/prefect.yaml, a process worker on the cpu pool, and `labcycle webhook serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack import BIN, deploy, flow_runs, prefect_stack, wait_for_runs
+from tests.test_webhook import SECRET, github_push, post_github, sign
+
+pytestmark = pytest.mark.slow
+
+DEPLOYMENT = "lab-cycle/labcycle"
+REPO = "acme/taxonomy"
+LEAF = "knowledge/technology/generative_ai/risks/qna.yaml"
+RUN_TIMEOUT = 1500  # a full demo cycle in a fresh worker process: about 3 min on a quiet 2-core machine
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Path:
+    """The example taxonomy as the repository users push to (its document repository named by absolute path)."""
+    from labcycle.demo import prepare
+    from tests.conftest import REPO_ROOT
+
+    out = tmp_path_factory.mktemp("origin")
+    prepare(REPO_ROOT / "taxonomy", out)
+    root = out / "taxonomy"
+    leaf = root / LEAF
+    leaf.write_text(leaf.read_text().replace("repo: ../documents/ai-risk", f"repo: {out / 'documents' / 'ai-risk'}"))
+    _git(root, "commit", "-qam", "documents by absolute path")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("stack")
+    with prefect_stack(home) as stack:
+        stack.env["LABCYCLE_WORKDIR"] = str(home / "work")
+        stack.run(str(BIN / "labcycle"), "pools", "apply", "--gpu-type", "process")
+        deploy(stack)
+        stack.worker("cpu", poll_seconds=2)
+        config = home / "webhook.yaml"
+        config.write_text(f"repositories: [{REPO}]\nbranches: [main]\nmax_body_bytes: 65536\n"
+                          f"delivery_store: {home / 'deliveries.sqlite'}\n")
+        stack.env["RECEIVER"] = stack.receiver(config, SECRET)
+        yield stack
+
+
+def _push(stack, origin: Path, delivery: str, ref: str = "refs/heads/main", signature: str | None = "sign",
+          body: bytes | None = None) -> httpx.Response:
+    commit = _git(origin, "rev-parse", "HEAD")
+    # A fresh `before` per push: the receiver also treats a byte-identical body as a replay.
+    payload = github_push(full_name=REPO, ref=ref, after=commit, before=uuid.uuid4().hex + "0" * 8, commits=[{
+        "id": commit, "message": "add risks leaf", "added": [LEAF], "modified": [], "removed": [],
+        "timestamp": "2026-11-29T10:00:00+00:00", "distinct": True}])
+    payload["repository"]["clone_url"] = str(origin)  # where the worker clones from
+    with httpx.Client(base_url=stack.env["RECEIVER"], timeout=30) as client:
+        if body is not None:
+            return client.post("/github", content=body, headers={"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
+                                                                 "X-Hub-Signature-256": sign(body)})
+        return post_github(client, payload, delivery=delivery, signature=signature)
+
+
+def _run_folder(stack, commit: str) -> Path:
+    """The run folder (under the worker's working directory) whose manifest names `commit`."""
+    for manifest in Path(stack.env["LABCYCLE_WORKDIR"]).glob("runs/*/manifest.json"):
+        if json.loads(manifest.read_text())["taxonomy"]["commit"] == commit:
+            return manifest.parent
+    raise AssertionError(f"no run folder for {commit}")
+
+
+def test_a_signed_push_runs_the_cycle_on_the_pushed_commit(stack, origin):
+    commit = _git(origin, "rev-parse", "HEAD")
+    before = len(flow_runs(stack, DEPLOYMENT))
+    sent = time.time()
+    res = _push(stack, origin, delivery=f"push-{uuid.uuid4()}")
+    assert res.status_code == 202, res.text
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=False, timeout=60)[before:]
+    assert run.parameters["commit"] == commit and run.parameters["branch"] == "main"
+    assert run.parameters["taxonomy_repo"] == str(origin)
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    assert run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
+    print(f"push -> run created {run.created.timestamp() - sent:.2f}s, started {run.start_time.timestamp() - sent:.2f}s "
+          "(worker polls every 2 s)")
+
+    folder = _run_folder(stack, commit)
+    assert _git(folder / "taxonomy", "rev-parse", "HEAD") == commit
+    report = json.loads((folder / "report.json").read_text())
+    assert report["released"], report
+
+
+def test_rejected_deliveries_create_no_run(stack, origin):
+    before = len(flow_runs(stack, DEPLOYMENT))
+    assert _push(stack, origin, delivery=f"bad-{uuid.uuid4()}", signature=sign(b"something else")).status_code == 401
+    assert _push(stack, origin, delivery=f"none-{uuid.uuid4()}", signature=None).status_code == 401
+    res = _push(stack, origin, delivery=f"branch-{uuid.uuid4()}", ref="refs/heads/experiment")
+    assert res.status_code < 300 and res.json()["status"] == "ignored", res.text
+    assert _push(stack, origin, delivery=f"big-{uuid.uuid4()}", body=b"{" + b" " * 70_000 + b"}").status_code == 413
+    # A replay: the same delivery twice; the first is a real push, so one run and only one.
+    delivery = f"replay-{uuid.uuid4()}"
+    first = _push(stack, origin, delivery=delivery)
+    assert first.status_code == 202, first.text
+    with httpx.Client(base_url=stack.env["RECEIVER"], timeout=30) as client:
+        res = post_github(client, json.loads(first.request.content), delivery=delivery)
+    assert res.status_code < 300 and res.json()["status"] == "ignored", res.text
+    time.sleep(10)  # the automation acts within a second of an event
+    runs = flow_runs(stack, DEPLOYMENT)[before:]
+    assert len(runs) == 1, [(r.name, r.parameters) for r in runs]
+    # Let it finish: the next test wants the worker to itself.
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    assert run.state.is_completed(), run.state
+
+
+def test_the_schedule_exists_and_is_off(stack):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(DEPLOYMENT)
+    [schedule] = dep.schedules
+    assert schedule.schedule.cron == "0 2 * * 0" and schedule.active is False
+    names = {p for p in dep.parameter_openapi_schema["properties"]}
+    assert {"taxonomy_repo", "branch", "commit", "base", "profile", "max_cycles"} <= names
+    # The UI's form: every parameter described.
+    assert all(spec.get("description") for spec in dep.parameter_openapi_schema["properties"].values())
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        for name in ("generate/gpu", "tune/gpu", "evaluate/gpu"):
+            assert client.read_deployment_by_name(name).work_pool_name == "gpu"
+
+
+def test_a_run_with_ui_parameters_completes(stack, origin):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = len(flow_runs(stack, DEPLOYMENT))
+    params = {"taxonomy_repo": str(origin), "branch": "main", "commit": "", "base": "empty", "profile": "demo",
+              "max_cycles": 1}
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(DEPLOYMENT)
+        created = client.create_flow_run_from_deployment(dep.id, parameters=params)
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    assert run.id == created.id and run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
+
+
+def test_an_event_missing_payload_keys_still_starts_a_run_that_says_what_is_missing(stack):
+    """The trigger's templates have defaults: a taxonomy.push without repo/branch/commit (sent by hand, or by
+    another tool) still creates a run; with no repository and no taxonomy folder it fails, saying so."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = len(flow_runs(stack, DEPLOYMENT))
+    event = {"id": str(uuid.uuid4()), "occurred": "2026-11-29T10:00:00Z", "event": "taxonomy.push",
+             "resource": {"prefect.resource.id": "taxonomy.repo.acme.bare"}, "payload": {}}
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[event]).raise_for_status()
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=600)[before:]
+    assert run.parameters["taxonomy_repo"] == "" and run.state.is_failed()
+    assert "give taxonomy_repo" in run.state.message, run.state.message
