@@ -7,13 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TAXONOMY = REPO_ROOT / "taxonomy"
-LEAVES = {
-    "knowledge": "knowledge/technology/generative_ai/risks",
-    "freeform_skill": "compositional_skills/writing/risk_summaries",
-    "grounded_skill": "compositional_skills/extraction/risk_register",
-}
+from tests.genhelp import LEAVES, REPO_ROOT, TAXONOMY  # noqa: F401 - REPO_ROOT re-exported for the evaluation tests
+
 TUNED_ANSWER = "Risk is managed by review."
 
 
