@@ -81,7 +81,8 @@ def main() -> None:
             for i in range(args.pushes):
                 time.sleep(random.uniform(0, args.poll))
                 before = len(flow_runs(stack, "lab-cycle/labcycle"))
-                payload = github_push(full_name="acme/taxonomy", after=commit)
+                # A fresh `before` per push: the receiver treats a byte-identical body as a replay.
+                payload = github_push(full_name="acme/taxonomy", after=commit, before=uuid.uuid4().hex + "0" * 8)
                 payload["repository"]["clone_url"] = str(origin)
                 sent = time.time()
                 res = _post(http, payload, secret)

@@ -286,7 +286,8 @@ def test_chat_n3_counts_tokens_and_server_metrics(vllm_server):
     async def go():
         t = OpenAITeacher(vllm_server.base_url, vllm_server.model)
         try:
-            assert await list_models(vllm_server.base_url) == [vllm_server.model]
+            # The base model first; adapters other tests loaded into this shared server follow it.
+            assert (await list_models(vllm_server.base_url))[0] == vllm_server.model
             return await t.chat(MESSAGES, Sampling(n=3, max_tokens=12, seed=1)), t.stats
         finally:
             await t.aclose()
