@@ -76,27 +76,35 @@ def _push(stack, origin: Path, delivery: str, ref: str = "refs/heads/main", sign
         return post_github(client, payload, delivery=delivery, signature=signature)
 
 
-def _run_folder(stack, commit: str) -> Path:
-    """The run folder (under the worker's working directory) whose manifest names `commit`."""
-    for manifest in Path(stack.env["LABCYCLE_WORKDIR"]).glob("runs/*/manifest.json"):
-        if json.loads(manifest.read_text())["taxonomy"]["commit"] == commit:
-            return manifest.parent
-    raise AssertionError(f"no run folder for {commit}")
+def _run_folder(stack, commit: str, newest: bool = False) -> Path:
+    """The (oldest, or newest) run folder under the worker's working directory whose manifest names `commit`."""
+    found = sorted(m.parent for m in Path(stack.env["LABCYCLE_WORKDIR"]).glob("runs/*/manifest.json")
+                   if json.loads(m.read_text())["taxonomy"]["commit"] == commit)
+    assert found, f"no run folder for {commit}"
+    return found[-1] if newest else found[0]
 
 
-def test_a_signed_push_runs_the_cycle_on_the_pushed_commit(stack, origin):
-    commit = _git(origin, "rev-parse", "HEAD")
+@pytest.fixture(scope="module")
+def pushed(stack, origin) -> dict:
+    """One accepted push and the run it started, run to its end: the request as sent, the run, the timings."""
     before = len(flow_runs(stack, DEPLOYMENT))
     sent = time.time()
     res = _push(stack, origin, delivery=f"push-{uuid.uuid4()}")
     assert res.status_code == 202, res.text
-    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=False, timeout=60)[before:]
+    [created] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=False, timeout=60)[before:]
+    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    return {"request": res.request, "created": created, "run": run, "sent": sent}
+
+
+def test_a_signed_push_runs_the_cycle_on_the_pushed_commit(stack, origin, pushed):
+    commit = _git(origin, "rev-parse", "HEAD")
+    run = pushed["run"]
+    assert pushed["created"].parameters == run.parameters
     assert run.parameters["commit"] == commit and run.parameters["branch"] == "main"
     assert run.parameters["taxonomy_repo"] == str(origin)
-    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
     assert run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
-    print(f"push -> run created {run.created.timestamp() - sent:.2f}s, started {run.start_time.timestamp() - sent:.2f}s "
-          "(worker polls every 2 s)")
+    print(f"push -> run created {run.created.timestamp() - pushed['sent']:.2f}s, "
+          f"started {run.start_time.timestamp() - pushed['sent']:.2f}s (worker polls every 2 s)")
 
     folder = _run_folder(stack, commit)
     assert _git(folder / "taxonomy", "rev-parse", "HEAD") == commit
@@ -104,26 +112,22 @@ def test_a_signed_push_runs_the_cycle_on_the_pushed_commit(stack, origin):
     assert report["released"], report
 
 
-def test_rejected_deliveries_create_no_run(stack, origin):
+def test_rejected_deliveries_create_no_run(stack, origin, pushed):
     before = len(flow_runs(stack, DEPLOYMENT))
     assert _push(stack, origin, delivery=f"bad-{uuid.uuid4()}", signature=sign(b"something else")).status_code == 401
     assert _push(stack, origin, delivery=f"none-{uuid.uuid4()}", signature=None).status_code == 401
     res = _push(stack, origin, delivery=f"branch-{uuid.uuid4()}", ref="refs/heads/experiment")
     assert res.status_code < 300 and res.json()["status"] == "ignored", res.text
     assert _push(stack, origin, delivery=f"big-{uuid.uuid4()}", body=b"{" + b" " * 70_000 + b"}").status_code == 413
-    # A replay: the same delivery twice; the first is a real push, so one run and only one.
-    delivery = f"replay-{uuid.uuid4()}"
-    first = _push(stack, origin, delivery=delivery)
-    assert first.status_code == 202, first.text
+    # Replays of the accepted push: the same delivery again, and its body under a new delivery id.
+    request = pushed["request"]
     with httpx.Client(base_url=stack.env["RECEIVER"], timeout=30) as client:
-        res = post_github(client, json.loads(first.request.content), delivery=delivery)
-    assert res.status_code < 300 and res.json()["status"] == "ignored", res.text
+        for delivery in (request.headers["X-GitHub-Delivery"], f"again-{uuid.uuid4()}"):
+            res = post_github(client, json.loads(request.content), delivery=delivery)
+            assert res.status_code < 300 and res.json()["status"] == "ignored", res.text
     time.sleep(10)  # the automation acts within a second of an event
     runs = flow_runs(stack, DEPLOYMENT)[before:]
-    assert len(runs) == 1, [(r.name, r.parameters) for r in runs]
-    # Let it finish: the next test wants the worker to itself.
-    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
-    assert run.state.is_completed(), run.state
+    assert runs == [], [(r.name, r.parameters) for r in runs]
 
 
 def test_the_schedule_exists_and_is_off(stack):
@@ -148,13 +152,17 @@ def test_a_run_with_ui_parameters_completes(stack, origin):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     before = len(flow_runs(stack, DEPLOYMENT))
+    # As the form sends them; `until` keeps it to checkout, taxonomy, generation and mixing (the push test
+    # above runs the whole cycle).
     params = {"taxonomy_repo": str(origin), "branch": "main", "commit": "", "base": "empty", "profile": "demo",
-              "max_cycles": 1}
+              "max_cycles": 1, "until": "mix"}
     with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(DEPLOYMENT)
         created = client.create_flow_run_from_deployment(dep.id, parameters=params)
     [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
     assert run.id == created.id and run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
+    folder = _run_folder(stack, _git(origin, "rev-parse", "main"), newest=True)
+    assert (folder / "cycle-1" / "mixed" / "mix.json").is_file() and not (folder / "cycle-1" / "tuned").exists()
 
 
 def test_an_event_missing_payload_keys_still_starts_a_run_that_says_what_is_missing(stack):
