@@ -59,13 +59,12 @@ def main() -> None:
 
     from labcycle.demo import prepare
     from tests.stack import BIN, deploy, flow_runs, prefect_stack
-    from tests.test_webhook import github_push
+    from tests.test_webhook import SECRET, github_push, post_github
 
     load_start = load_average()
     prepare(REPO / "taxonomy", home / "origin")
     origin = home / "origin" / "taxonomy"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=origin, capture_output=True, text=True, check=True).stdout.strip()
-    secret = uuid.uuid4().hex
     rows = []
     with prefect_stack(home / "stack") as stack:
         stack.env["LABCYCLE_WORKDIR"] = str(home / "work")
@@ -74,8 +73,7 @@ def main() -> None:
         stack.worker("cpu", poll_seconds=args.poll)
         config = home / "webhook.yaml"
         config.write_text(f"delivery_store: {home / 'deliveries.sqlite'}\n")
-        receiver = stack.receiver(config, secret)
-        os.environ["LABCYCLE_WEBHOOK_SECRET"] = secret
+        receiver = stack.receiver(config, SECRET)  # the webhook tests' secret: post_github signs with it
         with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client, \
                 httpx.Client(base_url=receiver, timeout=30) as http:
             for i in range(args.pushes):
@@ -85,7 +83,7 @@ def main() -> None:
                 payload = github_push(full_name="acme/taxonomy", after=commit, before=uuid.uuid4().hex + "0" * 8)
                 payload["repository"]["clone_url"] = str(origin)
                 sent = time.time()
-                res = _post(http, payload, secret)
+                res = post_github(http, payload, delivery=f"bench-{uuid.uuid4()}")
                 assert res.status_code == 202, res.text
                 created = started = None
                 while started is None:
@@ -114,18 +112,6 @@ def main() -> None:
            "source": source_state(), "poll_seconds": args.poll, "pushes": rows}
     print_machine(out)
     write_results(args.json, out)
-
-
-def _post(http, payload, secret):  # type: ignore[no-untyped-def]
-    """A signed GitHub push with this run's secret."""
-    import hashlib
-    import hmac
-    import json
-
-    body = json.dumps(payload).encode()
-    sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return http.post("/github", content=body, headers={"X-GitHub-Event": "push", "X-GitHub-Delivery": f"bench-{uuid.uuid4()}",
-                                                        "X-Hub-Signature-256": sig, "Content-Type": "application/json"})
 
 
 if __name__ == "__main__":
