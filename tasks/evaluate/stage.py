@@ -67,14 +67,19 @@ class JudgeSpec:
     max_concurrency: int = 8
     api_key_secret: str | None = None  # a Prefect Secret block's name (else the environment's key)
 
-    async def build(self) -> Teacher:
+    def local_dir(self) -> Path | None:
+        """The judge's model folder when vLLM runs it here (no endpoint), else None."""
+        return None if self.endpoint else Path(self.model).expanduser().resolve()
+
+    async def build(self, **engine_kwargs: Any) -> Teacher:
         from labcycle.config import TeacherConfig
         from labcycle.tasks.generate.inputs import api_key
         from labcycle.tasks.teacher import make_teacher
 
         key = await api_key(TeacherConfig(endpoint=self.endpoint, model=self.model, api_key_secret=self.api_key_secret))
         return make_teacher(self.endpoint, self.model, max_concurrency=self.max_concurrency,
-                            structured_mode=self.structured_mode, api_key=key, max_model_len=self.max_model_len)
+                            structured_mode=self.structured_mode, api_key=key, max_model_len=self.max_model_len,
+                            **engine_kwargs)
 
 
 def shipped_suites() -> list[Path]:
@@ -97,6 +102,24 @@ def _adapter(path: Path) -> tuple[str, int]:
     except (ValueError, json.JSONDecodeError) as exc:
         raise LabcycleError(f"unreadable adapter_config.json ({exc})", where=str(config)) from None
     return fingerprint_path(path), rank
+
+
+def judge_placement(endpoint: str | None, judge: Teacher | JudgeSpec | None, base_model: Path, *, cuda: bool) -> str:
+    """Where a judge given as a JudgeSpec runs when the stage starts its own server (endpoint None):
+    "server" when it is the base model itself (asked through the evaluation server: one engine, not two),
+    "split-gpu" for another local model on a GPU (two engines at vLLM's default 0.9 of the memory cannot both
+    start, so each gets GPU_SHARE), else "own" (its endpoint, or an engine of its own on CPU)."""
+    if not isinstance(judge, JudgeSpec) or endpoint is not None:
+        return "own"
+    local = judge.local_dir()
+    if local is None:
+        return "own"
+    if local == Path(base_model).expanduser().resolve():
+        return "server"
+    return "split-gpu" if cuda else "own"
+
+
+GPU_SHARE = 0.45  # of the GPU's memory for each of two vLLM engines: the evaluation server and a local judge
 
 
 def _cuda() -> bool:
@@ -214,11 +237,15 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
             return old
 
     server = None
+    placement = judge_placement(endpoint, judge, base_model, cuda=endpoint is None and _cuda())
+    judge_on_server, split_gpu = placement == "server", placement == "split-gpu"
     if endpoint is None:
         from labcycle.tasks.teacher.server import VLLMServer
 
-        server = VLLMServer(base_model, enable_lora=True, max_lora_rank=rank, max_model_len=settings.max_model_len,
-                            log_path=out_dir / "vllm-server.log")
+        max_model_len = max(settings.max_model_len, judge.max_model_len) if judge_on_server else settings.max_model_len  # type: ignore[union-attr]
+        server = VLLMServer(base_model, enable_lora=True, max_lora_rank=rank, max_model_len=max_model_len,
+                            log_path=out_dir / "vllm-server.log",
+                            extra_args=["--gpu-memory-utilization", str(GPU_SHARE)] if split_gpu else ())
         await asyncio.to_thread(server.start)
     try:
         base_url = server.base_url if server is not None else endpoint.rstrip("/")  # type: ignore[union-attr]
@@ -230,7 +257,12 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         served = {"base": base_name, "candidate": adapter_name}
         models = {side: OpenAITeacher(base_url, name, max_concurrency=settings.concurrency) for side, name in served.items()}
         t0 = time.monotonic()
-        own_judge = await judge.build() if isinstance(judge, JudgeSpec) else None
+        own_judge = None
+        if judge_on_server:
+            own_judge = OpenAITeacher(base_url, base_name, max_concurrency=judge.max_concurrency,  # type: ignore[union-attr]
+                                      structured_mode="vllm")
+        elif isinstance(judge, JudgeSpec):
+            own_judge = await judge.build(**({"gpu_memory_utilization": GPU_SHARE} if split_gpu else {}))
         try:
             branch, records = await evaluate_branch(questions, kinds, models, own_judge or judge,
                                                     BranchSettings(settings.max_tokens, settings.judge_max_tokens))
@@ -258,7 +290,8 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     tiny = base_model.is_dir() and is_tiny(base_model)
     notes = ["tiny random models: their scores are noise and mean nothing"] if tiny else []
     extra = {
-        "models": {**served, "judge": getattr(judge, "model", None), "adapter": str(candidate_adapter),
+        "models": {**served, "judge": getattr(judge, "model", None), "judge_placement": placement,
+                   "adapter": str(candidate_adapter),
                    "base_model": str(base_model)},
         "questions": counts,
         "settings": asdict(settings),
@@ -320,5 +353,5 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
     return result
 
 
-__all__ = ["EvalSettings", "JudgeSpec", "SafetySpec", "evaluate", "evaluate_async", "evaluate_task", "load_adapter",
-           "served_base_name", "shipped_suites"]
+__all__ = ["EvalSettings", "JudgeSpec", "SafetySpec", "evaluate", "evaluate_async", "evaluate_task", "judge_placement",
+           "load_adapter", "served_base_name", "shipped_suites"]

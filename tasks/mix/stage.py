@@ -30,8 +30,10 @@ def _task_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
     return "mix-" + hashlib.sha256(f"{key}\0{output}".encode()).hexdigest()[:32]
 
 
+# log_prints off: datasets' fingerprinting (dill) reads globals by capturing dis.dis's printout, which
+# log_prints would divert into the run's log as bytecode (and out of dill's reach).
 @task(name="mix", task_run_name="mix: {output}", cache_key_fn=_task_cache_key, persist_result=True,
-      result_serializer="json")
+      result_serializer="json", log_prints=False)
 def mix_task(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
     """mix(), skipped when OUTPUT already holds the mix of these exact inputs."""
     done = read_complete(Path(output), input_key(Path(generated), recipe))

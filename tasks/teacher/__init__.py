@@ -7,7 +7,7 @@ Heavy modules (openai, vllm, transformers) are imported only when a teacher is u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labcycle.tasks.teacher.base import (
     Completion,
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 
 def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, structured_mode: str = "vllm",
-                 api_key: str | None = None, max_model_len: int = 4096) -> Teacher:
-    """OpenAITeacher(endpoint, model) when an endpoint is given, else EngineTeacher(model) (a local dir)."""
+                 api_key: str | None = None, max_model_len: int = 4096, **engine_kwargs: Any) -> Teacher:
+    """OpenAITeacher(endpoint, model) when an endpoint is given, else EngineTeacher(model) (a local dir);
+    engine_kwargs go to vLLM's engine arguments (gpu_memory_utilization, ...) of an EngineTeacher."""
     if endpoint:
         from labcycle.tasks.teacher.openai_client import OpenAITeacher
 
@@ -34,7 +35,7 @@ def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, stru
                              structured_mode=structured_mode)
     from labcycle.tasks.teacher.engine import EngineTeacher
 
-    return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len)
+    return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len, **engine_kwargs)
 
 
 def __getattr__(name: str):  # lazy: `from labcycle.tasks.teacher import OpenAITeacher` without eager imports

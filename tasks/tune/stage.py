@@ -77,8 +77,8 @@ class _Reporter:
             update_progress_artifact(self.artifact, progress=100.0 * event["step"] / event["max_steps"])
 
 
-# log_prints off: something under datasets' fingerprinting prints bytecode disassembly, which would
-# flood the run's log; progress reaches the log through _Reporter instead.
+# log_prints off: datasets' fingerprinting (dill) reads globals by capturing dis.dis's printout, which
+# log_prints would divert into the run's log as bytecode; progress reaches the log through _Reporter.
 @task(name="tune phase", task_run_name="tune: {phase}", cache_key_fn=_task_cache_key, persist_result=True,
       result_serializer="json", log_prints=False)
 def tune_phase_task(phase: str, base_model: str, data: str, settings: TuneSettings, init_adapter: str | None = None,

@@ -108,6 +108,9 @@ def test_the_gpu_stages_run_on_their_deployments_through_shared_storage(gpu_pool
     assert (cycle / "tuned" / "tune.json").is_file()
     for name in ("report.json", "report.md", "answers.jsonl", "decision.json"):
         assert (cycle / "eval" / name).is_file()
+    # the judge (the teacher, here the student's own base) was asked through the evaluation server
+    report = json.loads((cycle / "eval" / "report.json").read_text())
+    assert report["models"]["judge_placement"] == "server" and report["branch"]["judge"]["judged_pairs"] > 0
     # what lab_cycle used points into RUN, not at the worker's copy
     assert result["generation"]["output"] == str(cycle / "generated")
     assert result["tuning"]["phases"]["skills"]["output"] == str(cycle / "tuned" / "skills" / "adapter")

@@ -293,6 +293,24 @@ def manifest(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+def test_a_local_judge_on_the_base_model_is_asked_through_the_evaluation_server(tmp_path):
+    from labcycle.tasks.evaluate.stage import JudgeSpec, judge_placement
+
+    base, other = tmp_path / "student", tmp_path / "teacher"
+    base.mkdir(), other.mkdir()
+    (tmp_path / "link").symlink_to(base)
+    same = JudgeSpec(endpoint=None, model=str(tmp_path / "link"))  # the same folder by another path
+    assert judge_placement(None, same, base, cuda=False) == "server"
+    assert judge_placement(None, same, base, cuda=True) == "server"
+    # another local model: its own engine; on a GPU the two engines split the memory
+    assert judge_placement(None, JudgeSpec(endpoint=None, model=str(other)), base, cuda=False) == "own"
+    assert judge_placement(None, JudgeSpec(endpoint=None, model=str(other)), base, cuda=True) == "split-gpu"
+    # a judge behind an endpoint, or an evaluation server the user runs: nothing to share
+    assert judge_placement(None, JudgeSpec(endpoint="http://judge:8000/v1", model=str(base)), base, cuda=True) == "own"
+    assert judge_placement("http://eval:8000/v1", same, base, cuda=True) == "own"
+    assert judge_placement(None, None, base, cuda=True) == "own"
+
+
 def test_vllm_logprobs_agree_with_transformers(vllm_server, tiny_model, adapter):
     """The scores are real: vLLM's prompt logprobs for base and adapter match transformers (+ PEFT) in fp32,
     and the adapter moves them."""
