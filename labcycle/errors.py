@@ -26,3 +26,27 @@ def retry_if_transient(task, task_run, state) -> bool:  # type: ignore[no-untype
     except Exception:
         return True
     return False
+
+
+class _NoTracebackForUserErrors:
+    """A logging filter: a record about a LabcycleError keeps its message and loses the traceback."""
+
+    def filter(self, record):  # type: ignore[no-untyped-def]
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, LabcycleError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = _NoTracebackForUserErrors()
+
+
+def quiet_user_errors() -> None:
+    """Prefect logs a failed task or flow run with its traceback, in the terminal and in the UI. For a
+    LabcycleError the message already says where and what to do: keep it, drop the traceback."""
+    import logging
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

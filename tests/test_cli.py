@@ -139,3 +139,4 @@ def test_run_on_invalid_taxonomy_prints_the_report(taxonomy, tmp_path):
     assert "lab-cycle failed" in res.stderr
     assert "missing required key 'created_by'" in res.stderr
     assert (tmp_path / "run" / "validation.json").exists()
+    assert "Traceback" not in res.stdout + res.stderr
