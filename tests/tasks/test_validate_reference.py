@@ -160,3 +160,31 @@ def test_example_taxonomy_valid_for_both(reference, path: Path) -> None:  # type
 def test_example_taxonomy_is_present() -> None:
     tops = {p.relative_to(REPO / "taxonomy").parts[0] for p in EXAMPLES}
     assert tops == {"knowledge", "compositional_skills"}
+
+
+def test_compare_reference_script_on_a_repository_history(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """scripts/compare_reference.py: every qna.yaml blob in a repository's history, judged both ways."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # the script puts the venv first on PATH: undone after
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import compare_reference
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    repo = tmp_path / "taxonomy"
+    leaf = repo / "compositional_skills" / "area" / "qna.yaml"
+    leaf.parent.mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for text in (leafgen.skill(3, grounded=False, seed=2), "version: 3\n", ""):  # valid, invalid, empty (stricter)
+        leaf.write_text(text)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", "edit"], check=True)
+    assert compare_reference.main([str(repo), "--history"]) == 0
+    out = capsys.readouterr().out
+    assert "3 qna.yaml blobs in the history" in out
+    assert "same verdict as the reference: 2; labcycle stricter by design: 1; disagreements: 0" in out
+    assert compare_reference.main([str(repo)]) == 0  # HEAD alone: the empty file
+    assert "1 qna.yaml files at HEAD" in capsys.readouterr().out
