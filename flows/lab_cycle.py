@@ -27,6 +27,7 @@ from labcycle.errors import LabcycleError
 from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.io import write_json
+from labcycle.models import check_student
 from labcycle.tasks import cycle as cycle_tasks
 from labcycle.tasks.checkout import blank, checkout_task
 from labcycle.tasks.gate import Plan, first_plan, gate_task, load_policy
@@ -99,6 +100,8 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             # Found out now, not after hours of generation.
             raise LabcycleError("no student model to tune: pass --student-model DIR or set student.model in the "
                                 "config (or stop earlier with --until mix)")
+        if until not in ("generate", "mix") and not cfg.remote.deployments.get("tune"):
+            check_student(student)  # a remote tune stage reads it on its GPU worker, not here
         policy = load_policy(cfg.gate.policy)
         if max_cycles is not None:
             if max_cycles < 1:

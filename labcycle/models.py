@@ -111,3 +111,28 @@ def build_tiny(out: Path, *, seed: int = 0, texts: Iterable[str] = (), hidden_si
 def is_tiny(model_dir: Path) -> bool:
     """True for a model this module built (its output is noise, and summaries say so)."""
     return (Path(model_dir) / "labcycle-tiny.json").exists()
+
+
+def check_student(model: str) -> None:
+    """Fail fast, before hours of generation, on a student that tuning cannot use: a local folder that is
+    not there, has no config.json, or whose tokenizer has no chat template. A hub id (not a path) passes."""
+    from labcycle.errors import LabcycleError
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        if path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
+            raise LabcycleError("the student model folder is not there; give --student-model (or student.model) "
+                                "a Hugging Face model folder this machine can read", where=model)
+        return  # owner/name: a hub id, which transformers resolves itself
+    if not (path / "config.json").is_file():
+        raise LabcycleError("not a Hugging Face model folder (config.json missing)", where=model)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if not config.get("chat_template"):
+        raise LabcycleError("the student's tokenizer has no chat template, and tuning trains on chat data with it: "
+                            "use an instruct model, or add one (chat_template.jinja, or `chat_template` in "
+                            "tokenizer_config.json)", where=model)

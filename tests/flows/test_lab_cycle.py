@@ -141,6 +141,22 @@ def test_lab_cycle_without_a_student_stops_before_generation(prefect_harness, ex
     assert (tmp_path / "run" / "manifest.json").exists() and not (tmp_path / "run" / "cycle-1").exists()
 
 
+def test_a_student_tuning_cannot_use_fails_before_generation(prefect_harness, example_taxonomy, tiny_model, tmp_path):
+    import shutil
+
+    plain = tmp_path / "base-model"  # a base model without a chat template
+    shutil.copytree(tiny_model, plain)
+    (plain / "chat_template.jinja").unlink()
+    config = plain / "tokenizer_config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "chat_template"}))
+    for student, message in ((plain, "has no chat template"), (tmp_path / "nowhere", "student model folder is not there")):
+        run = tmp_path / f"run-{student.name}"
+        state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), student_model=str(student),
+                          teacher_model=str(tiny_model), return_state=True)
+        assert state.is_failed() and message in state.message and str(student) in state.message, state.message
+        assert (run / "manifest.json").exists() and not (run / "cycle-1").exists()
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "labcycle.cli", *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
 
