@@ -44,21 +44,26 @@ def blobs(repo: Path, rev: str, history: bool) -> dict[str, str]:
 
 
 def reference_parser():  # type: ignore[no-untyped-def]
+    """The reference parser as `ilab taxonomy diff` builds it; returns (valid, errors, warnings) for a file.
+    Puts this interpreter's bin folder first on PATH: the reference runs `yamllint` from PATH and silently
+    skips lint without it."""
     from instructlab.schema import taxonomy
 
-    # The reference runs `yamllint` from PATH and silently skips lint without it.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    taxonomy.logger.disabled = True
+    taxonomy.logger.disabled = True  # message_format="logging": keep it quiet
     parser = taxonomy.TaxonomyParser(schema_version=0, yamllint_strict=True, message_format="logging")
-    parser.yq_available = False  # yq only finds line numbers for messages; never changes a verdict
+    # yq only looks up line numbers for its messages, never changes a verdict; the `yq` found on a machine
+    # may be another tool with that name, so the reference's own switch turns the lookups off.
+    parser.yq_available = False
 
-    def valid(path: Path) -> bool:
+    def judge(path: Path) -> tuple[bool, int, int]:
         try:
-            return parser.parse(path).errors == 0
-        except taxonomy.TaxonomyReadingException:
-            return False
+            result = parser.parse(path)
+        except taxonomy.TaxonomyReadingException:  # what ilab reports as a failed file
+            return False, 1, 0
+        return result.errors == 0, result.errors, result.warnings
 
-    return valid
+    return judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             leaf.parent.mkdir(parents=True)
             leaf.write_bytes(subprocess.run(["git", "-C", str(args.repo), "cat-file", "blob", sha], check=True,
                                             capture_output=True).stdout)
-            ours, theirs = validate_file(leaf, root=root), reference(leaf)
+            ours, theirs = validate_file(leaf, root=root), reference(leaf)[0]
             counts[(ours.kind, ours.version, ours.valid)] += 1
             if ours.valid != theirs:
                 expected = not ours.valid and any(p.rule in STRICTER for p in ours.errors)

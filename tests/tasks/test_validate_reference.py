@@ -19,31 +19,22 @@ pytestmark = pytest.mark.reference
 taxonomy = pytest.importorskip("instructlab.schema.taxonomy")
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_reference  # noqa: E402 - scripts/ is no package
+
+sys.path.remove(str(REPO / "scripts"))
 EXAMPLES = sorted((REPO / "taxonomy").rglob("qna.yaml"))
 BASE_NAMES = [b.name for b in leafgen.bases()]
 
 
 @pytest.fixture
 def reference(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """The reference parser as `ilab taxonomy diff` builds it; returns (valid, errors, warnings) for a file."""
-    # It spawns `yamllint`; without it on PATH it silently skips lint, so make sure it finds the venv's.
-    bin_dir = str(Path(sys.executable).parent)
-    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    assert shutil.which("yamllint") == str(Path(bin_dir) / "yamllint")
-    monkeypatch.setattr(taxonomy.logger, "disabled", True)  # message_format="logging": keep it quiet
-    parser = taxonomy.TaxonomyParser(schema_version=0, yamllint_strict=True, message_format="logging")
-    # yq only looks up line numbers for its messages, never changes a verdict; the `yq` found on a
-    # machine may be another tool with that name, so the reference's own switch turns the lookups off.
-    parser.yq_available = False
-
-    def run(path: Path) -> tuple[bool, int, int]:
-        try:
-            result = parser.parse(path)
-        except taxonomy.TaxonomyReadingException:  # what ilab reports as a failed file
-            return False, 1, 0
-        return result.errors == 0, result.errors, result.warnings
-
-    return run
+    """The reference parser as `ilab taxonomy diff` builds it (scripts/compare_reference.py); returns
+    (valid, errors, warnings) for a file."""
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # it puts the venv first on PATH: undone after
+    judge = compare_reference.reference_parser()
+    assert shutil.which("yamllint") == str(Path(sys.executable).parent / "yamllint")
+    return judge
 
 
 def cases(base: leafgen.Base) -> list[tuple[str, str]]:
@@ -167,12 +158,6 @@ def test_compare_reference_script_on_a_repository_history(tmp_path: Path, capsys
     import subprocess
 
     monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # the script puts the venv first on PATH: undone after
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import compare_reference
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
     repo = tmp_path / "taxonomy"
     leaf = repo / "compositional_skills" / "area" / "qna.yaml"
     leaf.parent.mkdir(parents=True)
