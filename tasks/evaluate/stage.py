@@ -243,8 +243,9 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         from labcycle.tasks.teacher.server import VLLMServer
 
         max_model_len = max(settings.max_model_len, judge.max_model_len) if judge_on_server else settings.max_model_len  # type: ignore[union-attr]
+        # enforce_eager None: CUDA graphs on a GPU (faster decoding), eager on CPU.
         server = VLLMServer(base_model, enable_lora=True, max_lora_rank=rank, max_model_len=max_model_len,
-                            log_path=out_dir / "vllm-server.log",
+                            enforce_eager=None, log_path=out_dir / "vllm-server.log",
                             extra_args=["--gpu-memory-utilization", str(GPU_SHARE)] if split_gpu else ())
         await asyncio.to_thread(server.start)
     try:
