@@ -115,15 +115,15 @@ def is_tiny(model_dir: Path) -> bool:
 
 def check_student(model: str) -> None:
     """Fail fast, before hours of generation, on a student that tuning cannot use: a local folder that is
-    not there, has no config.json, or whose tokenizer has no chat template. A hub id (not a path) passes."""
+    not there, has no config.json, or whose tokenizer has no chat template."""
     from labcycle.errors import LabcycleError
 
     path = Path(model).expanduser()
-    if not path.exists():
-        if path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
-            raise LabcycleError("the student model folder is not there; give --student-model (or student.model) "
-                                "a Hugging Face model folder this machine can read", where=model)
-        return  # owner/name: a hub id, which transformers resolves itself
+    if not path.is_dir():
+        hint = (f" (a Hugging Face hub name? download it first: `hf download {model} --local-dir DIR`)"
+                if not path.is_absolute() and model.count("/") == 1 and not model.startswith((".", "~")) else "")
+        raise LabcycleError("the student model folder is not there; give --student-model (or student.model) "
+                            f"a local Hugging Face model folder this machine can read{hint}", where=model)
     if not (path / "config.json").is_file():
         raise LabcycleError("not a Hugging Face model folder (config.json missing)", where=model)
     if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():

@@ -149,7 +149,8 @@ def test_a_student_tuning_cannot_use_fails_before_generation(prefect_harness, ex
     (plain / "chat_template.jinja").unlink()
     config = plain / "tokenizer_config.json"
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "chat_template"}))
-    for student, message in ((plain, "has no chat template"), (tmp_path / "nowhere", "student model folder is not there")):
+    for student, message in ((plain, "has no chat template"), (tmp_path / "nowhere", "student model folder is not there"),
+                             (Path("ibm-granite/granite-3.1-2b-instruct"), "hf download ibm-granite/granite-3.1-2b-instruct --local-dir")):
         run = tmp_path / f"run-{student.name}"
         state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), student_model=str(student),
                           teacher_model=str(tiny_model), return_state=True)
