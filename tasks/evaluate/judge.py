@@ -36,12 +36,15 @@ class Judgement:
         return out
 
 
+def reason_limit(max_tokens: int) -> int:
+    """The judge's reason comes first, so it explains before it decides, and is capped at this many
+    characters (about half the token budget, at most 300) so the verdict always fits before max_tokens."""
+    return max(8, min(300, max_tokens // 2))
+
+
 def judge_schema(max_tokens: int) -> dict[str, Any]:
-    # The reason comes first so the judge explains before it decides, and is capped (about half the token
-    # budget, at most 300 characters) so the score always fits before max_tokens.
-    reason_max = max(8, min(300, max_tokens // 2))
     return {"type": "object",
-            "properties": {"reason": {"type": "string", "maxLength": reason_max},
+            "properties": {"reason": {"type": "string", "maxLength": reason_limit(max_tokens)},
                            "score": {"type": "integer", "minimum": SCORE_MIN, "maximum": SCORE_MAX}},
             "required": ["reason", "score"], "additionalProperties": False}
 
@@ -122,4 +125,5 @@ async def judge_answer(judge: Teacher, question: str, reference: str, answer: st
     return Judgement(score=score, reason=reason)
 
 
-__all__ = ["Judgement", "ask_judge", "judge_answer", "judge_messages", "judge_schema", "read_score", "render_messages"]
+__all__ = ["Judgement", "ask_judge", "judge_answer", "judge_messages", "judge_schema", "read_score", "reason_limit",
+           "render_messages"]

@@ -184,10 +184,11 @@ class Verdict:
 
 
 def label_schema(max_tokens: int) -> dict[str, Any]:
-    # The reason first, capped (as the grading judge's), so the label always fits before max_tokens.
-    reason_max = max(8, min(300, max_tokens // 2))
+    from labcycle.tasks.evaluate.judge import reason_limit  # the reason first, capped as the grading judge's
+
     return {"type": "object",
-            "properties": {"reason": {"type": "string", "maxLength": reason_max}, "label": {"enum": list(LABELS)}},
+            "properties": {"reason": {"type": "string", "maxLength": reason_limit(max_tokens)},
+                           "label": {"enum": list(LABELS)}},
             "required": ["reason", "label"], "additionalProperties": False}
 
 
