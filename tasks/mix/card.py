@@ -71,6 +71,9 @@ def render_card(card: dict[str, Any]) -> str:
     parts = [f"# labcycle training set ({title})", "",
              f"- samples: {card['samples']}", f"- fingerprint (sha256 of data.jsonl): `{card['fingerprint']}`",
              f"- seed: {card['seed']}", f"- recipe digest: `{card['recipe_digest']}`", ""]
+    if card.get("unmask"):
+        parts[-1:] = [f"- trained on every token, not only the answers (`unmask: true`, as InstructLab marks its "
+                      f"phase-1 knowledge samples): {card['unmask']}", ""]
     if not card["samples"]:
         parts += [f"**This set is empty**: {card['empty_reason']}", ""]
     parts += ["## Sources", "", _table(("source", "before upsampling", "samples", "upsampled"), [

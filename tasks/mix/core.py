@@ -36,7 +36,7 @@ def _save_dataset(rows: list[Row], folder: Path) -> None:
     from datasets import Dataset, Features, List, Value
 
     features = Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")}),
-                         "source": Value("string"), "leaf_id": Value("string")})
+                         "source": Value("string"), "leaf_id": Value("string"), "unmask": Value("bool")})
     tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -104,7 +104,8 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
             if r["leaf_id"] is not None:
                 leaves[r["leaf_id"]] = leaves.get(r["leaf_id"], 0) + 1
         card = {
-            "phase": phase, "samples": len(rows), "fingerprint": fingerprint, "seed": recipe.seed,
+            "phase": phase, "samples": len(rows), "unmask": sum(1 for r in rows if r["unmask"]),
+            "fingerprint": fingerprint, "seed": recipe.seed,
             "recipe_digest": recipe.digest(),
             "sources": {k: {"before": s["before"][k], "samples": final[k]} for k in s["before"]},
             "upsampled": s["upsampled"], "datasets": s["datasets"], "leaves": dict(sorted(leaves.items())),

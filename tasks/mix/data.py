@@ -1,9 +1,16 @@
 """Reading the mix's inputs: the generation stage's samples.jsonl files and user chat datasets, with every
-row's `messages` checked so a bad row is named by file and line before any work."""
+row's `messages` checked so a bad row is named by file and line before any work.
+
+Data mixed by InstructLab reads as it is. Its phase-1 (knowledge) sets mark samples to be trained on in full,
+the user's turn as well as the assistant's, with `unmask: true`; older releases wrote such a sample as one
+`pretraining` turn, "<|user|>\n...\n<|assistant|>\n...". Both come out as ordinary turns with `unmask` set,
+and the tuning stage puts the loss on every token of them.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +20,43 @@ SAMPLES = "samples.jsonl"
 KINDS = ("knowledge", "freeform_skill", "grounded_skill")
 ROLES = ("system", "user", "assistant")
 MESSAGES_HELP = ("each row needs `messages`: a list of {role, content} turns (role system, user or assistant; "
-                 "content non-empty text) with at least one user and one assistant turn")
+                 "content non-empty text) with at least one user and one assistant turn; `unmask`, if given, is "
+                 "true or false")
+LEGACY_ROLE = "pretraining"
+_LEGACY_MARK = re.compile(r"<\|(system|user|assistant)\|>\n")
+
+
+class _LegacyProblem(ValueError):
+    pass
+
+
+def _legacy_turns(content: str) -> list[dict[str, str]] | None:
+    """The turns of a legacy `pretraining` turn's "<|user|>\nQ\n<|assistant|>\nA" text; None if it has none."""
+    parts = _LEGACY_MARK.split(content)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    turns = []
+    for role, text in zip(parts[1::2], parts[2::2]):
+        turns.append({"role": role, "content": text[:-1] if text.endswith("\n") else text})
+    return turns
+
+
+def _expand_legacy(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with `pretraining` turns as the same row in ordinary turns with `unmask: true`; others as they are."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not any(isinstance(m, dict) and m.get("role") == LEGACY_ROLE for m in messages):
+        return row
+    out: list[Any] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and m.get("role") == LEGACY_ROLE:
+            turns = _legacy_turns(m["content"]) if isinstance(m.get("content"), str) else None
+            if turns is None:
+                raise _LegacyProblem(f"messages[{i}] is a `pretraining` turn without the \"<|user|>\\n\" and "
+                                     "\"<|assistant|>\\n\" sections InstructLab writes in it")
+            out.extend(turns)
+        else:
+            out.append(m)
+    return {**row, "messages": out, "unmask": True}
 
 
 def _messages_problem(messages: Any) -> str | None:
@@ -21,7 +64,7 @@ def _messages_problem(messages: Any) -> str | None:
         return "`messages` is missing or not a non-empty list"
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            return f"messages[{i}].role is not one of system, user, assistant"
+            return f"messages[{i}].role is not one of system, user, assistant (or InstructLab's legacy pretraining)"
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             return f"messages[{i}].content is not non-empty text"
     roles = {m["role"] for m in messages}
@@ -82,10 +125,20 @@ def load_chat_dataset(path: Path) -> list[dict[str, Any]]:
                             "datasets' save_to_disk", where=str(path))
     out = []
     for where, row in rows:
-        problem = _messages_problem(row.get("messages")) if isinstance(row, dict) else "the row is not an object"
+        problem = None if isinstance(row, dict) else "the row is not an object"
+        if problem is None:
+            try:
+                row = _expand_legacy(row)
+            except _LegacyProblem as exc:
+                problem = str(exc)
+        if problem is None:
+            problem = _messages_problem(row.get("messages"))
+        if problem is None and row.get("unmask") not in (None, True, False):
+            problem = f"`unmask` is {row['unmask']!r}, not true or false"
         if problem:
             raise LabcycleError(f"{problem}; {MESSAGES_HELP}", where=where)
-        out.append({**row, "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
+        out.append({**row, "messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+                    "unmask": row.get("unmask") is True})
     return out
 
 

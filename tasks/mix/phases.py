@@ -30,7 +30,8 @@ def _half_up(x: Fraction) -> int:
 
 
 def _row(rec: dict[str, Any], source: str, **changes: Any) -> Row:
-    row = {"id": rec["id"], "messages": rec["messages"], "source": source, "leaf_id": rec["metadata"]["leaf_id"]}
+    row = {"id": rec["id"], "messages": rec["messages"], "source": source, "leaf_id": rec["metadata"]["leaf_id"],
+           "unmask": False}
     return {**row, **changes}
 
 
@@ -132,7 +133,8 @@ def phase_sets(records: list[dict[str, Any]], user: list[tuple[UserDataset, list
     }
     datasets = []
     for d, rows in user:
-        base = [{"id": f"{d.source}:{i}", "messages": r["messages"], "source": d.source, "leaf_id": None}
+        base = [{"id": f"{d.source}:{i}", "messages": r["messages"], "source": d.source, "leaf_id": None,
+                 "unmask": r["unmask"]}
                 for i, r in enumerate(rows)]
         target = _half_up(Fraction(repr(d.weight)) * len(base))
         sources[d.phase][d.source] = _copies(base, target, _rng(recipe.seed, "weight", d.phase, d.source), "w")

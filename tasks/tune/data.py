@@ -4,6 +4,10 @@ Loss falls on assistant tokens only. When the student's chat template marks assi
 {% generation %} (or TRL knows how to patch it to), samples stay in `messages` form and TRL masks every
 assistant turn. Otherwise each sample becomes prompt/completion (everything before the last assistant
 turn, then that turn), which works with any chat template and trains on the final answer only.
+
+A sample marked `unmask: true` (InstructLab's phase-1 knowledge data) is trained on every token. TRL's
+datasets take one loss rule for all rows, so data with such samples is tokenized here, each row with
+its own labels (-100 where no loss falls), by the same rules TRL applies to the others.
 """
 
 from __future__ import annotations
@@ -53,26 +57,59 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
                             "saved with datasets' save_to_disk (e.g. the mix stage's OUTPUT/<phase>/dataset)", where=str(path))
     if path.is_dir() and (path / "dataset").is_dir() and not (path / "state.json").exists():
         path = path / "dataset"  # the mix stage's phase folder
-    return [{"messages": r["messages"]} for r in load_chat_dataset(path)]
+    return [{"messages": r["messages"], **({"unmask": True} if r["unmask"] else {})} for r in load_chat_dataset(path)]
 
 
 def uses_assistant_masks(tokenizer: Any) -> bool:
     """True when TRL can mask assistant turns with this chat template (as is, or patched by TRL)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    template = tokenizer.chat_template
-    if not template:
+    if not tokenizer.chat_template:
         raise LabcycleError("the student's tokenizer has no chat template; give the base model one "
                             "(tokenizer_config.json `chat_template` or chat_template.jinja)")
-    if isinstance(template, dict):
-        template = template.get("default", "")
-    if has_generation_markers(template):
-        return True
     try:
-        get_training_chat_template(tokenizer)
+        training_template(tokenizer)
     except Exception:  # TRL knows no training version of this template
         return False
     return True
+
+
+def training_template(tokenizer: Any) -> str | None:
+    """The chat template TRL masks assistant turns with: None for the tokenizer's own (it has the markers)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    return None if has_generation_markers(template) else get_training_chat_template(tokenizer)
+
+
+def _ids(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> dict[str, list[int]]:
+    return dict(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs))
+
+
+def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, assistant_masks: bool) -> list[dict[str, list[int]]]:
+    """Rows as {input_ids, labels}: every token of an `unmask` row carries loss; another row's loss falls on its
+    assistant turns (assistant_masks) or on its last assistant turn, as TRL would put it."""
+    from trl.data_utils import common_prefix_length
+
+    template = training_template(tokenizer) if assistant_masks else None
+    out = []
+    for row in rows:
+        messages = row["messages"]
+        if row.get("unmask"):
+            ids = _ids(tokenizer, messages)["input_ids"]
+            labels = list(ids)
+        elif assistant_masks:
+            encoded = _ids(tokenizer, messages, chat_template=template, return_assistant_tokens_mask=True)
+            ids = encoded["input_ids"]
+            labels = [t if m else -100 for t, m in zip(ids, encoded["assistant_masks"])]
+        else:
+            pc = to_prompt_completion(row)
+            prompt = _ids(tokenizer, pc["prompt"], add_generation_prompt=True)["input_ids"]
+            ids = _ids(tokenizer, pc["prompt"] + pc["completion"])["input_ids"]
+            start = common_prefix_length(prompt, ids)
+            labels = [-100] * start + ids[start:]
+        out.append({"input_ids": list(ids), "labels": labels})
+    return out
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:

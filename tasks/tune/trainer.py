@@ -18,11 +18,13 @@ checkpoint folder can otherwise be left half-written by a kill.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,11 +244,15 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         logging.getLogger(__name__).warning("%s: left out %d samples longer than max_length %d tokens (their answers "
                                             "would be cut off)", phase, too_long, p.max_length)
     masks = tune_data.uses_assistant_masks(tokenizer)
-    if not masks:
+    unmasked = sum(1 for r in rows if r.get("unmask"))
+    if unmasked:
+        rows = tune_data.tokenize_rows(rows, tokenizer, masks)
+    elif not masks:
         rows = [tune_data.to_prompt_completion(r) for r in rows]
     train_rows, eval_rows = tune_data.split_rows(rows, p.eval_fraction, p.seed)
     shape = tune_data.step_shape(p.batch_size, p.gradient_accumulation, p.packing, p.max_length, lengths)
-    args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks, shape=shape)
+    args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks and not unmasked,
+                      shape=shape)
     torch.manual_seed(p.seed)
     model = load_student(base_model, settings, args.gradient_checkpointing)
     peft_config = None
@@ -266,11 +272,11 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     trainer.remove_callback(PrinterCallback)
     checkpoints = complete_checkpoints(work_dir / CHECKPOINTS)
     resumed_from = checkpoints[-1] if checkpoints else None
-    output = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
-
     name = "model" if settings.method == "full" else "adapter"
     final = work_dir / name
-    _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
+    with resource_faults(phase, work_dir):
+        output = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+        _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
     history = trainer.state.log_history
     write_json(work_dir / "log_history.json", history)
     merged = None
@@ -286,9 +292,10 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "init_adapter": str(init_adapter) if init_adapter else None,
         "data": str(data),
         "data_fingerprint": tune_data.fingerprint_path(Path(data)),
-        "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long},
+        "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long, "unmask": unmasked},
         "step": shape,
-        "loss_on": "assistant turns" if masks else "the last assistant turn (prompt/completion)",
+        "loss_on": ("assistant turns" if masks else "the last assistant turn (prompt/completion)")
+        + (f"; every token of the {unmasked} samples marked unmask" if unmasked else ""),
         "resumed_from_step": _step(resumed_from) if resumed_from else None,
         "metrics": metrics,
         "settings": {k: v for k, v in settings.to_json().items() if k not in ("knowledge", "skills")} | {phase: settings.to_json()[phase]},
@@ -302,6 +309,40 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
             shutil.copyfile(work_dir / "model_card.md", folder / "README.md")
     write_json(work_dir / RESULT, result)
     return result
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # torch.save and safetensors report a full disk as RuntimeError/SafetensorError text, not as OSError ENOSPC
+    text = str(exc)
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(
+        s in text for s in ("No space left on device", "os error 28", "StorageFull", "file write failed"))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+@contextlib.contextmanager
+def resource_faults(phase: str, work_dir: Path) -> Iterator[None]:
+    """A full disk or an exhausted GPU while training: one clear line on what to change. The checkpoints
+    already saved stay, and the same command resumes from the last complete one."""
+    try:
+        yield
+    except Exception as exc:
+        again = "then run the same command again: it resumes from the last complete checkpoint"
+        if _disk_full(exc):
+            free = shutil.disk_usage(work_dir).free / 2**30
+            raise LabcycleError(f"the disk filled up while the {phase} phase was writing ({free:.1f} GiB free now): "
+                                f"free some space, or keep fewer checkpoints (tuning.{phase}.keep_checkpoints); {again}",
+                                where=str(work_dir)) from exc
+        if _out_of_memory(exc):
+            raise LabcycleError(f"out of GPU memory in the {phase} phase: lower tuning.{phase}.max_length or "
+                                f"tuning.{phase}.batch_size (raising gradient_accumulation keeps the effective batch), "
+                                f"set tuning.{phase}.gradient_checkpointing: true, or tune with tuning.method: qlora; {again}",
+                                where=str(work_dir)) from exc
+        raise
 
 
 def check_model_dir(base_model: Path) -> None:

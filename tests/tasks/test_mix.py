@@ -104,7 +104,7 @@ def test_default_phase_sets(generated, tmp_path):
     assert summary["phases"]["skills"]["sources"] == {"skills": 32, "replay": 3} and len(skills) == 35
     for data in (know, skills):
         assert len({r["id"] for r in data}) == len(data)
-        assert all(list(r) == ["id", "messages", "source", "leaf_id"] for r in data)
+        assert all(list(r) == ["id", "messages", "source", "leaf_id", "unmask"] and not r["unmask"] for r in data)
     by_id = {r["id"]: r for r in know}
     for r in (r for r in skills if r["source"] == "replay"):
         original = by_id[r["id"].removesuffix("#replay")]
@@ -257,6 +257,9 @@ def test_small_source_is_upsampled_with_distinct_copy_ids(tmp_path):
 # --- user datasets -----------------------------------------------------------------------------------
 
 
+GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
 def chat_rows(n: int, tag: str) -> list[dict]:
     return [{"messages": [{"role": "user", "content": f"{tag} question {i}"}, {"role": "assistant", "content": f"{tag} answer {i}"}],
              "extra": i} for i in range(n)]
@@ -313,6 +316,56 @@ def test_only_user_data_is_enough(tmp_path):
     out = tmp_path / "mixed"
     summary = mix(generated, out, recipe(datasets=[{"path": str(path), "phase": "skills"}]))
     assert summary["phases"]["knowledge"]["samples"] == 0 and summary["phases"]["skills"]["samples"] == 5
+
+
+def instructlab_rows() -> list[dict]:
+    """Phase-1 rows as InstructLab's mixing writes them: metadata as a JSON string, `unmask` on the samples it
+    trains in full, and (older releases) a single `pretraining` turn instead."""
+    meta = json.dumps({"dataset": "document_knowledge_qa", "system_prompt": "You are helpful."})
+    qa = [{"role": "user", "content": "What is NF4?"}, {"role": "assistant", "content": "A 4-bit data type."}]
+    return [
+        {"messages": qa, "metadata": meta, "id": "a", "unmask": True},  # first: Parquet takes its columns from row 0
+        {"messages": qa, "metadata": meta, "id": "b"},
+        {"messages": [{"role": "pretraining", "content": "<|user|>\nWhat is QLoRA?\nSay it briefly.\n"
+                                                         "<|assistant|>\nLoRA on a 4-bit base."}], "metadata": meta, "id": "c"},
+    ]
+
+
+@pytest.mark.parametrize("name", ["knowledge_train_msgs.jsonl", "p07.parquet", "p07_saved"])
+def test_instructlab_mixed_data_reads_as_it_is(tmp_path, name):
+    """`unmask` and the legacy `pretraining` turn become ordinary turns with unmask set; other columns stay."""
+    data = load_chat_dataset(write_dataset(tmp_path / name, instructlab_rows()))
+    assert [r["unmask"] for r in data] == [True, False, True]
+    assert data[2]["messages"] == [{"role": "user", "content": "What is QLoRA?\nSay it briefly."},
+                                   {"role": "assistant", "content": "LoRA on a 4-bit base."}]
+    assert [r["id"] for r in data] == ["a", "b", "c"] and json.loads(data[0]["metadata"])["dataset"] == "document_knowledge_qa"
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({**GOOD, "unmask": "yes"}, "`unmask` is 'yes', not true or false"),
+        ({"messages": [{"role": "pretraining", "content": "plain text, no turns"}]}, "messages[0] is a `pretraining` turn"),
+        ({"messages": [{"role": "pretraining", "content": "<|user|>\nonly a question"}]}, "no user turn or no assistant turn"),
+    ],
+)
+def test_bad_unmask_and_pretraining_rows_name_the_line(tmp_path, bad, words):
+    path = write_dataset(tmp_path / "data.jsonl", [GOOD, bad])
+    with pytest.raises(LabcycleError) as info:
+        load_chat_dataset(path)
+    assert info.value.where == f"{path}:2" and words in info.value.message
+
+
+def test_unmask_rows_keep_their_mark_through_the_mix(generated, tmp_path):
+    path = write_dataset(tmp_path / "ilab.jsonl", instructlab_rows())
+    out = tmp_path / "mixed"
+    mix(generated, out, recipe(datasets=[{"path": str(path), "phase": "knowledge", "name": "ilab"}],
+                               skills={"replay_fraction": 1}, min_share=0))
+    ilab = {r["id"]: r["unmask"] for r in rows(out, "knowledge") if r["source"] == "ilab"}
+    assert ilab == {"ilab:0": True, "ilab:1": False, "ilab:2": True}
+    assert sum(r["unmask"] for r in rows(out, "knowledge")) == 2 == card(out, "knowledge")["unmask"]
+    assert sum(r["unmask"] for r in rows(out, "skills")) == 2  # replayed as they are
+    assert "trained on every token" in (out / "knowledge" / "dataset_card.md").read_text()
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -450,9 +503,6 @@ def test_empty_recipe_file_is_the_defaults(tmp_path):
 
 
 # --- bad user data -----------------------------------------------------------------------------------
-
-
-GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
 
 
 @pytest.mark.parametrize(

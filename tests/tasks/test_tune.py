@@ -185,7 +185,7 @@ def test_best_checkpoint_by_held_out_loss(tiny_model, tmp_path):
     data = write_chat(tmp_path / "data.jsonl", [(f"Question {i}?", f"Answer {i}.") for i in range(20)])
     s = settings(knowledge=phase(max_steps=20, save_steps=5, eval_fraction=0.2, select="best", keep_checkpoints=1))
     result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
-    assert result["samples"] == {"train": 16, "held_out": 4, "too_long": 0}
+    assert result["samples"] == {"train": 16, "held_out": 4, "too_long": 0, "unmask": 0}
     evals = [h["eval_loss"] for h in json.loads((tmp_path / "work" / "log_history.json").read_text()) if "eval_loss" in h]
     assert len(evals) == 4
     assert result["metrics"]["best_eval_loss"] == pytest.approx(min(evals))
@@ -195,22 +195,125 @@ def test_best_checkpoint_by_held_out_loss(tiny_model, tmp_path):
 def test_samples_longer_than_max_length_are_left_out_and_counted(tiny_model, tmp_path):
     data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS] + [("Long?", "word " * 400)])
     result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", settings(knowledge=phase(max_steps=2, max_length=64)))
-    assert result["samples"] == {"train": 4, "held_out": 0, "too_long": 1}
+    assert result["samples"] == {"train": 4, "held_out": 0, "too_long": 1, "unmask": 0}
     assert "1 left out as longer than max_length" in (tmp_path / "work" / "model_card.md").read_text()
+
+
+def unmarked_student(tiny_model: Path, folder: Path) -> Path:
+    """The tiny student with a chat template neither marked with {% generation %} nor known to TRL."""
+    import shutil
+
+    student = folder / "student"
+    shutil.copytree(tiny_model, student)
+    template = (student / "chat_template.jinja").read_text()
+    (student / "chat_template.jinja").write_text(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    return student
 
 
 def test_template_without_generation_markers_trains_on_the_final_answer(tiny_model, tmp_path):
     """A chat template neither marked nor known to TRL: samples become prompt/completion, loss on the answer."""
-    import shutil
-
-    student = tmp_path / "student"
-    shutil.copytree(tiny_model, student)
-    template = (student / "chat_template.jinja").read_text()
-    (student / "chat_template.jinja").write_text(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    student = unmarked_student(tiny_model, tmp_path)
     data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
     result = trainer.train_phase("knowledge", student, data, tmp_path / "work", settings(knowledge=phase(max_steps=10)))
     assert result["loss_on"].startswith("the last assistant turn")
     assert result["metrics"]["final_loss"] < result["metrics"]["first_loss"]
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTIONS[0]},
+                {"role": "assistant", "content": "Forty two."}, {"role": "user", "content": QUESTIONS[1]},
+                {"role": "assistant", "content": ANSWER}]
+
+
+@pytest.mark.parametrize("markers", [True, False])
+def test_own_tokenization_labels_plain_rows_as_trl_does(markers, tiny_model, tmp_path):
+    """Data with unmask rows is tokenized by labcycle; its other rows must get the labels TRL's own
+    preparation gives them, with a marked template (every assistant turn) and without (the last one)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from labcycle.tasks.tune import data as tune_data
+
+    student = tiny_model if markers else unmarked_student(tiny_model, tmp_path)
+    tok = AutoTokenizer.from_pretrained(student)
+    rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}]
+    masks = tune_data.uses_assistant_masks(tok)
+    assert masks is markers
+    ours = tune_data.tokenize_rows(rows, tok, masks)
+    trl_rows = rows if masks else [tune_data.to_prompt_completion(r) for r in rows]
+    sft = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(student),
+                     args=SFTConfig(output_dir=str(tmp_path / "out"), assistant_only_loss=masks, packing=False,
+                                    report_to="none", use_cpu=True),
+                     train_dataset=Dataset.from_list(trl_rows), processing_class=tok)
+    assert [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in sft.train_dataset] == ours
+    trained = [sum(label != -100 for label in r["labels"]) for r in ours]
+    full = tune_data.tokenize_rows([{**rows[0], "unmask": True}], tok, masks)[0]
+    assert full["labels"] == full["input_ids"] == ours[0]["input_ids"]  # every token, the system and user turns too
+    assert 0 < trained[0] < len(full["input_ids"])
+
+
+def test_unmask_samples_train_on_every_token(tiny_model, tmp_path):
+    """InstructLab's phase-1 data: `unmask: true` rows and a legacy `pretraining` row train with the others."""
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    with data.open("a", encoding="utf-8") as f:
+        for q in QUESTIONS[:2]:
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}],
+                                "unmask": True}) + "\n")
+        f.write(json.dumps({"messages": [{"role": "pretraining", "content": f"<|user|>\n{QUESTIONS[3]}\n<|assistant|>\n{ANSWER}"}]}) + "\n")
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", settings(knowledge=phase(max_steps=10)))
+    assert result["samples"] == {"train": 7, "held_out": 0, "too_long": 0, "unmask": 3}
+    assert result["loss_on"] == "assistant turns; every token of the 3 samples marked unmask"
+    assert "every token of the 3 samples marked unmask" in (tmp_path / "work" / "model_card.md").read_text()
+    assert result["metrics"]["final_loss"] < result["metrics"]["first_loss"]
+
+
+@pytest.mark.parametrize("fault", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 1024: file write failed"),
+])
+def test_a_full_disk_mid_phase_says_so_and_loses_no_checkpoint(fault, tiny_model, tmp_path, monkeypatch):
+    """A test double for a fault this machine cannot cause: the disk fills up as the second checkpoint is
+    written. One clear line; the first checkpoint stays, and the same call resumes from it."""
+    from transformers import Trainer
+
+    save = Trainer._save_checkpoint
+
+    def save_until_full(self, model, trial):  # type: ignore[no-untyped-def]
+        if self.state.global_step > 5:
+            raise fault
+        return save(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_until_full)
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    s = settings(knowledge=phase(max_steps=10, save_steps=5))
+    with pytest.raises(LabcycleError, match=r"the disk filled up while the knowledge phase was writing \(\d+\.\d GiB "
+                                            r"free now\).*resumes from the last complete checkpoint") as info:
+        trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
+    assert info.value.where == str(tmp_path / "work")
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
+    assert result["resumed_from_step"] == 5 and result["metrics"]["steps"] == 10
+
+
+def test_out_of_gpu_memory_says_what_to_lower(tiny_model, tmp_path, monkeypatch):
+    """A test double for CUDA running out of memory at the third step (no GPU here): one line naming the settings."""
+    import torch
+    from transformers import Trainer
+
+    step = Trainer.training_step
+    calls = []
+
+    def step_until_oom(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", step_until_oom)
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    with pytest.raises(LabcycleError, match="out of GPU memory in the skills phase: lower tuning.skills.max_length or "
+                                            "tuning.skills.batch_size"):
+        trainer.train_phase("skills", tiny_model, data, tmp_path / "work", settings(skills=phase(max_steps=5)))
 
 
 @pytest.mark.parametrize("problem, expect", [
