@@ -6,7 +6,9 @@ A user who configured a Prefect server or profile keeps it: we only fill in what
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -45,3 +47,18 @@ def default_run_dir() -> Path:
 def cache_dir(cfg) -> Path:  # type: ignore[no-untyped-def]
     """The configured cache folder, else $LABCYCLE_HOME/cache."""
     return Path(cfg.documents.cache_dir).resolve() if cfg.documents.cache_dir else state_dir() / "cache"
+
+
+@contextlib.contextmanager
+def datasets_bars_off() -> Iterator[None]:
+    """No `datasets` progress bars inside: a stage that reports its own progress (the mix's card, tuning's
+    step/loss line) would otherwise print a raw bar for every map, filter and save."""
+    import datasets
+
+    was_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()

@@ -113,6 +113,23 @@ def is_tiny(model_dir: Path) -> bool:
     return (Path(model_dir) / "labcycle-tiny.json").exists()
 
 
+def model_folder_problem(path: Path) -> str | None:
+    """What keeps a folder from loading as a whole model (None: it has a config.json), and what to pass."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return None
+    if (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        return ("this is a PEFT adapter, not a whole model: pass the model it was trained on"
+                + (f" ({base})" if base else "") + ", or the adapter merged into it (tuning.merge: true writes "
+                "<phase>/merged/)")
+    return ("not a Hugging Face model folder (config.json missing); pass a local model folder (e.g. one saved with "
+            "save_pretrained, or a snapshot downloaded beforehand)")
+
+
 def check_student(model: str) -> None:
     """Fail fast, before hours of generation, on a student that tuning cannot use: a local folder that is
     not there, has no config.json, or whose tokenizer has no chat template."""
@@ -124,8 +141,9 @@ def check_student(model: str) -> None:
                 if not path.is_absolute() and model.count("/") == 1 and not model.startswith((".", "~")) else "")
         raise LabcycleError("the student model folder is not there; give --student-model (or student.model) "
                             f"a local Hugging Face model folder this machine can read{hint}", where=model)
-    if not (path / "config.json").is_file():
-        raise LabcycleError("not a Hugging Face model folder (config.json missing)", where=model)
+    problem = model_folder_problem(path)
+    if problem:
+        raise LabcycleError(problem, where=model)
     if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
         return
     try:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl, write_text_atomic
 from labcycle.tasks.mix.card import length_stats, render_card, sample_lengths
@@ -32,7 +33,6 @@ def _sha256_file(path: Path) -> str:
 
 def _save_dataset(rows: list[Row], folder: Path) -> None:
     """save_to_disk into a temporary sibling, then swap it in: a crash never leaves a half-written dataset."""
-    import datasets
     from datasets import Dataset, Features, List, Value
 
     features = Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")}),
@@ -40,16 +40,11 @@ def _save_dataset(rows: list[Row], folder: Path) -> None:
     tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
-    quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # a bar per phase says nothing the card does not
-    try:
+    with datasets_bars_off():
         # An empty set needs its columns spelled out, and one explicit (empty) shard: saved with none,
         # load_from_disk cannot read it back.
         ds = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict({k: [] for k in features}, features=features)
         ds.save_to_disk(str(tmp), num_shards=None if rows else 1)
-    finally:
-        if not quiet:
-            datasets.enable_progress_bars()
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)

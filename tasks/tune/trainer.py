@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json
 from labcycle.tasks.tune import data as tune_data
@@ -263,9 +264,10 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
             model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         else:
             peft_config = lora_config(settings)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks(phase, started))
+    with datasets_bars_off():  # tokenizing and packing: the listeners report progress
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                             eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks(phase, started))
     # The Trainer prints every log dict to stdout when tqdm is off; progress goes to the listeners instead.
     from transformers.trainer_callback import PrinterCallback
 
@@ -346,10 +348,11 @@ def resource_faults(phase: str, work_dir: Path) -> Iterator[None]:
 
 
 def check_model_dir(base_model: Path) -> None:
-    if not (Path(base_model) / "config.json").is_file():
-        raise LabcycleError("not a Hugging Face model folder (no config.json); pass a local model folder "
-                            "(e.g. one saved with save_pretrained, or a snapshot downloaded beforehand)",
-                            where=str(base_model))
+    from labcycle.models import model_folder_problem
+
+    problem = model_folder_problem(base_model)
+    if problem:
+        raise LabcycleError(problem, where=str(base_model))
 
 
 def _save_atomic(dest: Path, write: Callable[[Path], Any]) -> None:

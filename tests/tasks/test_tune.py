@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -320,6 +321,7 @@ def test_out_of_gpu_memory_says_what_to_lower(tiny_model, tmp_path, monkeypatch)
     ("no-data", "training data not found"),
     ("empty", "has no samples"),
     ("not-a-model", "not a Hugging Face model folder"),
+    ("adapter-as-model", "this is a PEFT adapter, not a whole model: pass the model it was trained on (org/base-7b)"),
     ("best-without-split", "needs a held-out split"),
     ("all-too-long", "longer than tuning.knowledge.max_length"),
 ])
@@ -332,11 +334,15 @@ def test_clear_errors(problem, expect, tiny_model, tmp_path):
         data.write_text("")
     elif problem == "not-a-model":
         model = tmp_path
+    elif problem == "adapter-as-model":
+        model = tmp_path / "adapter"
+        model.mkdir()
+        (model / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "org/base-7b"}))
     elif problem == "all-too-long":
         s = settings(knowledge=phase(max_length=8))
     else:
         s = settings(knowledge=phase(select="best"))
-    with pytest.raises(LabcycleError, match=expect):
+    with pytest.raises(LabcycleError, match=re.escape(expect)):
         trainer.train_phase("knowledge", model, data, tmp_path / "work", s)
 
 
