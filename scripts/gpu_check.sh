@@ -11,7 +11,8 @@
 #
 #   PYTHON=python3            the interpreter with CUDA torch, transformers, peft, accelerate, datasets
 #   WHEELS=shared/wheels      wheels installed with --no-index --no-deps (bitsandbytes, trl; any others)
-#   VENV=/tmp/labcycle-gpu-venv   venv (--system-site-packages) to install into; VENV=none: a --target
+#   SCRATCH=/tmp              where the venv, --target folder, package shim, model and HF cache go
+#   VENV=$SCRATCH/labcycle-gpu-venv   venv (--system-site-packages) to install into; VENV=none: a --target
 #                             folder on PYTHONPATH instead (if the venv cannot be made, that is the fallback)
 #   HIDDEN=2048 LAYERS=16 HEADS=32 INTERMEDIATE=5632 VOCAB=32000   the model (about 1.0B parameters)
 #   SEQ_LEN=2048 BATCH=8 GRAD_ACCUM=2 STEPS=6 WARMUP=1 SAMPLES=512 REPEAT=1
@@ -31,7 +32,8 @@ exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-shared/wheels}
-VENV=${VENV:-/tmp/labcycle-gpu-venv}
+SCRATCH=${SCRATCH:-/tmp}
+VENV=${VENV:-$SCRATCH/labcycle-gpu-venv}
 BUDGET_S=${BUDGET_S:-540}
 DRY_RUN=${DRY_RUN:-0}
 if [[ ${SMALL:-0} == 1 ]]; then
@@ -87,7 +89,7 @@ else
     PY=$PYTHON
 fi
 if [[ $VENV == none ]]; then
-    SITE=/tmp/labcycle-gpu-site
+    SITE=$SCRATCH/labcycle-gpu-site
     mkdir -p "$SITE"
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -109,7 +111,7 @@ if [[ -z $SITE ]] && "$PY" -m pip install --quiet --no-deps --no-build-isolation
     say "labcycle installed (editable, no dependencies)"
 else
     [[ -z $SITE ]] && say "editable install failed (see logs/install.log); using a symlink shim of the package instead"
-    SHIM=/tmp/labcycle-gpu-shim
+    SHIM=$SCRATCH/labcycle-gpu-shim
     rm -rf "$SHIM" && mkdir -p "$SHIM/labcycle"
     for f in "$REPO"/labcycle/*; do ln -s "$f" "$SHIM/labcycle/"; done
     ln -s "$REPO/tasks" "$SHIM/labcycle/tasks"
@@ -119,12 +121,12 @@ else
 fi
 
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export HF_HOME=${HF_HOME:-/tmp/labcycle-gpu-hf}
+export HF_HOME=${HF_HOME:-$SCRATCH/labcycle-gpu-hf}
 # Importing bitsandbytes tries the optional `kernels` package (which would reach the hub): harmless when absent.
 
 say "checking imports"
-# From /tmp: in the repository root, its labcycle/ folder (without tasks/) would shadow the installed package.
-if ! (cd /tmp && "$PY" - "$DRY_RUN") <<'EOF' | tee "$OUT/env.txt"; then
+# From $SCRATCH: in the repository root, its labcycle/ folder (without tasks/) would shadow the installed package.
+if ! (cd "$SCRATCH" && "$PY" - "$DRY_RUN") <<'EOF' | tee "$OUT/env.txt"; then
 import importlib, sys
 from importlib import metadata
 dry = sys.argv[1] == "1"
@@ -160,7 +162,7 @@ EOF
 fi
 
 # --- the measurements ------------------------------------------------------------------------------------
-MODEL=${MODEL_DIR:-/tmp/labcycle-gpu-model-h${HIDDEN}-l${LAYERS}-a${HEADS}-i${INTERMEDIATE}-v${VOCAB}}
+MODEL=${MODEL_DIR:-$SCRATCH/labcycle-gpu-model-h${HIDDEN}-l${LAYERS}-a${HEADS}-i${INTERMEDIATE}-v${VOCAB}}
 SIZES=(--hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --intermediate "$INTERMEDIATE" --vocab "$VOCAB"
        --seq-len "$SEQ_LEN" --batch-size "$BATCH" --grad-accum "$GRAD_ACCUM" --steps "$STEPS" --warmup "$WARMUP"
        --samples "$SAMPLES" --repeat "$REPEAT" --save-model "$MODEL" --keep-logs "$OUT/logs")
