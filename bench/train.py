@@ -28,7 +28,9 @@ size, gradient accumulation, learning rate, seed and number of optimizer steps (
              load_student, lora_config and callbacks, on the samples written as JSONL.
   baseline   trl.SFTTrainer with SFTConfig's defaults (packing=False, padding_free=False, so each
              micro-batch is padded to its longest sample by TRL's default collator), the same
-             load_student model and lora_config adapter, and only what must match set: max_length,
+             load_student model (with transformers' default attention, sdpa, where labcycle's
+             tuning.attention auto takes flash_attention_2 on a GPU that has flash-attn) and
+             lora_config adapter, and only what must match set: max_length,
              per-device batch, gradient accumulation, learning rate, max_steps, seed, bf16/fp16 and
              use_cpu as the machine needs, gradient checkpointing (labcycle's choice: off on CPU, on
              with a GPU, the TRL default), assistant_only_loss (labcycle's choice for this chat
@@ -434,6 +436,8 @@ def worker(spec_path: Path) -> int:
 
 def _baseline(spec: dict[str, Any], settings: Any, metered: Any, work: Path) -> dict[str, Any]:
     """Plain SFTTrainer: SFTConfig defaults except what a fair comparison must hold equal."""
+    from dataclasses import replace
+
     import torch
     from datasets import Dataset
     from trl import SFTConfig
@@ -468,7 +472,9 @@ def _baseline(spec: dict[str, Any], settings: Any, metered: Any, work: Path) -> 
         report_to="none",
     )
     torch.manual_seed(p.seed)
-    model = tune_trainer.load_student(Path(spec["model"]), settings, args.gradient_checkpointing)
+    # A plain user loads the model with transformers' default attention (sdpa); labcycle's own choice
+    # (tuning.attention auto: flash_attention_2 where a GPU has it) is part of what the labcycle path measures.
+    model = tune_trainer.load_student(Path(spec["model"]), replace(settings, attention="sdpa"), args.gradient_checkpointing)
     trainer = metered(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       peft_config=tune_trainer.lora_config(settings))
     trainer.train()

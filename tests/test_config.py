@@ -57,14 +57,15 @@ def test_remote_stages(tmp_path):
 def test_tuning_defaults_and_per_phase_settings(tmp_path):
     cfg = config.load(None).tuning
     assert (cfg.method, cfg.phase2_start, cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == ("qlora", "continue", 4, 32, "all-linear")
+    assert cfg.attention == "auto"
     assert (cfg.knowledge.epochs, cfg.knowledge.learning_rate, cfg.skills.epochs, cfg.skills.learning_rate) == (7, 2e-4, 10, 6e-5)
     f = tmp_path / "labcycle.yaml"
     f.write_text("student:\n  model: models/student\ntuning:\n  method: lora\n  lora:\n    target_modules: [q_proj, v_proj]\n"
-                 "  skills:\n    epochs: 2\n    eval_fraction: 0.1\n    select: best\n")
+                 "  attention: eager\n  skills:\n    epochs: 2\n    eval_fraction: 0.1\n    select: best\n")
     loaded = config.load(f)
     assert loaded.student.model == "models/student"
     t = loaded.tuning
-    assert t.method == "lora" and t.lora.target_modules == ("q_proj", "v_proj")
+    assert t.method == "lora" and t.lora.target_modules == ("q_proj", "v_proj") and t.attention == "eager"
     assert (t.skills.epochs, t.skills.learning_rate, t.skills.select) == (2, 6e-5, "best")  # unset keys keep the phase default
     assert t.knowledge == config.load(None).tuning.knowledge
 

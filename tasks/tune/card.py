@@ -85,6 +85,8 @@ def write_model_card(result: dict[str, Any], dest: Path) -> Path:
     lines += [json.dumps(settings, indent=2), "```", "", "## Results", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in m.items() if v is not None]
     lines += [f"- loss on: {result['loss_on']}"]
+    if result.get("attention"):
+        lines += [f"- attention: {result['attention']}"]
     if result.get("resumed_from_step"):
         lines += [f"- resumed from the checkpoint at step {result['resumed_from_step']}"]
     lines += ["", "![loss](loss.png)", ""]

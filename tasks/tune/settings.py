@@ -72,6 +72,7 @@ class TuneSettings:
     method: str = "qlora"  # qlora | lora | full
     phase2_start: str = "continue"  # continue (the phase-1 adapter keeps training) | merge (new adapter on a merged base)
     merge: bool = False  # also write a merged full-precision model per phase
+    attention: str = "auto"  # auto (flash_attention_2 on a GPU that has it, else sdpa) | sdpa | eager | flash_attention_2|3
     lora: LoraSettings = field(default_factory=LoraSettings)
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     knowledge: PhaseSettings = KNOWLEDGE_DEFAULTS
@@ -84,8 +85,9 @@ class TuneSettings:
         return asdict(self)
 
     def digest_for(self, phase: str) -> str:
-        """What decides one phase's result: the method, adapter shape, quantization and that phase's settings."""
-        data = {k: v for k, v in self.to_json().items() if k not in PHASES}
+        """What decides one phase's result: the method, adapter shape, quantization and that phase's settings.
+        The attention implementation is how, not what: the same weights come out, to rounding."""
+        data = {k: v for k, v in self.to_json().items() if k not in (*PHASES, "attention")}
         data["phase"] = asdict(self.phase(phase))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -89,12 +89,37 @@ def compute_dtype(settings: TuneSettings):  # type: ignore[no-untyped-def]
     return torch.bfloat16  # CPU: bf16 autocast runs on every x86_64 with AVX512 and is what the tests use
 
 
+def choose_attention(setting: str, *, gpu: bool, half_precision: bool, flash_available: bool) -> str | None:
+    """The attn_implementation to load the student with; None: transformers' default (sdpa).
+
+    Packed samples share a row. A varlen flash-attention kernel computes each sample's own causal block
+    only; SDPA computes the whole row and masks it (docs/benchmarks.md). flash-attn runs on CUDA in
+    bf16/fp16 only, and is an optional package, so auto takes it only where all of that holds.
+    """
+    if setting != "auto":
+        return setting
+    return "flash_attention_2" if gpu and half_precision and flash_available else None
+
+
+def attention_for(settings: TuneSettings) -> str | None:
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    gpu = has_gpu()
+    return choose_attention(settings.attention, gpu=gpu,
+                            half_precision=compute_dtype(settings) in (torch.bfloat16, torch.float16),
+                            flash_available=gpu and is_flash_attn_2_available())
+
+
 def load_student(base_model: Path, settings: TuneSettings, gradient_checkpointing: bool):  # type: ignore[no-untyped-def]
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(settings)
     kwargs: dict[str, Any] = {"dtype": dtype}
+    attention = attention_for(settings)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if settings.method == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -296,6 +321,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "data_fingerprint": tune_data.fingerprint_path(Path(data)),
         "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long, "unmask": unmasked},
         "step": shape,
+        "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
         "loss_on": ("assistant turns" if masks else "the last assistant turn (prompt/completion)")
         + (f"; every token of the {unmasked} samples marked unmask" if unmasked else ""),
         "resumed_from_step": _step(resumed_from) if resumed_from else None,

@@ -64,6 +64,7 @@ def test_qlora_overfits_and_writes_a_servable_adapter(memorized):
     card = (work / "model_card.md").read_text()
     assert "abc123" in card and "qlora" in card and memorized["data_fingerprint"][:16] in card
     assert memorized["loss_on"] == "assistant turns"
+    assert memorized["attention"] == "sdpa" and "- attention: sdpa" in card  # no GPU: transformers' default
 
 
 def test_merged_model_gives_the_adapters_logits(memorized, tiny_model):
@@ -349,7 +350,8 @@ def test_clear_errors(problem, expect, tiny_model, tmp_path):
 def test_full_fine_tuning_writes_a_whole_model(tiny_model, tmp_path):
     data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
     result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work",
-                                 settings(method="full", knowledge=phase(max_steps=8, learning_rate=1e-3)))
+                                 settings(method="full", attention="eager", knowledge=phase(max_steps=8, learning_rate=1e-3)))
+    assert result["attention"] == "eager"  # tuning.attention reaches the model as loaded
     model = Path(result["output"])
     assert model.name == "model" and (model / "model.safetensors").exists() and (model / "config.json").exists()
     assert not (tmp_path / "work" / "adapter").exists()
@@ -373,6 +375,19 @@ def test_settings_digest_tracks_only_the_phase_itself():
     assert s.digest_for("knowledge") == replace(s, skills=phase(learning_rate=1.0)).digest_for("knowledge")
     assert s.digest_for("knowledge") != replace(s, knowledge=phase(learning_rate=1.0)).digest_for("knowledge")
     assert s.digest_for("skills") != replace(s, lora=LoraSettings(r=2)).digest_for("skills")
+    assert s.digest_for("skills") == replace(s, attention="eager").digest_for("skills")  # how, not what
+
+
+@pytest.mark.parametrize("setting, gpu, half, flash, expect", [
+    ("auto", True, True, True, "flash_attention_2"),
+    ("auto", True, True, False, None),    # flash-attn not installed (or not working): transformers' default
+    ("auto", True, False, True, None),    # fp32 compute: flash-attn has no kernel for it
+    ("auto", False, True, True, None),    # CPU
+    ("sdpa", True, True, True, "sdpa"),   # a choice is kept as it is
+    ("flash_attention_2", False, True, False, "flash_attention_2"),
+])
+def test_attention_auto_takes_flash_attention_only_where_it_runs(setting, gpu, half, flash, expect):
+    assert trainer.choose_attention(setting, gpu=gpu, half_precision=half, flash_available=flash) == expect
 
 
 @pytest.mark.parametrize("packing, lengths, expect", [
