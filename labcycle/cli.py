@@ -157,6 +157,23 @@ class Phase(str, Enum):
     both = "both"
 
 
+def _tie_embedded_server() -> None:
+    """With no PREFECT_API_URL, Prefect starts its embedded server on the first API call and stops it at
+    exit. Start it here instead, guarded, so that it also ends when this process is killed."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from labcycle.reaper import guard
+
+    server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
+    server.start()
+    if server.server_process is not None:
+        guard(server.server_process.pid)
+
+
 def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
               teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
               profile: Profile | None = None, repo: dict | None = None) -> None:
@@ -171,6 +188,7 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         raise _usage_error("give either --config or --profile, not both")
     from labcycle.flows.lab_cycle import lab_cycle
 
+    _tie_embedded_server()
     tuning = until in (Until.tune, Until.evaluate, Until.cycle)
     with _progress_bars(until is not Until.taxonomy), _tuning_progress(tuning):
         state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
@@ -374,6 +392,7 @@ def tune_cmd(
             raise _usage_error(f"{flag} {path}: no such file or folder")
     from labcycle.flows.tune import tune
 
+    _tie_embedded_server()
     with _tuning_progress(True):
         state = tune(output=str(output), phase=phase.value, base_model=str(base_model),
                      knowledge_data=str(knowledge_data) if knowledge_data else None,

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labcycle.errors import LabcycleError
+from labcycle.reaper import guard
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
 
@@ -90,6 +91,7 @@ class VLLMServer:
         self.enable_lora = enable_lora or bool(self.lora_modules)
         self.max_lora_rank = vllm_lora_rank(max_lora_rank)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     # -- addresses ---------------------------------------------------------------------------------
     @property
@@ -151,6 +153,7 @@ class VLLMServer:
             log.flush()
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.environment(), start_new_session=True)
+        self.watchdog = guard(self.proc.pid, group=True)  # killed, we still free the GPU and the port
         try:
             self.wait_ready()
         except BaseException:
@@ -197,6 +200,7 @@ class VLLMServer:
             return
         self._signal(signal.SIGKILL)
         self.proc.wait()
+        self._end_watchdog()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is None:
@@ -213,7 +217,19 @@ class VLLMServer:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        self._end_watchdog()
         self.proc = None
+
+    def _end_watchdog(self) -> None:
+        """The watchdog ends within a second of the server; collect it (or end it, if the server lingers)."""
+        if self.watchdog is None:
+            return
+        try:
+            self.watchdog.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.watchdog.kill()
+            self.watchdog.wait()
+        self.watchdog = None
 
     def restart(self) -> VLLMServer:
         """Stop (or reap a killed server) and start again on the same port and model name."""

@@ -416,8 +416,11 @@ def test_server_kill_and_restart(vllm_server):
     """A crash (SIGKILL) makes calls fail as transient; restart() serves again at the same address.
     Runs after the other server tests: it resets the server's metrics."""
     url = vllm_server.base_url
+    watchdog = vllm_server.watchdog  # labcycle.reaper: stops the server's process group if we are killed
+    assert watchdog is not None and watchdog.poll() is None
     vllm_server.kill()
     assert not vllm_server.alive() and not vllm_server.healthy()
+    assert watchdog.poll() == 0 and vllm_server.watchdog is None  # it ended with the server it guarded
 
     async def call(retries):
         t = OpenAITeacher(url, vllm_server.model, max_retries=retries, backoff_base_s=0.01)
@@ -431,6 +434,7 @@ def test_server_kill_and_restart(vllm_server):
     assert info.value.transient
     vllm_server.restart()
     assert vllm_server.base_url == url and vllm_server.alive()
+    assert vllm_server.watchdog is not None and vllm_server.watchdog.poll() is None  # a new one for the new server
     assert len(run(call(0)).texts) == 1
 
 

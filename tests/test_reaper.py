@@ -1,0 +1,111 @@
+"""Servers labcycle starts end when labcycle is killed (labcycle/reaper.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labcycle import reaper
+
+# A parent that starts `sleep` (in a session of its own, or in its own group), guards it, says its pid, and waits.
+PARENT = """
+import subprocess, sys, time
+from labcycle.reaper import guard
+group = sys.argv[1] == "group"
+child = subprocess.Popen(["sleep", "300"], start_new_session=group)
+guard(child.pid, group=group, grace_s=2)
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return True  # ended, waiting for init to collect it
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("kind", ["pid", "group"])
+def test_sigkilled_parent_takes_its_guarded_server_along(kind):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, kind], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())  # type: ignore[union-attr]
+    try:
+        time.sleep(1.5)
+        assert not gone(child, 0)  # guarded, not stopped, while the parent lives
+        parent.kill()  # SIGKILL: no exit handler runs
+        parent.wait()
+        assert gone(child, 10)
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_the_watchdog_ends_with_its_server():
+    child = subprocess.Popen(["sleep", "300"])
+    threading.Timer(0.5, child.kill).start()
+    started = time.monotonic()
+    assert reaper.watch(os.getppid(), child.pid, group=False, grace_s=1, poll_s=0.1) == "ended"
+    assert time.monotonic() - started < 5
+    child.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_labcycle_tune_leaves_no_embedded_prefect_server(tiny_model, tmp_path):
+    """`kill -9` of `labcycle tune` with no PREFECT_API_URL: Prefect's embedded server goes too."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
+                                                     {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"
+                            for i in range(8)))
+    cfg = tmp_path / "labcycle.yaml"
+    cfg.write_text("tuning:\n  knowledge: {max_steps: 5000, save_steps: 1000, max_length: 128}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["LABCYCLE_HOME"] = str(tmp_path / "home")  # a Prefect home (and embedded server) of its own
+    log = tmp_path / "cli.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "labcycle.cli", "tune", "--phase", "knowledge", "--base-model",
+                                 str(tiny_model), "--knowledge-data", str(data), "--output", str(tmp_path / "out"),
+                                 "--config", str(cfg)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while "Beginning flow run" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        port = re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", log.read_text())
+        assert port, log.read_text()[-3000:]
+        health = f"http://127.0.0.1:{port.group(1)}/api/health"
+        with urllib.request.urlopen(health, timeout=5) as resp:
+            assert resp.status == 200
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(health, timeout=1).close()
+            except (urllib.error.URLError, OSError):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the embedded Prefect server still answers after labcycle was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
