@@ -8,7 +8,9 @@ vLLM, the GPU, and the next run would find them taken.
 
 `guard(pid)` starts a small watchdog process for one such server. Once a second it checks whether the
 process that started it is still its parent; when it is not, it stops the server (SIGTERM, then SIGKILL
-after a grace period). The watchdog ends by itself once the server has ended.
+after a grace period, for the server's own children too). The watchdog ends by itself once the server
+has ended. vLLM's in-process engine (AsyncLLM) runs in child processes of ours, EngineCore and its
+workers, which vLLM does not stop when we die: `guard_new_children` guards those.
 
     python -m labcycle.reaper PARENT_PID TARGET_PID pid|group GRACE_S
 """
@@ -29,6 +31,38 @@ def guard(pid: int, *, group: bool = False, grace_s: float = 10.0) -> subprocess
                              "group" if group else "pid", str(grace_s)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # a signal to our group (Ctrl-C) must not reach it
+
+
+def guard_new_children(before: set[int], *, grace_s: float = 10.0) -> list[subprocess.Popen[bytes]]:
+    """Guard every child of ours that is not in `before` (children() taken before starting them), but for
+    multiprocessing's resource tracker: it lives as long as we do and ends by itself after us."""
+    new = sorted(children(os.getpid()) - before)
+    return [guard(pid, grace_s=grace_s) for pid in new if b"resource_tracker" not in (_cmdline(pid) or b"")]
+
+
+def _ppids() -> dict[int, int]:
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def children(pid: int) -> set[int]:
+    return {child for child, parent in _ppids().items() if parent == pid}
+
+
+def descendants(pid: int) -> set[int]:
+    ppids, found, todo = _ppids(), set(), [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in ppids.items():
+            if parent == current and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -64,12 +98,17 @@ def watch(parent: int, target: int, group: bool, grace_s: float, poll_s: float =
         if os.getppid() != parent:
             break
         time.sleep(poll_s)
+    # Its children, as they are now: a server stopping in its own way stops them, but a hung one may not.
+    below = {pid: _cmdline(pid) for pid in descendants(target)}
     _send(target, group, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(target, group):
+    while time.monotonic() < deadline and (_alive(target, group) or any(_cmdline(p) == c for p, c in below.items())):
         time.sleep(0.2)
     if _alive(target, group):
         _send(target, group, signal.SIGKILL)
+    for pid, cmdline in below.items():
+        if _cmdline(pid) == cmdline:
+            _send(pid, False, signal.SIGKILL)
     return "stopped"
 
 

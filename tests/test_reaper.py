@@ -109,3 +109,53 @@ def test_a_killed_labcycle_tune_leaves_no_embedded_prefect_server(tiny_model, tm
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+ENGINE = """
+import asyncio, sys, time
+from labcycle.tasks.teacher.engine import EngineTeacher
+
+async def main():
+    teacher = EngineTeacher(sys.argv[1], max_model_len=512)
+    await teacher._ensure()
+    print("ready", flush=True)
+    time.sleep(300)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_in_process_engine_takes_its_engine_processes_along(tiny_model, tmp_path):
+    """vLLM's AsyncLLM runs EngineCore (and its worker) as child processes that vLLM leaves running when
+    their parent is SIGKILLed, with the model's memory (on a GPU, the GPU's). The guard stops them."""
+    script = tmp_path / "engine.py"
+    script.write_text(ENGINE)
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    engine: set[int] = set()
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]  # vLLM logs to stdout too
+            if line.strip() == "ready":
+                break
+        assert proc.poll() is None, "the engine did not start"
+        engine = reaper.descendants(proc.pid)
+        named = {pid for pid in engine if b"EngineCore" in (Path(f"/proc/{pid}/cmdline").read_bytes())}
+        assert named, "no EngineCore process found below the engine's process"
+        proc.kill()
+        proc.wait()
+        assert all(gone(pid, 20) for pid in engine if b"resource_tracker" not in _cmdline(pid))
+    finally:
+        for pid in engine:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 from labcycle.errors import LabcycleError
+from labcycle.reaper import children, guard_new_children
 from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
@@ -49,6 +51,7 @@ class EngineTeacher:
         self._lock: asyncio.Lock | None = None
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdogs: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
         return f"EngineTeacher(model_dir={str(self.model_dir)!r}, started={self._engine is not None})"
@@ -83,7 +86,12 @@ class EngineTeacher:
 
             kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         kwargs.update(self.engine_kwargs)
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        before = children(os.getpid())
+        try:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        finally:
+            # EngineCore and its workers are child processes that outlive a killed parent: guard them.
+            self._watchdogs += guard_new_children(before)
 
     async def _ensure(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -113,6 +121,13 @@ class EngineTeacher:
         self._loop = None
         if engine is not None:
             engine.shutdown()
+        watchdogs, self._watchdogs = self._watchdogs, []
+        for watchdog in watchdogs:  # each ends within a second of its engine process
+            try:
+                watchdog.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
 
     async def __aenter__(self) -> EngineTeacher:
         return self
