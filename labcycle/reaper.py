@@ -10,18 +10,21 @@ vLLM, the GPU, and the next run would find them taken.
 process that started it is still its parent; when it is not, it stops the server (SIGTERM, then SIGKILL
 after a grace period, for the server's own children too). The watchdog ends by itself once the server
 has ended. vLLM's in-process engine (AsyncLLM) runs in child processes of ours, EngineCore and its
-workers, which vLLM does not stop when we die: `guard_new_children` guards those.
+workers, which vLLM does not stop when we die: `guard_children_started` guards those.
 
     python -m labcycle.reaper PARENT_PID TARGET_PID pid|group GRACE_S
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -33,11 +36,36 @@ def guard(pid: int, *, group: bool = False, grace_s: float = 10.0) -> subprocess
                             start_new_session=True)  # a signal to our group (Ctrl-C) must not reach it
 
 
-def guard_new_children(before: set[int], *, grace_s: float = 10.0) -> list[subprocess.Popen[bytes]]:
-    """Guard every child of ours that is not in `before` (children() taken before starting them), but for
-    multiprocessing's resource tracker: it lives as long as we do and ends by itself after us."""
-    new = sorted(children(os.getpid()) - before)
-    return [guard(pid, grace_s=grace_s) for pid in new if b"resource_tracker" not in (_cmdline(pid) or b"")]
+@contextlib.contextmanager
+def guard_children_started(watchdogs: list[subprocess.Popen[bytes]], grace_s: float = 10.0,
+                           scan_s: float = 0.2) -> Iterator[None]:
+    """Guard every child process of ours that starts inside the block, from the moment it appears: a kill
+    while an engine is still starting (model loading, tens of seconds) must not leave it behind either.
+    The watchdogs are added to `watchdogs`. multiprocessing's resource tracker is left alone (it lives as
+    long as we do and ends by itself after us), and so are other watchdogs."""
+    seen = children(os.getpid())
+    done = threading.Event()
+
+    def scan() -> None:
+        for pid in sorted(children(os.getpid()) - seen):
+            seen.add(pid)
+            cmdline = _cmdline(pid) or b""
+            # not another watchdog (started by another thread meanwhile): stopping it first would free its server
+            if b"resource_tracker" not in cmdline and b"labcycle.reaper" not in cmdline:
+                watchdogs.append(guard(pid, grace_s=grace_s))
+
+    def keep_scanning() -> None:
+        while not done.wait(scan_s):
+            scan()
+
+    scanner = threading.Thread(target=keep_scanning, name="labcycle-reaper-scan", daemon=True)
+    scanner.start()
+    try:
+        yield
+    finally:
+        done.set()
+        scanner.join()
+        scan()
 
 
 def _ppids() -> dict[int, int]:
@@ -72,6 +100,17 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
+def _started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot); None once it is gone or a zombie. A pid can be
+    reused after its process ends, but not with the same start time. (Not the command line: vLLM renames
+    its processes once they run.)"""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
 def _alive(pid: int, group: bool) -> bool:
     try:
         os.killpg(pid, 0) if group else os.kill(pid, 0)
@@ -91,24 +130,27 @@ def _send(pid: int, group: bool, sig: int) -> None:
 
 def watch(parent: int, target: int, group: bool, grace_s: float, poll_s: float = 1.0) -> str:
     """Wait until the target ends (returns "ended") or the parent does (stops the target; returns "stopped")."""
-    identity = _cmdline(target)  # a pid can be reused once its process is gone; a group id cannot while it has members
+    identity = _started(target)  # a group id cannot be reused while the group has members; a pid can
     while True:
-        if not _alive(target, group) or (not group and _cmdline(target) != identity):
+        if not _alive(target, group) or (not group and _started(target) != identity):
             return "ended"
         if os.getppid() != parent:
             break
         time.sleep(poll_s)
     # Its children, as they are now: a server stopping in its own way stops them, but a hung one may not.
-    below = {pid: _cmdline(pid) for pid in descendants(target)}
+    below = {pid: _started(pid) for pid in descendants(target)}
+
+    def left() -> list[int]:
+        return [pid for pid, started in below.items() if started is not None and _started(pid) == started]
+
     _send(target, group, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (_alive(target, group) or any(_cmdline(p) == c for p, c in below.items())):
+    while time.monotonic() < deadline and ((_alive(target, group) and (group or _started(target) == identity)) or left()):
         time.sleep(0.2)
-    if _alive(target, group):
+    if _alive(target, group) and (group or _started(target) == identity):
         _send(target, group, signal.SIGKILL)
-    for pid, cmdline in below.items():
-        if _cmdline(pid) == cmdline:
-            _send(pid, False, signal.SIGKILL)
+    for pid in left():
+        _send(pid, False, signal.SIGKILL)
     return "stopped"
 
 

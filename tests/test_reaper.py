@@ -127,25 +127,35 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_a_killed_in_process_engine_takes_its_engine_processes_along(tiny_model, tmp_path):
+@pytest.mark.parametrize("when", ["starting", "ready"])
+def test_a_killed_in_process_engine_takes_its_engine_processes_along(when, tiny_model, tmp_path):
     """vLLM's AsyncLLM runs EngineCore (and its worker) as child processes that vLLM leaves running when
-    their parent is SIGKILLed, with the model's memory (on a GPU, the GPU's). The guard stops them."""
+    their parent is SIGKILLed, with the model's memory (on a GPU, the GPU's). The guard stops them, also
+    when the kill comes while the engine is still loading."""
     script = tmp_path / "engine.py"
     script.write_text(ENGINE)
     proc = subprocess.Popen([sys.executable, str(script), str(tiny_model)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     engine: set[int] = set()
     try:
-        for line in proc.stdout:  # type: ignore[union-attr]  # vLLM logs to stdout too
-            if line.strip() == "ready":
-                break
-        assert proc.poll() is None, "the engine did not start"
-        engine = reaper.descendants(proc.pid)
-        named = {pid for pid in engine if b"EngineCore" in (Path(f"/proc/{pid}/cmdline").read_bytes())}
-        assert named, "no EngineCore process found below the engine's process"
+        if when == "ready":
+            for line in proc.stdout:  # type: ignore[union-attr]  # vLLM logs to stdout too
+                if line.strip() == "ready":
+                    break
+            assert proc.poll() is None, "the engine did not start"
+            engine = reaper.descendants(proc.pid)
+            assert any(b"EngineCore" in _cmdline(pid) for pid in engine), "no EngineCore process below the engine's"
+        else:
+            deadline = time.monotonic() + 120
+            while not any(b"spawn_main" in _cmdline(pid) for pid in reaper.children(proc.pid)):
+                assert proc.poll() is None and time.monotonic() < deadline, "no engine process was started"
+                time.sleep(0.05)
+            time.sleep(1)  # the guard's scan runs every 0.2 s
+            engine = reaper.descendants(proc.pid)
         proc.kill()
         proc.wait()
-        assert all(gone(pid, 20) for pid in engine if b"resource_tracker" not in _cmdline(pid))
+        left = {pid: _cmdline(pid) for pid in engine if b"resource_tracker" not in _cmdline(pid) and not gone(pid, 20)}
+        assert not left
     finally:
         for pid in engine:
             try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.reaper import children, guard_new_children
+from labcycle.reaper import guard_children_started
 from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
@@ -86,12 +86,9 @@ class EngineTeacher:
 
             kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         kwargs.update(self.engine_kwargs)
-        before = children(os.getpid())
-        try:
+        # EngineCore and its workers are child processes that outlive a killed parent: guard them.
+        with guard_children_started(self._watchdogs):
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
-        finally:
-            # EngineCore and its workers are child processes that outlive a killed parent: guard them.
-            self._watchdogs += guard_new_children(before)
 
     async def _ensure(self) -> Any:
         loop = asyncio.get_running_loop()
