@@ -68,6 +68,16 @@ def guard_children_started(watchdogs: list[subprocess.Popen[bytes]], grace_s: fl
         scan()
 
 
+def collect(watchdogs: list[subprocess.Popen[bytes]], timeout_s: float = 3.0) -> None:
+    """After their servers were stopped: each watchdog ends within a second; collect it, or end it."""
+    for watchdog in watchdogs:
+        try:
+            watchdog.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
+
+
 def _ppids() -> dict[int, int]:
     out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -143,11 +153,14 @@ def watch(parent: int, target: int, group: bool, grace_s: float, poll_s: float =
     def left() -> list[int]:
         return [pid for pid, started in below.items() if started is not None and _started(pid) == started]
 
+    def target_left() -> bool:
+        return _alive(target, group) and (group or _started(target) == identity)
+
     _send(target, group, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and ((_alive(target, group) and (group or _started(target) == identity)) or left()):
+    while time.monotonic() < deadline and (target_left() or left()):
         time.sleep(0.2)
-    if _alive(target, group) and (group or _started(target) == identity):
+    if target_left():
         _send(target, group, signal.SIGKILL)
     for pid in left():
         _send(pid, False, signal.SIGKILL)

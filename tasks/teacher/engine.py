@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.reaper import guard_children_started
+from labcycle.reaper import collect, guard_children_started
 from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
@@ -119,12 +119,7 @@ class EngineTeacher:
         if engine is not None:
             engine.shutdown()
         watchdogs, self._watchdogs = self._watchdogs, []
-        for watchdog in watchdogs:  # each ends within a second of its engine process
-            try:
-                watchdog.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                watchdog.kill()
-                watchdog.wait()
+        collect(watchdogs)
 
     async def __aenter__(self) -> EngineTeacher:
         return self

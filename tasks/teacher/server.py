@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labcycle.errors import LabcycleError
-from labcycle.reaper import guard
+from labcycle.reaper import collect, guard
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
 
@@ -221,15 +221,9 @@ class VLLMServer:
         self.proc = None
 
     def _end_watchdog(self) -> None:
-        """The watchdog ends within a second of the server; collect it (or end it, if the server lingers)."""
-        if self.watchdog is None:
-            return
-        try:
-            self.watchdog.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.watchdog.kill()
-            self.watchdog.wait()
-        self.watchdog = None
+        if self.watchdog is not None:
+            collect([self.watchdog])
+            self.watchdog = None
 
     def restart(self) -> VLLMServer:
         """Stop (or reap a killed server) and start again on the same port and model name."""
