@@ -106,8 +106,9 @@ def attention_for(settings: TuneSettings) -> str | None:
     from transformers.utils import is_flash_attn_2_available
 
     gpu = has_gpu()
-    return choose_attention(settings.attention, gpu=gpu,
-                            half_precision=compute_dtype(settings) in (torch.bfloat16, torch.float16),
+    # Full fine-tuning loads float32 master weights (load_student), which flash-attn does not take.
+    half = settings.method != "full" and compute_dtype(settings) in (torch.bfloat16, torch.float16)
+    return choose_attention(settings.attention, gpu=gpu, half_precision=half,
                             flash_available=gpu and is_flash_attn_2_available())
 
 
