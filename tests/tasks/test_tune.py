@@ -16,7 +16,7 @@ import pytest
 
 from labcycle.errors import LabcycleError
 from labcycle.tasks.tune import trainer
-from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, TuneSettings
+from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, QuantizationSettings, TuneSettings
 
 ANSWER = "The answer is forty two."
 QUESTIONS = ["What is the answer?", "Tell me the answer.", "Answer please.", "What do you say?"]
@@ -388,6 +388,22 @@ def test_settings_digest_tracks_only_the_phase_itself():
 ])
 def test_attention_auto_takes_flash_attention_only_where_it_runs(setting, gpu, half, flash, expect):
     assert trainer.choose_attention(setting, gpu=gpu, half_precision=half, flash_available=flash) == expect
+
+
+@pytest.mark.parametrize("method, compute, expect", [
+    ("qlora", "bfloat16", "flash_attention_2"),
+    ("lora", "float16", "flash_attention_2"),
+    ("full", "bfloat16", None),  # float32 master weights
+    ("qlora", "float32", None),
+])
+def test_attention_auto_on_a_gpu_with_flash_attn(method, compute, expect, monkeypatch):
+    """A double for a GPU with flash-attn installed (none here): what each method loads the student with."""
+    import transformers.utils
+
+    monkeypatch.setattr(trainer, "has_gpu", lambda: True)
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    s = TuneSettings(method=method, quantization=QuantizationSettings(compute_dtype=compute))
+    assert trainer.attention_for(s) == expect
 
 
 @pytest.mark.parametrize("packing, lengths, expect", [
