@@ -390,8 +390,11 @@ def tune_cmd(
     for flag, path in (("--knowledge-data", knowledge_data), ("--skills-data", skills_data)):
         if path is not None and not path.exists():
             raise _usage_error(f"{flag} {path}: no such file or folder")
+    from labcycle.config import load as load_config
     from labcycle.flows.tune import tune
 
+    if config is not None:
+        load_config(config)  # a mistake in it is reported now, not after the Prefect server has started
     _tie_embedded_server()
     with _tuning_progress(True):
         state = tune(output=str(output), phase=phase.value, base_model=str(base_model),

@@ -145,8 +145,11 @@ def test_tune_command(prefect_harness, tiny_model, tmp_path):
     (["--phase", "skills", "--base-model", "{model}", "--output", "{tmp}/o"], 1, "--skills-data"),
     (["--phase", "knowledge", "--base-model", "{tmp}", "--knowledge-data", "{tmp}", "--output", "{tmp}/o"], 1, "config.json"),
     (["--phase", "sideways", "--base-model", "{model}", "--output", "{tmp}/o"], 2, "sideways"),
+    (["--base-model", "{model}", "--knowledge-data", "{tmp}", "--output", "{tmp}/o", "--config", "{tmp}/bad.yaml"], 1,
+     "bad.yaml:2:3: tuning.attention: 'flash' is not one of"),
 ])
 def test_tune_command_errors(prefect_harness, tiny_model, tmp_path, args, code, expect):
+    (tmp_path / "bad.yaml").write_text("tuning:\n  attention: flash\n")
     res = _cli("tune", *[a.format(tmp=tmp_path, model=tiny_model) for a in args], cwd=tmp_path)
     assert res.returncode == code, res.stdout + res.stderr
     assert expect in res.stderr
