@@ -375,7 +375,8 @@ def test_concurrency_never_exceeds_the_cap(vllm_server):
         t = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=4)
         try:
             results = await asyncio.gather(*[
-                t.chat([{"role": "user", "content": f"Write about topic {i}."}], Sampling(max_tokens=48, ignore_eos=True))
+                # 128 tokens each: long enough a run that the /metrics sampler catches the server at work
+                t.chat([{"role": "user", "content": f"Write about topic {i}."}], Sampling(max_tokens=128, ignore_eos=True))
                 for i in range(40)
             ])
             return results, t.stats
@@ -384,7 +385,7 @@ def test_concurrency_never_exceeds_the_cap(vllm_server):
 
     with genhelp.server_load(vllm_server.base_url) as seen:
         results, stats = run(go())
-    assert len(results) == 40 and all(c.completion_tokens == 48 for c in results)  # ignore_eos: always max_tokens
+    assert len(results) == 40 and all(c.completion_tokens == 128 for c in results)  # ignore_eos: always max_tokens
     assert stats.requests == 40 and stats.in_flight == 0
     assert stats.max_in_flight == 4  # 40 calls queued at once fill every slot, never more
     assert seen and max(seen) <= 4, max(seen)
