@@ -78,13 +78,20 @@ def collect(watchdogs: list[subprocess.Popen[bytes]], timeout_s: float = 3.0) ->
             watchdog.wait()
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _ppids() -> dict[int, int]:
     out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            out[int(stat.parent.name)] = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields is not None:
+            out[int(entry.name)] = int(fields[1])
     return out
 
 
@@ -114,11 +121,8 @@ def _started(pid: int) -> int | None:
     """When the process started (clock ticks since boot); None once it is gone or a zombie. A pid can be
     reused after its process ends, but not with the same start time. (Not the command line: vLLM renames
     its processes once they run.)"""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    fields = _stat(pid)
+    return None if fields is None or fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _alive(pid: int, group: bool) -> bool:

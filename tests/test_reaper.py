@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -31,16 +30,13 @@ time.sleep(300)
 
 
 def gone(pid: int, timeout_s: float) -> bool:
+    """Ended (a zombie waiting for init to collect it counts) within timeout_s."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-            return True  # ended, waiting for init to collect it
+    while reaper._started(pid) is not None:
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return False
+    return True
 
 
 @pytest.mark.parametrize("kind", ["pid", "group"])
@@ -144,17 +140,18 @@ def test_a_killed_in_process_engine_takes_its_engine_processes_along(when, tiny_
                     break
             assert proc.poll() is None, "the engine did not start"
             engine = reaper.descendants(proc.pid)
-            assert any(b"EngineCore" in _cmdline(pid) for pid in engine), "no EngineCore process below the engine's"
+            assert any(b"EngineCore" in (reaper._cmdline(pid) or b"") for pid in engine), "no EngineCore below it"
         else:
             deadline = time.monotonic() + 120
-            while not any(b"spawn_main" in _cmdline(pid) for pid in reaper.children(proc.pid)):
+            while not any(b"spawn_main" in (reaper._cmdline(pid) or b"") for pid in reaper.children(proc.pid)):
                 assert proc.poll() is None and time.monotonic() < deadline, "no engine process was started"
                 time.sleep(0.05)
             time.sleep(1)  # the guard's scan runs every 0.2 s
             engine = reaper.descendants(proc.pid)
         proc.kill()
         proc.wait()
-        left = {pid: _cmdline(pid) for pid in engine if b"resource_tracker" not in _cmdline(pid) and not gone(pid, 20)}
+        watched = [pid for pid in engine if b"resource_tracker" not in (reaper._cmdline(pid) or b"")]
+        left = {pid: reaper._cmdline(pid) for pid in watched if not gone(pid, 20)}
         assert not left
     finally:
         for pid in engine:
@@ -163,9 +160,3 @@ def test_a_killed_in_process_engine_takes_its_engine_processes_along(when, tiny_
             except ProcessLookupError:
                 pass
 
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
