@@ -50,6 +50,20 @@ def write_loss_plot(history: list[dict[str, Any]], dest: Path, title: str) -> Pa
     return dest
 
 
+def loss_trend(metrics: dict[str, Any]) -> str:
+    """The loss at the first logged step and at the last, with their steps; one value when both come from
+    the same logged step (a one-step phase), which is no trend."""
+    first, final = metrics.get("first_loss"), metrics.get("final_loss")
+    if first is None:
+        return "none logged"
+    at = metrics.get("first_loss_step"), metrics.get("final_loss_step")
+    if at[0] is not None and at[0] == at[1]:
+        return f"{first:.4f} at step {at[0]} (one step: no trend)"
+    if at[0] is None:  # a result from before the steps were recorded
+        return f"{first:.4f} → {final:.4f}"
+    return f"{first:.4f} at step {at[0]} → {final:.4f} at step {at[1]}"
+
+
 def write_model_card(result: dict[str, Any], dest: Path) -> Path:
     m = result["metrics"]
     lineage = result.get("lineage") or {}
@@ -82,8 +96,18 @@ def write_model_card(result: dict[str, Any], dest: Path) -> Path:
     lines += ["", "## Hyperparameters", "", "```json"]
     import json
 
-    lines += [json.dumps(settings, indent=2), "```", "", "## Results", ""]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in m.items() if v is not None]
+    lines += [json.dumps(settings, indent=2), "```", ""]
+    step = result.get("step") or {}
+    if step.get("samples_per_step"):
+        micro = "one packed row" if step.get("packing") else f"{step['per_device']} sample{'s' if step['per_device'] != 1 else ''}"
+        lines += [f"- effective batch: {'about ' if step.get('packing') else ''}{step['samples_per_step']} samples a step "
+                  f"({micro} per micro-batch x {step['accumulation']} accumulated), {step.get('steps')} steps planned"]
+    if step.get("adapted"):
+        lines += [f"- **batch adapted to the data:** {step['adapted']}"]
+    lines += ["", "## Results", ""]
+    lines += [f"- loss: {loss_trend(m)}"]
+    shown = ("first_loss", "final_loss", "first_loss_step", "final_loss_step")
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in m.items() if v is not None and k not in shown]
     lines += [f"- loss on: {result['loss_on']}"]
     if result.get("attention"):
         lines += [f"- attention: {result['attention']}"]

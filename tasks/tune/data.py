@@ -13,6 +13,7 @@ its own labels (-100 where no loss falls), by the same rules TRL applies to the 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -150,22 +151,116 @@ def drop_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -
     return kept, lengths, len(rows) - len(kept)
 
 
+# The fewest optimizer steps a phase takes when its data allows (docs/tuning.md, "Small phases").
+# Adam moves each weight by about one learning rate per step, however many samples the step averages, so
+# how far a phase can move the adapter is set by its number of steps. At the default 128 samples a step, a
+# phase of a few hundred samples gets 1-3 steps an epoch (7-30 in all, the first at learning rate 0 in the
+# warmup); 50 gives 5-7 steps an epoch at the default 7-10 epochs. It decides what a phase trains: bump
+# stage.TUNE_FORMAT when changing it.
+MIN_STEPS = 50
+# A phase logs its loss at least this many times when it has the steps: logging_steps is lowered for a
+# short phase (every step below 2 x MIN_LOGS steps), so its curve and its first and final losses are
+# read from real steps, not from one window averaged over the whole phase.
+MIN_LOGS = 10
+
+
+def trainer_steps(epochs: float, micro_batches: int, accumulation: int) -> int:
+    """Optimizer steps of an epoch-based phase, counted as transformers' Trainer counts them: each epoch
+    ends with a partial step when its micro-batches do not fill the last one."""
+    return math.ceil(epochs * max(1, -(-micro_batches // accumulation)))
+
+
 def step_shape(batch_size: int, gradient_accumulation: int, packing: bool, max_length: int,
                lengths: list[int]) -> dict[str, Any]:
-    """How an optimizer step is made: {per_device, accumulation, samples_per_step, samples_per_row}.
+    """How an optimizer step is made: {per_device, accumulation, packing, micro_batches, samples_per_step,
+    samples_per_row}; micro_batches counts an epoch's.
 
     batch_size x gradient_accumulation counts samples, as the reference recipe's effective batch does.
     Packed, a micro-batch is ONE row of up to max_length tokens: TRL's padding-free collator joins a
     micro-batch's rows into one sequence, and attention without a varlen kernel (SDPA, and every CPU)
     then computes the whole joined row, twice the work at two rows and more beyond (bench/train.py).
     The step then accumulates as many rows as hold the asked-for samples, estimated from the lengths
-    (best-fit-decreasing packing fills rows nearly full).
+    (best-fit-decreasing packing fills rows nearly full). samples_per_step is what a step really takes,
+    estimated the same way: more than asked when one row holds more, never more than the data holds.
     """
     samples = batch_size * gradient_accumulation
+    n = len(lengths)
     if not packing or not lengths:
-        return {"per_device": batch_size, "accumulation": gradient_accumulation, "samples_per_step": samples,
+        return {"per_device": batch_size, "accumulation": gradient_accumulation, "packing": False,
+                "micro_batches": -(-n // batch_size), "samples_per_step": min(samples, n) if n else samples,
                 "samples_per_row": 1.0}
     rows = max(1, -(-sum(lengths) // max_length))
-    per_row = len(lengths) / rows
-    return {"per_device": 1, "accumulation": max(1, round(samples / per_row)), "samples_per_step": samples,
-            "samples_per_row": round(per_row, 2)}
+    per_row = n / rows
+    accumulation = max(1, round(samples / per_row))
+    return {"per_device": 1, "accumulation": accumulation, "packing": True, "micro_batches": rows,
+            "samples_per_step": min(n, round(accumulation * per_row)), "samples_per_row": round(per_row, 2)}
+
+
+def plan_steps(p: Any, lengths: list[int]) -> dict[str, Any]:
+    """The step shape a phase trains with: step_shape of its settings (a PhaseSettings), with a smaller
+    effective batch when the data would give fewer than MIN_STEPS steps.
+
+    lengths: the token lengths of the phase's training samples. Adds `steps` (the Trainer's count,
+    estimated from the lengths when packed), `logging_steps` (every step in a short phase),
+    `asked_samples_per_step` and `adapted`: None, or one line saying what was lowered and why (the log,
+    result.json and the model card show it). Explicit batch settings are adapted as well; a phase with
+    max_steps set never is: its number of steps is the user's choice.
+    """
+    asked = p.batch_size * p.gradient_accumulation
+    shape = step_shape(p.batch_size, p.gradient_accumulation, p.packing, p.max_length, lengths)
+    steps = p.max_steps if p.max_steps is not None else trainer_steps(p.epochs, shape["micro_batches"], shape["accumulation"])
+    adapted = None
+    if p.max_steps is None and lengths and steps < MIN_STEPS:
+        before, before_steps = shape, steps
+        shape = _smaller_step(p, shape, len(lengths))
+        steps = trainer_steps(p.epochs, shape["micro_batches"], shape["accumulation"])
+        adapted = _adapted_line(p, before, before_steps, shape, steps, len(lengths))
+    logging = max(1, min(p.logging_steps, steps // MIN_LOGS))
+    return {**shape, "steps": steps, "logging_steps": logging, "asked_samples_per_step": asked, "adapted": adapted}
+
+
+def _adapted_line(p: Any, before: dict[str, Any], before_steps: int, after: dict[str, Any], steps: int, n: int) -> str:
+    asked = p.batch_size * p.gradient_accumulation
+    per_epoch = -(-before["micro_batches"] // before["accumulation"])
+    what = (f"effective batch lowered from {asked} to {_samples(after['samples_per_step'])} a step"
+            if after["samples_per_step"] < asked else f"effective batch kept at {_samples(asked)} a step")
+    if before["packing"] and not after["packing"]:
+        what += f", packing off (a packed row held {before['samples_per_row']:g} samples, more than a step takes)"
+    line = (f"{what}: the {_samples(n, 'training sample')} made {per_epoch} step{'s' if per_epoch > 1 else ''} an epoch "
+            f"({before_steps} in all), and a phase takes at least {MIN_STEPS}; now {steps} steps")
+    if steps < MIN_STEPS:
+        line += f", the most {_samples(n)} in {p.epochs:g} epochs give: add samples or epochs for more"
+    return line
+
+
+def _samples(n: int, word: str = "sample") -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _smaller_step(p: Any, shape: dict[str, Any], n: int) -> dict[str, Any]:
+    """The biggest step, in samples, no bigger than asked, that gives the phase MIN_STEPS steps; the most
+    steps the data allows when none does. A packed step stays packed while a whole number of rows gives
+    the steps; a step smaller than one row is not packed (the row would hold more samples than the step
+    takes). batch_size stays the most samples per micro-batch: the memory it was sized for."""
+    packed = None
+    if shape["packing"]:
+        for accumulation in range(shape["accumulation"] - 1, 0, -1):
+            packed = {**shape, "accumulation": accumulation,
+                      "samples_per_step": min(n, round(accumulation * shape["samples_per_row"]))}
+            if trainer_steps(p.epochs, shape["micro_batches"], accumulation) >= MIN_STEPS:
+                return packed
+    asked = p.batch_size * p.gradient_accumulation
+    best = (1, 1)  # (samples a step, per device): one sample a step gives the most steps
+    for per_device in range(1, min(p.batch_size, n) + 1):
+        micro = -(-n // per_device)
+        for accumulation in range(1, min(asked // per_device, micro) + 1):
+            if trainer_steps(p.epochs, micro, accumulation) < MIN_STEPS:
+                break  # more accumulation only means fewer steps
+            best = max(best, (per_device * accumulation, per_device))
+    samples, per_device = best
+    plain = {"per_device": per_device, "accumulation": samples // per_device, "packing": False,
+             "micro_batches": -(-n // per_device), "samples_per_step": samples, "samples_per_row": 1.0}
+    if packed is not None and trainer_steps(p.epochs, packed["micro_batches"], 1) >= \
+            trainer_steps(p.epochs, plain["micro_batches"], plain["accumulation"]):
+        return packed  # a row a step already gives as many steps (a row holds one sample)
+    return plain

@@ -31,7 +31,9 @@ from labcycle.tasks.tune.data import fingerprint_path, model_fingerprint
 from labcycle.tasks.tune.settings import TuneSettings
 
 # Bumped whenever what the trainer produces from the same inputs changes.
-TUNE_FORMAT = 2  # 2: a packed micro-batch is one row; the effective batch counts samples
+# 2: a packed micro-batch is one row; the effective batch counts samples. 3: a phase too small for
+# data.MIN_STEPS steps trains with a smaller effective batch; the last steps are logged.
+TUNE_FORMAT = 3
 PUBLISHED = ("model_card.md", "loss.png", "log_history.json")
 
 
@@ -66,6 +68,9 @@ class _Reporter:
         from prefect.artifacts import update_progress_artifact
 
         if event["phase"] != self.phase:
+            return
+        if event.get("notice"):
+            self.logger.warning(f"{self.phase}: {event['notice']}")
             return
         rate = f", {event['tokens_per_s']:.0f} tokens/s" if event.get("tokens_per_s") else ""
         loss = f", loss {event['loss']:.4f}" if event.get("loss") is not None else ""

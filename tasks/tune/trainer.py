@@ -150,7 +150,8 @@ def lora_config(settings: TuneSettings):  # type: ignore[no-untyped-def]
 
 def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool, assistant_masks: bool,
                shape: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-    """SFTConfig for a phase; `shape` (data.step_shape) sets the micro-batch and accumulation."""
+    """SFTConfig for a phase; `shape` (data.plan_steps) sets the micro-batch, accumulation, packing and
+    logging_steps that the settings and the data call for."""
     import torch
     from trl import SFTConfig
 
@@ -174,7 +175,7 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
         max_grad_norm=p.max_grad_norm,
         optim=optim,
         max_length=p.max_length,
-        packing=p.packing,
+        packing=shape["packing"] if shape else p.packing,
         packing_strategy="bfd",  # best-fit decreasing, padding-free: no pad token is ever computed
         assistant_only_loss=assistant_masks,
         gradient_checkpointing=gc,
@@ -184,8 +185,8 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
         use_cpu=not gpu,
         seed=p.seed,
         data_seed=p.seed,
-        logging_steps=p.logging_steps,
-        logging_first_step=True,
+        logging_steps=shape["logging_steps"] if shape else p.logging_steps,
+        logging_first_step=True,  # the first loss is the untrained model's, on the first step's samples
         save_strategy="steps",
         save_steps=p.save_steps,
         save_total_limit=p.keep_checkpoints,
@@ -227,7 +228,25 @@ def _callbacks(phase: str, started: float):  # type: ignore[no-untyped-def]
             for listener in list(LISTENERS):
                 listener(event)
 
-    return [Progress()]
+    class LastSteps(TrainerCallback):
+        """A log at the last two steps: the final loss is then the last step's own, not an average over a
+        logging window that ends before the phase does (or never, when logging_steps > the steps)."""
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step >= state.max_steps - 1:
+                control.should_log = True
+            return control
+
+    return [Progress(), LastSteps()]
+
+
+def _notice(phase: str, text: str, max_steps: int) -> None:
+    """A warning before training starts: to the listeners (the tune task writes it to the Prefect run's log,
+    which the CLI shows), or to this process's log when nobody listens (it would show twice in the CLI)."""
+    if not LISTENERS:
+        logging.getLogger(__name__).warning("%s: %s", phase, text)
+    for listener in list(LISTENERS):
+        listener({"phase": phase, "step": 0, "max_steps": max_steps, "notice": text})
 
 
 # --- the phase ----------------------------------------------------------------------------------------------
@@ -277,7 +296,13 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     elif not masks:
         rows = [tune_data.to_prompt_completion(r) for r in rows]
     train_rows, eval_rows = tune_data.split_rows(rows, p.eval_fraction, p.seed)
-    shape = tune_data.step_shape(p.batch_size, p.gradient_accumulation, p.packing, p.max_length, lengths)
+    # split_rows picks by position and seed alone, so this is the same split: the training samples' lengths.
+    train_lengths, _ = tune_data.split_rows(lengths, p.eval_fraction, p.seed)
+    # Derived from the data and the settings alone, so the phase's cache key (stage.cache_key) covers it,
+    # and a resumed run gets the same shape.
+    shape = tune_data.plan_steps(p, train_lengths)
+    if shape["adapted"]:
+        _notice(phase, shape["adapted"], shape["steps"])
     args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks and not unmasked,
                       shape=shape)
     torch.manual_seed(p.seed)
@@ -392,13 +417,17 @@ def _save_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any], trainer: Any, select: str) -> dict[str, Any]:
-    losses = [h["loss"] for h in history if "loss" in h]
+    """first_loss is the first step's (logged on its own, before any update); final_loss the last step's
+    (LastSteps). Their steps say which; in a one-step phase they are the same log, and no trend."""
+    losses = [h for h in history if "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
     best = trainer.state.best_model_checkpoint
     return {
         "steps": trainer.state.global_step,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0]["loss"] if losses else None,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "first_loss_step": losses[0]["step"] if losses else None,
+        "final_loss_step": losses[-1]["step"] if losses else None,
         "train_loss": train_metrics.get("train_loss"),
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "best_eval_loss": trainer.state.best_metric if select == "best" else None,

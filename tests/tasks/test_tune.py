@@ -50,7 +50,7 @@ def memorized(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def test_qlora_overfits_and_writes_a_servable_adapter(memorized):
     m = memorized["metrics"]
-    assert m["steps"] == 200
+    assert m["steps"] == 200 and memorized["step"]["adapted"] is None  # max_steps set: the steps are the user's
     assert m["final_loss"] < 0.5 * m["first_loss"]
     adapter = Path(memorized["output"])
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -407,15 +407,116 @@ def test_attention_auto_on_a_gpu_with_flash_attn(method, compute, expect, monkey
 
 
 @pytest.mark.parametrize("packing, lengths, expect", [
-    (False, [100] * 10, {"per_device": 8, "accumulation": 16, "samples_per_step": 128, "samples_per_row": 1.0}),
-    # 64 samples of 500 tokens fill 8 rows of 4,096: 8 samples a row, so 128 samples are 16 rows
-    (True, [500] * 64, {"per_device": 1, "accumulation": 16, "samples_per_step": 128, "samples_per_row": 8.0}),
+    # not packed: batch_size samples a micro-batch; a step never takes more samples than the data holds
+    (False, [100] * 10, {"per_device": 8, "accumulation": 16, "packing": False, "micro_batches": 2, "samples_per_step": 10,
+                         "samples_per_row": 1.0}),
+    # 256 samples of 512 tokens fill 32 rows of 4,096: 8 samples a row, so 128 samples are 16 rows
+    (True, [512] * 256, {"per_device": 1, "accumulation": 16, "packing": True, "micro_batches": 32, "samples_per_step": 128,
+                         "samples_per_row": 8.0}),
     # long samples, one a row: a step of 128 samples is 128 rows
-    (True, [4000] * 10, {"per_device": 1, "accumulation": 128, "samples_per_step": 128, "samples_per_row": 1.0}),
-    # more samples to a row than a step asks for: still one row a step
-    (True, [10] * 1000, {"per_device": 1, "accumulation": 1, "samples_per_step": 128, "samples_per_row": 333.33}),
+    (True, [4096] * 200, {"per_device": 1, "accumulation": 128, "packing": True, "micro_batches": 200,
+                          "samples_per_step": 128, "samples_per_row": 1.0}),
+    # more samples to a row than a step asks for: still one row a step, and the step says how many it takes
+    (True, [10] * 1000, {"per_device": 1, "accumulation": 1, "packing": True, "micro_batches": 3, "samples_per_step": 333,
+                         "samples_per_row": 333.33}),
 ])
 def test_a_step_counts_samples_and_a_packed_micro_batch_is_one_row(packing, lengths, expect):
     from labcycle.tasks.tune.data import step_shape
 
     assert step_shape(8, 16, packing, 4096, lengths) == expect
+
+
+KNOWLEDGE, SKILLS = TuneSettings().knowledge, TuneSettings().skills
+DEMO = replace(KNOWLEDGE, epochs=3, batch_size=4, gradient_accumulation=1, max_length=2048)  # the demo profile's
+
+
+@pytest.mark.parametrize("p, lengths, expect, says", [
+    # 16 short samples are one packed row: 1 step an epoch at any batch; 2 samples a step give 8 an epoch
+    (KNOWLEDGE, [30] * 16, {"per_device": 2, "accumulation": 1, "packing": False, "samples_per_step": 2, "steps": 56},
+     "effective batch lowered from 128 to 2 samples a step, packing off (a packed row held 16 samples, more than a step "
+     "takes): the 16 training samples made 1 step an epoch (7 in all), and a phase takes at least 50; now 56 steps"),
+    (SKILLS, [30] * 16, {"samples_per_step": 3, "steps": 60}, "made 1 step an epoch (10 in all)"),
+    # explicit settings are adapted as well; 48 steps is all 16 samples in 3 epochs give
+    (DEMO, [30] * 16, {"per_device": 1, "accumulation": 1, "samples_per_step": 1, "steps": 48, "logging_steps": 4},
+     "now 48 steps, the most 16 samples in 3 epochs give: add samples or epochs for more"),
+    # longer samples: fewer rows accumulated a step, still packed
+    (KNOWLEDGE, [600] * 600, {"per_device": 1, "accumulation": 12, "packing": True, "samples_per_step": 82, "steps": 56},
+     "lowered from 128 to 82 samples a step: the 600 training samples made 5 steps an epoch (35 in all)"),
+    # a packed row held 333 samples where 128 were asked: unpacked, a step takes the 128
+    (KNOWLEDGE, [10] * 1000, {"per_device": 8, "accumulation": 16, "packing": False, "samples_per_step": 128, "steps": 56},
+     "effective batch kept at 128 samples a step, packing off"),
+    # enough data: the settings as they are
+    (KNOWLEDGE, [512] * 2048, {"per_device": 1, "accumulation": 16, "samples_per_step": 128, "steps": 112, "logging_steps": 5}, None),
+    (SKILLS, [600] * 600, {"accumulation": 19, "steps": 50}, None),
+    # max_steps set: the number of steps is the user's, and a short phase logs every step
+    (replace(KNOWLEDGE, max_steps=8), [30] * 16, {"samples_per_step": 16, "steps": 8, "logging_steps": 1}, None),
+])
+def test_a_small_phase_gets_a_smaller_batch_and_says_so(p, lengths, expect, says):
+    from labcycle.tasks.tune.data import MIN_STEPS, plan_steps
+
+    plan = plan_steps(p, lengths)
+    assert {k: plan[k] for k in expect} == expect
+    assert plan["asked_samples_per_step"] == p.batch_size * p.gradient_accumulation
+    if says is None:
+        assert plan["adapted"] is None
+    else:
+        assert says in plan["adapted"]
+        assert plan["steps"] >= MIN_STEPS or "the most" in plan["adapted"]
+
+
+def test_a_small_phase_with_the_defaults_really_trains(tiny_model, tmp_path):
+    """16 samples with every default: before, one packed row made 1 step an epoch (7 steps, the first at learning
+    rate 0), and the loss logged at step 5 passed for the final one. Now the batch shrinks to give at least
+    MIN_STEPS steps, the run says so, and the loss at the last step is clearly below the first step's."""
+    from labcycle.tasks.tune.data import MIN_STEPS
+
+    data = write_chat(tmp_path / "data.jsonl", [(f"What is item {i}?", f"Item {i} is thing number {i}.") for i in range(16)])
+    events: list[dict] = []
+    trainer.LISTENERS.append(events.append)
+    try:
+        result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", TuneSettings())
+    finally:
+        trainer.LISTENERS.remove(events.append)
+    m = result["metrics"]
+    assert m["steps"] == result["step"]["steps"] >= MIN_STEPS
+    assert json.loads((tmp_path / "work" / "result.json").read_text())["step"]["adapted"].startswith(
+        "effective batch lowered from 128 to 2 samples a step")
+    assert events[0]["notice"] == result["step"]["adapted"] and events[0]["step"] == 0  # said before training
+    card = (tmp_path / "work" / "model_card.md").read_text()
+    assert "**batch adapted to the data:** effective batch lowered from 128 to 2" in card
+    assert (m["first_loss_step"], m["final_loss_step"]) == (1, m["steps"])
+    assert f"- loss: {m['first_loss']:.4f} at step 1 → {m['final_loss']:.4f} at step {m['steps']}" in card
+    losses = [h["loss"] for h in json.loads((tmp_path / "work" / "log_history.json").read_text()) if "loss" in h]
+    assert losses[0] == m["first_loss"] and losses[-1] == m["final_loss"]
+    # The tiny random model on 16 look-alike samples learns them: about 7.0 to 5.6 in 56 steps (bf16 on CPU)
+    assert m["final_loss"] < m["first_loss"] - 0.7
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.7  # the curve, not one lucky step
+
+
+def test_a_one_step_phase_shows_no_trend(tiny_model, tmp_path):
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    result = trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", settings(knowledge=phase(max_steps=1)))
+    m = result["metrics"]
+    assert (m["steps"], m["first_loss_step"], m["final_loss_step"]) == (1, 1, 1)
+    assert f"- loss: {m['first_loss']:.4f} at step 1 (one step: no trend)" in (tmp_path / "work" / "model_card.md").read_text()
+
+
+def test_the_cache_key_follows_what_decides_the_step(tiny_model, tmp_path):
+    """The adapted batch comes from the data (samples, token lengths: the data and base model fingerprints)
+    and the phase's settings; the key covers each, and stays put when none changes."""
+    from labcycle.tasks.tune.stage import cache_key
+
+    rows = [(f"What is item {i}?", f"Item {i} is thing number {i}.") for i in range(16)]
+    data = str(write_chat(tmp_path / "data.jsonl", rows))
+    s = TuneSettings()
+
+    def key(settings: TuneSettings = s) -> str:
+        return cache_key("knowledge", str(tiny_model), data, settings, None)
+
+    first = key()
+    assert key() == first
+    others = [key(replace(s, knowledge=replace(KNOWLEDGE, **change)))
+              for change in ({"epochs": 8}, {"batch_size": 4}, {"max_length": 64}, {"packing": False})]
+    write_chat(Path(data), rows + [("One more?", "Yes.")])
+    others.append(key())
+    assert first not in others and len(set(others)) == len(others)
