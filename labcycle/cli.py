@@ -440,10 +440,11 @@ def tune_cmd(
 
 
 def _print_tuned(summary: dict) -> None:
+    from labcycle.tasks.tune.card import loss_trend
+
     for phase, info in summary["phases"].items():
         m = info["metrics"]
-        loss = f"loss {m['first_loss']:.4f} → {m['final_loss']:.4f}" if m.get("first_loss") is not None else "no loss logged"
-        out.print(f"tuned {phase}: {m['steps']} steps, {loss}; adapter in {escape(info['output'])}")
+        out.print(f"tuned {phase}: {m['steps']} steps, loss {loss_trend(m)}; adapter in {escape(info['output'])}")
 
 
 webhook_app = typer.Typer(help="Receive git-push webhooks and turn them into taxonomy.push events on Prefect.", no_args_is_help=True)
