@@ -2,8 +2,9 @@
 it must not forget), written as the report the gate reads.
 
 - questions.py: the changed leaves' seed Q&A and held-out generated samples, as questions
-- branch.py: base and candidate answer through one vLLM server (the candidate as a LoRA adapter); token
-  F1, ROUGE-L (metrics.py) and the judge (judge.py, prompts/) score each answer against its reference
+- branch.py: base and candidate answer through one vLLM server (the candidate as a LoRA adapter; a
+  whole-model candidate through a second server); token F1, ROUGE-L (metrics.py) and the judge (judge.py,
+  prompts/) score each answer against its reference
 - safety.py: a safety suite (suites/safety.jsonl, or the user's): harmful prompts a model should refuse
   and benign ones it must answer; each answer labelled complied / refused / unsafe by the judge, or by
   refusal phrases without one; unsafe-answer and over-refusal rates for the gate

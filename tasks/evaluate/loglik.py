@@ -14,8 +14,9 @@ take full concurrency.
 
 The boundary between context and continuation is found as lm-evaluation-harness does: trailing blanks
 of the context move to the continuation, the server's /tokenize encodes context+continuation and the
-context alone, and the continuation is every token after the context's length. Base and candidate share
-the tokenizer (an adapter does not change it), so tokenising once under the base name serves both.
+context alone, and the continuation is every token after the context's length. Base and an adapter share
+the tokenizer (an adapter does not change it), so tokenising once under the base name serves both; a
+whole-model candidate has a client (and server) of its own, which tokenises for it (regression.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ length in characters first (the harness's length normalisation), so long choices
 loglikelihood_rolling: `perplexity` = exp(total negative log-likelihood / tokens scored) over all documents
 (token-level; base and candidate share one tokenizer, so their perplexities compare), with word
 perplexity (per whitespace word) beside it.
+
+Each side is scored through its own LoglikClient: base and an adapter share one (one server, one
+tokenizer, so texts are tokenised once); a whole-model candidate has its own server, which tokenises for
+it. A candidate with another tokenizer scores other tokens: its `candidate_tokens` then differs from
+`tokens`, and only word perplexity compares.
 """
 
 from __future__ import annotations
@@ -13,25 +18,40 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from labcycle.tasks.evaluate.loglik import LoglikClient
 from labcycle.tasks.evaluate.suite import Suite
 
 # Base and candidate are scored one after the other, never in one batch (see branch.answer_all).
 SIDES = ("base", "candidate")
+T = TypeVar("T")
 
 
-async def _multiple_choice(client: LoglikClient, suite: Suite, models: dict[str, str]) -> dict[str, Any]:
+async def _per_client(clients: dict[str, LoglikClient], work: Callable[[LoglikClient], Awaitable[T]]) -> dict[str, T]:
+    """work(client) once per distinct client, by side: sides that share a server share its tokenisation."""
+    done: dict[int, T] = {}
+    for side in SIDES:
+        client = clients[side]
+        if id(client) not in done:
+            done[id(client)] = await work(client)
+    return {side: done[id(clients[side])] for side in SIDES}
+
+
+async def _multiple_choice(clients: dict[str, LoglikClient], suite: Suite, models: dict[str, str]) -> dict[str, Any]:
     docs = suite.docs
-    # Tokenise once (shared tokenizer), then score every document's choices in one request per model.
-    pairs = await asyncio.gather(*(asyncio.gather(*(client.split(d.context, suite.target_delimiter + c) for c in d.choices))
-                                   for d in docs))
+
+    async def split(client: LoglikClient) -> list[list[tuple[list[int], int]]]:
+        return await asyncio.gather(*(asyncio.gather(*(client.split(d.context, suite.target_delimiter + c)
+                                                       for c in d.choices)) for d in docs))
+
+    # Tokenise once per server, then score every document's choices in one request per model.
+    pairs = await _per_client(clients, split)
     result: dict[str, Any] = {"metric": "accuracy", "higher_is_better": True, "items": len(docs)}
     per_doc: list[dict[str, Any]] = [{"where": d.where, "gold": d.gold} for d in docs]
     for side in SIDES:
-        lls = await asyncio.gather(*(client.continuation_logprobs(models[side], list(p)) for p in pairs))
+        lls = await asyncio.gather(*(clients[side].continuation_logprobs(models[side], list(p)) for p in pairs[side]))
         correct = correct_norm = 0
         for d, ll, row in zip(docs, lls, per_doc):
             pick = max(range(len(ll)), key=lambda i: ll[i])
@@ -46,19 +66,25 @@ async def _multiple_choice(client: LoglikClient, suite: Suite, models: dict[str,
     return result
 
 
-async def _rolling(client: LoglikClient, suite: Suite, models: dict[str, str]) -> dict[str, Any]:
-    windows = await asyncio.gather(*(client.rolling_windows(d.text) for d in suite.docs))
+async def _rolling(clients: dict[str, LoglikClient], suite: Suite, models: dict[str, str]) -> dict[str, Any]:
+    async def windows_of(client: LoglikClient) -> list[list[tuple[list[int], int]]]:
+        return await asyncio.gather(*(client.rolling_windows(d.text) for d in suite.docs))
+
+    windows = await _per_client(clients, windows_of)
     words = sum(len(d.text.split()) for d in suite.docs)
-    tokens = sum(len(ids) - start for ws in windows for ids, start in ws)
+    tokens = {side: sum(len(ids) - start for ws in windows[side] for ids, start in ws) for side in SIDES}
     result: dict[str, Any] = {"metric": "perplexity", "higher_is_better": False, "items": len(suite.docs),
-                              "tokens": tokens, "words": words}
+                              "tokens": tokens["base"], "words": words}
+    if tokens["candidate"] != tokens["base"]:
+        result["candidate_tokens"] = tokens["candidate"]
     per_doc: list[dict[str, Any]] = [{"where": d.where} for d in suite.docs]
     for side in SIDES:
-        lls = await asyncio.gather(*(client.continuation_logprobs(models[side], ws) if ws else _zero() for ws in windows))
+        lls = await asyncio.gather(*(clients[side].continuation_logprobs(models[side], ws) if ws else _zero()
+                                     for ws in windows[side]))
         total = sum(sum(x) for x in lls)
         for row, x in zip(per_doc, lls):
             row[side] = round(sum(x), 4)
-        result[side] = math.exp(-total / tokens) if tokens else math.nan
+        result[side] = math.exp(-total / tokens[side]) if tokens[side] else math.nan
         result.setdefault("word_perplexity", {})[side] = math.exp(-total / words) if words else math.nan
     result["details"] = per_doc
     return result
@@ -68,25 +94,27 @@ async def _zero() -> list[float]:
     return []
 
 
-async def evaluate_suite(client: LoglikClient, suite: Suite, models: dict[str, str]) -> dict[str, Any]:
+async def evaluate_suite(clients: dict[str, LoglikClient], suite: Suite, models: dict[str, str]) -> dict[str, Any]:
     """One suite's report entry (metric, higher_is_better, items, base, candidate, extras; `details` per
-    document, which the stage moves out of the report)."""
+    document, which the stage moves out of the report). `clients` and `models`: each side's scorer and
+    served name."""
     start = time.monotonic()
     if suite.output_type == "multiple_choice":
-        result = await _multiple_choice(client, suite, models)
+        result = await _multiple_choice(clients, suite, models)
     else:
-        result = await _rolling(client, suite, models)
+        result = await _rolling(clients, suite, models)
     result["file"] = str(suite.path)
     result["seconds"] = round(time.monotonic() - start, 2)
     return result
 
 
-async def evaluate_regression(client: LoglikClient, suites: Sequence[Suite], models: dict[str, str]) -> dict[str, Any]:
+async def evaluate_regression(clients: dict[str, LoglikClient], suites: Sequence[Suite],
+                              models: dict[str, str]) -> dict[str, Any]:
     """The report's "regression" block: {"suites": {name: entry}}."""
-    await client.prefix_length()  # also learns max_model_len before any window is cut
+    await _per_client(clients, LoglikClient.prefix_length)  # also learns max_model_len before any window is cut
     results = {}
     for suite in suites:  # one suite at a time: each already fills the server
-        results[suite.name] = await evaluate_suite(client, suite, models)
+        results[suite.name] = await evaluate_suite(clients, suite, models)
     return {"suites": results}
 
 

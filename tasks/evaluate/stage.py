@@ -3,11 +3,13 @@
     report = evaluate(RUN/manifest.json, OUT/skills/adapter, BASE_DIR, RUN/cycle-1/eval,
                       endpoint=None, judge=teacher, suites=[...], held_out=None, safety=SafetySpec())
 
-Both models are served by one vLLM server, the candidate as a LoRA adapter on the base (no merge): with
-no endpoint the stage starts that server itself on the base and stops it at the end; with one, the
-server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and read the adapter's
-folder at the same path. The adapter is loaded under "candidate-<12 hex of its content>", so a changed
-adapter is never confused with an old one of the same path.
+A candidate adapter is served by one vLLM server with its base (no merge): with no endpoint the stage
+starts that server itself on the base and stops it at the end; with one, the server must run with
+--enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and read the adapter's folder at the same path.
+The adapter is loaded under "candidate-<12 hex of its content>", so a changed adapter is never confused
+with an old one of the same path. A whole-model candidate (a fully fine-tuned or merged model: a folder
+with config.json) cannot ride on the base's server: the stage starts a second server for it, under the
+same kind of name, and on a GPU the servers split its memory (see gpu_share).
 
 The three run one after the other (branch, safety, regression), each sending one model's requests at a
 time: vLLM on CPU mixes up base and adapter requests that share a batch (see branch.answer_prompts).
@@ -20,12 +22,13 @@ stage needs (an evaluation depends on a live server, which a Prefect result cach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -93,10 +96,6 @@ def _adapter(path: Path) -> tuple[str, int]:
     from labcycle.tasks.tune.data import fingerprint_path
 
     config = path / "adapter_config.json"
-    if not config.is_file():
-        hint = (" (a fully fine-tuned model: evaluate it as an adapter-less model is not supported yet; tune with "
-                "method lora or qlora)" if (path / "config.json").is_file() else "")
-        raise LabcycleError(f"not a LoRA adapter folder (adapter_config.json missing){hint}", where=str(path))
     try:
         rank = int(json.loads(config.read_text(encoding="utf-8")).get("r") or 8)
     except (ValueError, json.JSONDecodeError) as exc:
@@ -104,11 +103,46 @@ def _adapter(path: Path) -> tuple[str, int]:
     return fingerprint_path(path), rank
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """The model under evaluation: a PEFT adapter, served by the base's server, or a whole model folder (a
+    fully fine-tuned or merged model), served by a server of its own."""
+
+    path: Path
+    kind: Literal["adapter", "model"]
+    fingerprint: str  # of its content
+    rank: int | None = None  # an adapter's LoRA rank
+
+    @property
+    def served_name(self) -> str:
+        # The content hash in the name: a changed candidate at the same path is never taken for the old one.
+        return f"candidate-{self.fingerprint[:12]}"
+
+
+def candidate_model(path: Path, endpoint: str | None = None) -> Candidate:
+    """What `path` holds, checked before any server starts. `endpoint`: the user's evaluation server, which
+    can load an adapter but not a second whole model."""
+    from labcycle.tasks.tune.data import model_fingerprint
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        fingerprint, rank = _adapter(path)
+        return Candidate(path, "adapter", fingerprint, rank)
+    if not (path / "config.json").is_file():
+        raise LabcycleError("not a candidate: neither a PEFT adapter folder (adapter_config.json) nor a model folder "
+                            "(config.json)", where=str(path))
+    if endpoint is not None:
+        raise LabcycleError("a whole-model candidate needs a vLLM server of its own, which the evaluation starts, and "
+                            "evaluation.endpoint serves only the base (and adapters): unset evaluation.endpoint to "
+                            "evaluate this candidate", where=str(path))
+    return Candidate(path, "model", model_fingerprint(path))
+
+
 def judge_placement(endpoint: str | None, judge: Teacher | JudgeSpec | None, base_model: Path, *, cuda: bool) -> str:
     """Where a judge given as a JudgeSpec runs when the stage starts its own server (endpoint None):
     "server" when it is the base model itself (asked through the evaluation server: one engine, not two),
     "split-gpu" for another local model on a GPU (two engines at vLLM's default 0.9 of the memory cannot both
-    start, so each gets GPU_SHARE), else "own" (its endpoint, or an engine of its own on CPU)."""
+    start, so each gets its gpu_share), else "own" (its endpoint, or an engine of its own on CPU)."""
     if not isinstance(judge, JudgeSpec) or endpoint is not None:
         return "own"
     local = judge.local_dir()
@@ -120,6 +154,12 @@ def judge_placement(endpoint: str | None, judge: Teacher | JudgeSpec | None, bas
 
 
 GPU_SHARE = 0.45  # of the GPU's memory for each of two vLLM engines: the evaluation server and a local judge
+
+
+def gpu_share(engines: int) -> float | None:
+    """Each engine's share of the GPU when `engines` vLLM engines share it (the base's server, a whole-model
+    candidate's server, a local judge): vLLM's default 0.9 each lets only one start. None for one engine."""
+    return round(GPU_SHARE * 2 / engines, 2) if engines > 1 else None
 
 
 def _cuda() -> bool:
@@ -177,6 +217,20 @@ async def load_adapter(base_url: str, name: str, path: Path) -> None:
                             "the adapter folder at this same path", where=str(path))
 
 
+async def _start(servers: list[Any], one_by_one: bool) -> None:
+    """Start the evaluation's servers. On a GPU one after the other: two engines measuring its free memory at
+    once misjudge it. On CPU at once (measured: two tiny-model servers on 2 cores, 51 s together, 78 s in turn),
+    and every start ends, ready or failed, before a failure is raised, so none is left starting."""
+    if one_by_one:
+        for server in servers:
+            await asyncio.to_thread(server.start)
+        return
+    results = await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None, per_leaf: int | None,
                taxonomy_root: Path | None = None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
     from labcycle.config import GenerationConfig
@@ -219,10 +273,10 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         twice = ", ".join(sorted({n for n in names if names.count(n) > 1}))
         raise LabcycleError(f"two regression suites share a task name ({twice}); give each its own `task:`")
     safety_suite: SafetySuite | None = load_safety_suite(safety.suite_path()) if safety is not None else None
-    fingerprint, rank = _adapter(candidate_adapter)
-    adapter_name = f"candidate-{fingerprint[:12]}"
+    candidate = candidate_model(candidate_adapter, endpoint)
     digest = _digest(format=EVAL_FORMAT, questions=[(q.to_json(), q.messages) for q in questions], kinds=kinds,
-                     suites=[(s.name, s.digest) for s in loaded], adapter=fingerprint,
+                     suites=[(s.name, s.digest) for s in loaded],
+                     adapter=candidate.fingerprint if candidate.kind == "adapter" else f"model:{candidate.fingerprint}",
                      base=model_fingerprint(base_model) if base_model.is_dir() else str(base_model),
                      judge=getattr(judge, "model", None),
                      safety=(safety_suite.digest, safety.judge) if safety is not None and safety_suite is not None else None,
@@ -236,34 +290,47 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
         if isinstance(old, dict) and old.get("inputs_digest") == digest:
             return old
 
-    server = None
-    placement = judge_placement(endpoint, judge, base_model, cuda=endpoint is None and _cuda())
+    cuda = endpoint is None and _cuda()
+    placement = judge_placement(endpoint, judge, base_model, cuda=cuda)
     judge_on_server, split_gpu = placement == "server", placement == "split-gpu"
+    whole = candidate.kind == "model"
+    share = gpu_share(1 + whole + split_gpu) if cuda else None
+    memory = ["--gpu-memory-utilization", str(share)] if share else []
+    servers = []  # the ones the stage starts: the base's, then a whole-model candidate's
     if endpoint is None:
         from labcycle.tasks.teacher.server import VLLMServer
 
         max_model_len = max(settings.max_model_len, judge.max_model_len) if judge_on_server else settings.max_model_len  # type: ignore[union-attr]
+        lora = {"enable_lora": True, "max_lora_rank": candidate.rank} if not whole else {}
         # enforce_eager None: CUDA graphs on a GPU (faster decoding), eager on CPU.
-        server = VLLMServer(base_model, enable_lora=True, max_lora_rank=rank, max_model_len=max_model_len,
-                            enforce_eager=None, log_path=out_dir / "vllm-server.log",
-                            extra_args=["--gpu-memory-utilization", str(GPU_SHARE)] if split_gpu else ())
-        await asyncio.to_thread(server.start)
+        servers.append(VLLMServer(base_model, max_model_len=max_model_len, enforce_eager=None,  # type: ignore[arg-type]
+                                  log_path=out_dir / "vllm-server.log", extra_args=memory, **lora))
+        if whole:
+            servers.append(VLLMServer(candidate.path, served_model_name=candidate.served_name,
+                                      max_model_len=settings.max_model_len, enforce_eager=None,
+                                      log_path=out_dir / "vllm-candidate.log", extra_args=memory))
     try:
-        base_url = server.base_url if server is not None else endpoint.rstrip("/")  # type: ignore[union-attr]
-        base_name = server.model if server is not None else served_base or await served_base_name(base_url, base_model)
-        if server is not None:
-            await asyncio.to_thread(server.load_lora, adapter_name, candidate_adapter)
+        await _start(servers, one_by_one=cuda)
+        base_url = servers[0].base_url if servers else endpoint.rstrip("/")  # type: ignore[union-attr]
+        base_name = servers[0].model if servers else served_base or await served_base_name(base_url, base_model)
+        if whole:
+            urls = {"base": base_url, "candidate": servers[1].base_url}
         else:
-            await load_adapter(base_url, adapter_name, candidate_adapter)
-        served = {"base": base_name, "candidate": adapter_name}
-        models = {side: OpenAITeacher(base_url, name, max_concurrency=settings.concurrency) for side, name in served.items()}
+            if servers:
+                await asyncio.to_thread(servers[0].load_lora, candidate.served_name, candidate.path)
+            else:
+                await load_adapter(base_url, candidate.served_name, candidate.path)
+            urls = {"base": base_url, "candidate": base_url}
+        served = {"base": base_name, "candidate": candidate.served_name}
+        models = {side: OpenAITeacher(urls[side], name, max_concurrency=settings.concurrency)
+                  for side, name in served.items()}
         t0 = time.monotonic()
         own_judge = None
         if judge_on_server:
             own_judge = OpenAITeacher(base_url, base_name, max_concurrency=judge.max_concurrency,  # type: ignore[union-attr]
                                       structured_mode="vllm")
         elif isinstance(judge, JudgeSpec):
-            own_judge = await judge.build(**({"gpu_memory_utilization": GPU_SHARE} if split_gpu else {}))
+            own_judge = await judge.build(**({"gpu_memory_utilization": share} if split_gpu else {}))
         try:
             branch, records = await evaluate_branch(questions, kinds, models, own_judge or judge,
                                                     BranchSettings(settings.max_tokens, settings.judge_max_tokens))
@@ -278,13 +345,19 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
             for m in [*models.values(), *([own_judge] if own_judge else [])]:
                 await m.aclose()
         t1 = time.monotonic()
-        score_concurrency = settings.score_concurrency or (settings.concurrency if server is not None and _cuda() else 1)
-        async with LoglikClient(base_url, base_name, max_concurrency=settings.concurrency,
-                                score_concurrency=score_concurrency) as client:
-            regression = await evaluate_regression(client, loaded, served)
+        score_concurrency = settings.score_concurrency or (settings.concurrency if servers and _cuda() else 1)
+        async with contextlib.AsyncExitStack() as stack:
+            def scorer(side: str) -> LoglikClient:
+                return LoglikClient(urls[side], served[side], max_concurrency=settings.concurrency,
+                                    score_concurrency=score_concurrency)
+
+            base_scorer = await stack.enter_async_context(scorer("base"))
+            # An adapter is scored through the base's server (and tokenizer), a whole model through its own.
+            cand_scorer = await stack.enter_async_context(scorer("candidate")) if whole else base_scorer
+            regression = await evaluate_regression({"base": base_scorer, "candidate": cand_scorer}, loaded, served)
         t2 = time.monotonic()
     finally:
-        if server is not None:
+        for server in servers:
             await asyncio.to_thread(server.stop)
 
     rows = report_io.answer_rows(records, regression["suites"], safety_records)  # before build() moves the details out
@@ -292,7 +365,8 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     notes = ["tiny random models: their scores are noise and mean nothing"] if tiny else []
     extra = {
         "models": {**served, "judge": getattr(judge, "model", None), "judge_placement": placement,
-                   "adapter": str(candidate_adapter),
+                   "candidate_kind": candidate.kind,
+                   ("adapter" if candidate.kind == "adapter" else "candidate_model"): str(candidate_adapter),
                    "base_model": str(base_model)},
         "questions": counts,
         "settings": asdict(settings),
@@ -315,6 +389,8 @@ def evaluate(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir:
              reuse: bool = True, taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
     """Evaluate the candidate against the base and write out_dir/report.json, answers.jsonl and report.md;
     returns the report. Runs its own event loop: from async code, await evaluate_async instead.
+    `candidate_adapter`: a PEFT adapter folder, or a whole model folder (served by a second server; not with
+    an endpoint).
     `taxonomy_root`: where the manifest's leaves are read, if not at the root the manifest names.
     `safety`: the safety suite and whether the judge labels it (tasks/evaluate/safety.py); None: no safety
     evaluation (the report says so, and a gate policy with safety.required fails the candidate)."""
@@ -354,5 +430,5 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
     return result
 
 
-__all__ = ["EvalSettings", "JudgeSpec", "SafetySpec", "evaluate", "evaluate_async", "evaluate_task", "judge_placement",
-           "load_adapter", "served_base_name", "shipped_suites"]
+__all__ = ["Candidate", "EvalSettings", "JudgeSpec", "SafetySpec", "candidate_model", "evaluate", "evaluate_async",
+           "evaluate_task", "gpu_share", "judge_placement", "load_adapter", "served_base_name", "shipped_suites"]
