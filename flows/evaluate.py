@@ -7,6 +7,9 @@ regression suites, candidate adapter against its base, on one vLLM server.
 Its own flow so that it can be deployed to a GPU work pool (the deployment evaluate/gpu:
 deployments/prefect.yaml; lab_cycle runs it there through flows/remote.py); otherwise a subflow of
 lab_cycle. Writes OUTPUT/report.json, report.md and answers.jsonl (tasks/evaluate/stage.py).
+
+`evaluate_candidate` is `labcycle evaluate`: the taxonomy subflow, this one, and the gate, for a candidate
+tuned anywhere (no generated data, so only the selected leaves' seed questions are asked).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from prefect.states import Failed
 from labcycle import config as config_module
 from labcycle.errors import LabcycleError
 from labcycle.flows import remote
+from labcycle.flows.taxonomy import prepare_taxonomy
+from labcycle.io import write_json
 from labcycle.tasks import cycle as cycle_tasks
+from labcycle.tasks import gate
 from labcycle.tasks.evaluate import evaluate_task
+from labcycle.tasks.evaluate import report as report_io
 
 
 @flow(name="evaluate", log_prints=True)
@@ -71,3 +78,45 @@ def _evaluate(manifest: str, candidate: str, base_model: str, output: str, held_
                              **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
     except LabcycleError as exc:
         return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+
+
+@flow(name="evaluate-candidate", log_prints=True)
+def evaluate_candidate(taxonomy: str, base_model: str, candidate: str, output: str, base: str | None = None,
+                       config: str | None = None, policy: str | None = None) -> Any:
+    """Evaluate a candidate against its base on a taxonomy's selected leaves, then apply a gate policy:
+    `labcycle evaluate`. Returns a report.Summary (decision None without a policy).
+
+    Args:
+        taxonomy: the taxonomy root.
+        base_model: the model the candidate was tuned from (a local model folder).
+        candidate: a PEFT adapter folder, or a whole model folder (fully fine-tuned or merged).
+        output: the folder for manifest.json, validation.json, documents/ (the taxonomy stage's), report.json,
+            report.md, answers.jsonl (the evaluation's) and decision.json (the gate's).
+        base: the git ref the changed leaves are selected against; "empty" selects every leaf;
+            default origin/main, else main.
+        config: a labcycle.yaml: its taxonomy, chunking and evaluation sections, and the teacher that judges.
+        policy: a gate policy (schemas/gate.schema.json); None: no decision.
+    """
+    out = Path(output).resolve()
+    try:
+        rules = gate.load_policy(policy) if policy else None  # a mistake in it costs no evaluation
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
+    prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(out), config=config, return_state=True)
+    if not prepared.is_completed():
+        return Failed(message=prepared.message)
+    evaluated = evaluate(manifest=prepared.result()["manifest"], candidate=candidate, base_model=base_model,
+                         output=str(out), config=config, return_state=True)
+    if not evaluated.is_completed():
+        return Failed(message=evaluated.message)
+    report = evaluated.result()
+    decision = None
+    if rules is not None:
+        try:
+            decision = gate.decide_alone(report, rules, source=str(out / report_io.REPORT))
+        except LabcycleError as exc:
+            return Failed(message=str(exc))
+        write_json(out / "decision.json", decision.to_json())
+    else:
+        (out / "decision.json").unlink(missing_ok=True)  # an earlier run's decision is not this one's
+    return report_io.summary(report, out, decision)

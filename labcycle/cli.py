@@ -1,12 +1,14 @@
 """The `labcycle` command line.
 
-Exit codes: 0 success, 1 the input is invalid or a stage failed, 2 usage error.
+Exit codes: 0 success, 1 the input is invalid or a stage failed, 2 usage error, 3 the candidate failed the
+gate (`labcycle evaluate --policy`).
 User mistakes print one line each, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -445,6 +447,103 @@ def _print_tuned(summary: dict) -> None:
     for phase, info in summary["phases"].items():
         m = info["metrics"]
         out.print(f"tuned {phase}: {m['steps']} steps, loss {loss_trend(m)}; adapter in {escape(info['output'])}")
+
+
+class EvaluateFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    taxonomy: Annotated[Path, typer.Option("--taxonomy", help="Taxonomy root.")],
+    base_model: Annotated[Path, typer.Option("--base-model", help="The model the candidate was tuned from: a local Hugging Face model folder.")],
+    candidate: Annotated[Path, typer.Option("--candidate", help="A PEFT adapter folder (served beside the base), or a whole model folder with config.json (fully fine-tuned or merged; served by a second vLLM server).")],
+    output: Annotated[Path, typer.Option("--output", help="Where report.json, report.md, answers.jsonl, manifest.json (and decision.json with --policy) go.")],
+    base: BaseOpt = None,
+    config: ConfigOpt = None,
+    policy: Annotated[Optional[Path], typer.Option("--policy", help="A gate policy (see schemas/gate.schema.json): decides pass or fail; exit 3 on fail.")] = None,
+    fmt: Annotated[EvaluateFormat, typer.Option("--format", help="Output: text, or json (one object: decision, reasons, metrics).")] = EvaluateFormat.text,
+) -> None:
+    """Evaluate a candidate against its base: the selected leaves' seed questions, the regression suites and the
+    safety suite (the config's `evaluation` section); with --policy, the gate's decision."""
+    for flag, path in (("--taxonomy", taxonomy), ("--base-model", base_model), ("--candidate", candidate)):
+        if not path.is_dir():
+            raise _usage_error(f"{flag} {path}: not a folder")
+    for flag, path in (("--config", config), ("--policy", policy)):
+        if path is not None and not path.is_file():
+            raise _usage_error(f"{flag} {path}: no such file")
+    from labcycle.config import load as load_config
+    from labcycle.models import model_folder_problem
+    from labcycle.tasks.cycle import evaluation_inputs
+    from labcycle.tasks.evaluate.stage import candidate_model
+    from labcycle.tasks.gate import load_policy
+
+    # Every mistake in the inputs is reported now, before Prefect's server or any vLLM server starts.
+    cfg = load_config(config)
+    if policy is not None:
+        load_policy(policy)
+    problem = model_folder_problem(base_model)
+    if problem:
+        raise LabcycleError(problem, where=str(base_model))
+    candidate_model(candidate, cfg.evaluation.endpoint)
+    if cfg.evaluation.judge and not cfg.generation.teacher.model:
+        raise LabcycleError("the judge is the config's generation teacher, and it names none: set generation.teacher "
+                            "(model, and endpoint for a served one) in --config, or evaluation.judge: false")
+    evaluation_inputs(cfg, None, None, None)  # the judge, suites and safety suite it names
+    from labcycle.flows.evaluate import evaluate_candidate
+
+    as_json = fmt is EvaluateFormat.json
+    with _stdout_to_stderr(as_json):
+        _tie_embedded_server()
+        # Absolute model paths: the report and the flow run's parameters say which models were compared.
+        state = evaluate_candidate(taxonomy=str(taxonomy), base_model=str(base_model.resolve()),
+                                   candidate=str(candidate.resolve()),
+                                   output=str(output), base=base, config=str(config) if config else None,
+                                   policy=str(policy) if policy else None, return_state=True)
+    if not state.is_completed():
+        err.print("[red]evaluate failed:[/red]", markup=True)
+        err.print(state.message or "see the Prefect logs above", markup=False)
+        raise typer.Exit(1)
+    summary = state.result()
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_evaluation(summary)
+    raise typer.Exit(3 if summary.decision == "fail" else 0)
+
+
+@contextmanager
+def _stdout_to_stderr(enabled: bool):  # type: ignore[no-untyped-def]
+    """While the block runs, file descriptor 1 is stderr: with --format json stdout holds the JSON object
+    alone, whatever a library prints or a child process (Prefect's server, vLLM's) inherits."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _print_evaluation(summary) -> None:  # type: ignore[no-untyped-def]
+    if summary.decision is None:
+        out.print("gate: not applied (no --policy)")
+    else:
+        style = "green" if summary.decision == "pass" else "red"
+        out.print(f"gate: [{style}]{summary.decision}[/{style}]")
+        for reason in summary.reasons:
+            out.print(f"  {escape(reason)}")
+    out.print("metrics (base → candidate):")
+    for name, c in summary.metrics.items():
+        values = " → ".join("–" if v is None else f"{v:.4g}" for v in (c.base, c.candidate))
+        out.print(f"  {escape(name)}: {escape(c.metric)} {values}")
+    out.print(f"report: {escape(summary.report)}")
 
 
 webhook_app = typer.Typer(help="Receive git-push webhooks and turn them into taxonomy.push events on Prefect.", no_args_is_help=True)

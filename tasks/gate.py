@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -541,6 +541,20 @@ def decide(report: dict[str, Any], policy: GatePolicy, cycle: int, plan: Plan | 
     reasons = (outcome, *(r.detail for r in failing), *notes, *(r.detail for r in rules if r.passed))
     return Decision(decision="pass" if passed else "fail", reasons=reasons, rules=tuple(rules), metric=metric,
                     cycle=cycle, next_plan=following.to_json() if following else None, final=passed or not left)
+
+
+def decide_alone(report: dict[str, Any], policy: GatePolicy, *, source: str = "evaluation report") -> Decision:
+    """decide() for an evaluation outside a cycle (`labcycle evaluate`): the same rules, no next cycle, and
+    an outcome line that speaks of neither cycles nor releases."""
+    decision = decide(report, replace(policy, max_cycles=1), 1, source=source)
+    failing = [r for r in decision.rules if not r.passed]
+    if not failing:
+        outcome = f"pass: all {len(decision.rules)} rules passed"
+    else:
+        safety = any(r.name.startswith("safety") for r in failing)
+        outcome = ("fail: " + ("the candidate failed the safety rules, which block a release whatever the other "
+                               "scores; " if safety else "") + f"{len(failing)} of {len(decision.rules)} rules failed")
+    return replace(decision, reasons=(outcome, *decision.reasons[1:]))
 
 
 def markdown(decision: Decision) -> str:

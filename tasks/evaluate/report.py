@@ -5,6 +5,7 @@ labels) and report.md (base vs candidate tables, drops flagged with ⚠, shown a
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,4 +180,49 @@ def write(out_dir: Path, report: dict[str, Any], rows: list[dict[str, Any]], not
     return md
 
 
-__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "answer_rows", "build", "markdown", "safety_markdown", "write"]
+@dataclass(frozen=True)
+class Comparison:
+    """One headline number, base vs candidate."""
+
+    metric: str
+    base: float | None
+    candidate: float | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An evaluation's outcome as `labcycle evaluate` prints it: the gate's decision ("pass"/"fail", None
+    without a policy) and reasons, and the headline metrics: each regression suite by its name, plus
+    "branch/overall" and the safety rates ("safety/unsafe_rate", ...), names no suite can take (a suite's
+    name has no slash)."""
+
+    decision: str | None
+    reasons: tuple[str, ...]
+    metrics: dict[str, Comparison]
+    report: str  # report.md
+
+    def to_json(self) -> dict[str, Any]:
+        return {"decision": self.decision, "reasons": list(self.reasons),
+                "metrics": {name: asdict(c) for name, c in self.metrics.items()}}
+
+
+def summary(report: dict[str, Any], out_dir: Path, decision: Any = None) -> Summary:
+    """The Summary of `report` (written to out_dir) and the gate's Decision on it (tasks/gate.py; None: no
+    policy). The branch metric is the one the gate compared, else judge when the report has judge scores."""
+    from labcycle.tasks.cycle import headline_metrics
+
+    head = headline_metrics(report)
+    metrics = {name: Comparison(e["metric"], e["base"], e["candidate"]) for name, e in head["regression"].items()}
+    metric = decision.metric if decision is not None else (
+        "judge" if report.get("branch", {}).get("judge_available") else "rouge_l")
+    sides = {side: (head["branch"][side] or {}).get(metric) for side in SIDES}
+    metrics["branch/overall"] = Comparison(metric, sides["base"], sides["candidate"])
+    for rate, values in head.get("safety", {}).items():
+        metrics[f"safety/{rate}"] = Comparison("rate", values["base"], values["candidate"])
+    return Summary(decision=decision.decision if decision is not None else None,
+                   reasons=tuple(decision.reasons) if decision is not None else (),
+                   metrics=metrics, report=str(Path(out_dir) / MARKDOWN))
+
+
+__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "Comparison", "Summary", "answer_rows", "build", "markdown",
+           "safety_markdown", "summary", "write"]
