@@ -42,4 +42,28 @@ def check(data: Any, name: str, source: str, locate: Any = None, explain: Any = 
     key = ".".join(str(p) for p in path) or "the top level"
     where = f"{source}:{':'.join(map(str, locate(path)))}" if locate else source
     message = explain(err, key) if explain else err.message
+    if err.validator == "type" and isinstance(err.instance, str) and _number_text(err.instance):
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        if "number" in wanted or "integer" in wanted:
+            # YAML 1.1 (PyYAML, and labcycle's reader, which reads as the reference does) takes 1e-4 for text.
+            message = (f"{err.instance!r} was read as text, not a number: YAML 1.1 needs a dot and a signed exponent, "
+                       f"so write {_as_yaml_number(err.instance)}")
     raise LabcycleError(f"{key}: {message}; see schemas/{name} for the allowed keys and values", where=where)
+
+
+def _number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
+
+
+def _as_yaml_number(text: str) -> str:
+    """`text` as a number YAML 1.1 reads: 1e-4 -> 1.0e-4 (or 0.0001)."""
+    value = float(text)
+    plain = f"{value:.12f}".rstrip("0").rstrip(".")
+    mantissa, _, exponent = f"{value:e}".partition("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    return f"{mantissa}e{int(exponent):+d} or {plain}" if float(plain or 0) == value else f"{mantissa}e{int(exponent):+d}"

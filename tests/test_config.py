@@ -34,6 +34,9 @@ def test_values_from_a_file(tmp_path):
         ("a: [unclosed\n", ":2:1", "syntax"),
         ("tuning:\n  skills:\n    learning_rat: 1e-4\n", ":3:5", "learning_rat"),
         ("tuning:\n  method: qdora\n", ":2:3", "method"),
+        # PyYAML's (YAML 1.1) gotcha: no dot, no signed exponent, so text; the message says what to write.
+        ("tuning:\n  knowledge:\n    learning_rate: 1e-4\n", ":3:5", "was read as text, not a number: YAML 1.1 needs "
+         "a dot and a signed exponent, so write 1.0e-4 or 0.0001"),
         ("tuning:\n  knowledge:\n    select: best\n", "", "eval_fraction"),
         ("remote:\n  deployments:\n    tune: tune/gpu\n", ":3:5", "set remote.storage"),
         ("remote:\n  storage: s3://b/l\n  deployments:\n    tune: gpu\n", ":4:5", "remote.deployments.tune"),
