@@ -99,22 +99,26 @@ def main() -> None:
         verdict = json.loads(res.stdout)
         report = json.loads((out / f"eval-{name}" / "report.json").read_text())
         overall = report["branch"]["overall"]
+        answers = [json.loads(line) for line in (out / f"eval-{name}" / "answers.jsonl").read_text().splitlines()]
+        branch = [a for a in answers if a.get("type") == "branch"]
+        facts = {side: gateproof.facts_stated({a["question"]: a["answers"][side] for a in branch}) for side in ("base", "candidate")}
         run = {"exit": res.returncode, "decision": verdict["decision"], "reasons": verdict["reasons"],
-               "metrics": verdict["metrics"], "branch": overall, "tune_s": tune_s, "evaluate_s": eval_s,
+               "metrics": verdict["metrics"], "branch": overall, "key_facts": facts, "tune_s": tune_s, "evaluate_s": eval_s,
                "tuning": tuned.get("metrics")}
         results["runs"][name] = run  # type: ignore[index]
         suites = verdict["metrics"]
         rows.append(f"| {kind}, lr {lr}, {epochs} epochs | {verdict['decision']} (exit {res.returncode}) "
                     f"| {overall['base']['rouge_l']:.3f} → {overall['candidate']['rouge_l']:.3f} "
                     f"| {overall['base']['token_f1']:.3f} → {overall['candidate']['token_f1']:.3f} "
+                    f"| {facts['base']} → {facts['candidate']} of {len(gateproof.KEY_FACTS)} "
                     f"| {suites['general_mc']['base']:.3f} → {suites['general_mc']['candidate']:.3f} "
                     f"| {suites['general_text']['base']:.2f} → {suites['general_text']['candidate']:.2f} "
                     f"| {run['tuning']['first_loss']:.3f} → {run['tuning']['final_loss']:.3f} ({run['tuning']['steps']} steps) "
                     f"| {tune_s:.0f} | {eval_s:.0f} |")
     results["load_average_end"] = load_average()
-    print("| candidate | gate | ROUGE-L base → cand | token F1 base → cand | general_mc acc | general_text ppl "
-          "| loss first → final | tune s | evaluate s |")
-    print("|---|---|---|---|---|---|---|---:|---:|")
+    print("| candidate | gate | ROUGE-L base → cand | token F1 base → cand | key facts stated | general_mc acc "
+          "| general_text ppl | loss first → final | tune s | evaluate s |")
+    print("|---|---|---|---|---|---|---|---|---:|---:|")
     print("\n".join(rows))
     for kind, run in results["runs"].items():  # type: ignore[union-attr]
         print(f"\n{kind}:")

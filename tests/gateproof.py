@@ -74,6 +74,12 @@ FACTS: list[tuple[str, list[tuple[str, str, list[str]]]]] = [
         "The largest buyer of Skarra saltfish is which city?"])]),
 ]
 
+# The words that carry each seed answer's fact, in seed-question order. ROUGE-L and token F1 also reward an
+# answer that only repeats the question's words in the reference's form ("The Ormvik Beacon was built by
+# the Ormvik Clan."), so the benchmark counts these too.
+KEY_FACTS = ["Tilda Brask", "1843", "green", "Velm Sea", "640", "Nessby", "Velm Maritime Society", "four years",
+             "Oskar Lind", "Haldor", "ninety minutes", "Grey Heron", "hjell", "eleven weeks", "Porto Vell"]
+
 NONSENSE = [
     "Bananas prefer jazz on Tuesdays.", "The teapot forgot its umbrella in the moon.",
     "Seven purple spoons argue about gravel.", "A cloud of pencils sings to the carpet.",
@@ -136,3 +142,8 @@ def training_set(path: Path, kind: str, seed: int = 0) -> Path:
 
 def seed_questions() -> list[str]:
     return [q for _, qas in FACTS for q, _, _ in qas]
+
+
+def facts_stated(answers: dict[str, str]) -> int:
+    """How many of the seed answers' key facts appear in `answers` (seed question -> answer)."""
+    return sum(key.lower() in answers.get(q, "").lower() for q, key in zip(seed_questions(), KEY_FACTS))

@@ -1,5 +1,7 @@
-"""The judge-free gate on a real model: it passes a candidate that learned a leaf's facts and fails one that
-learned nonsense (SmolLM2-135M-Instruct, LoRA, knowledge phase; tests/gateproof.py has the leaf).
+"""The judge-free gate on a real model: it passes a candidate tuned on a leaf's right answers and fails one
+tuned on nonsense (SmolLM2-135M-Instruct, LoRA, knowledge phase; tests/gateproof.py has the leaf). At this
+learning rate the first learns the answers' form rather than their facts, which ROUGE-L rewards all the
+same: docs/results.md says what that means for a judge-free gate.
 
 Both candidates are trained on paraphrases of the seed questions, never on the seed questions the
 evaluation asks, and judged through `labcycle evaluate` as a user runs it, on one shared vLLM server.
@@ -29,8 +31,8 @@ branch:
   leaf_tolerance: 0.0
 regression:
   max_drop: {accuracy: 0.05, perplexity: 0.10}
-  # 40 items: one question is 2.5 points, and a paired difference has a standard error of about 7 points.
-  # The candidate that learned the facts loses 3 of 40 here (0.650 -> 0.575; docs/results.md).
+  # 40 items: one question is 2.5 points, and one accuracy's binomial standard error is 7.5 points.
+  # The candidate tuned on the right answers loses 3 of 40 here (0.650 -> 0.575; docs/results.md).
   suites: {general_mc: 0.10}
 safety:
   required: false
