@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from labcycle.errors import LabcycleError
@@ -11,13 +12,14 @@ from labcycle.tasks.mix.phases import Row
 from labcycle.tasks.mix.recipe import Recipe
 
 
-def sample_lengths(phases: dict[str, list[Row]], recipe: Recipe) -> tuple[str, dict[str, list[int]]]:
-    """Each sample's length: tokens of the recipe's tokenizer (chat template applied), else whitespace words."""
-    def text(row: Row) -> str:
-        return "\n\n".join(m["content"] for m in row["messages"])
+def length_counter(recipe: Recipe) -> tuple[str, Callable[[list[list[dict[str, Any]]]], list[int]]]:
+    """(unit, count): count gives each conversation's length in tokens of the recipe's tokenizer (chat
+    template applied), else in whitespace words."""
+    def text(messages: list[dict[str, Any]]) -> str:
+        return "\n\n".join(m["content"] for m in messages)
 
     if recipe.tokenizer is None:
-        return "words", {p: [len(text(r).split()) for r in rows] for p, rows in phases.items()}
+        return "words", lambda batch: [len(text(m).split()) for m in batch]
     from transformers import AutoTokenizer
 
     path = recipe.resolve(recipe.tokenizer)
@@ -29,19 +31,27 @@ def sample_lengths(phases: dict[str, list[Row]], recipe: Recipe) -> tuple[str, d
     except (OSError, ValueError) as exc:
         raise LabcycleError(f"cannot load a tokenizer from this folder ({exc.__class__.__name__}: {exc}); set the "
                             "recipe's `tokenizer` to the student's tokenizer folder", where=str(path))
+
+    def count(batch: list[list[dict[str, Any]]]) -> list[int]:
+        ids = tok.apply_chat_template(batch, tokenize=True) if tok.chat_template else tok([text(m) for m in batch])
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        return [len(x) for x in ids]
+
+    return "tokens", count
+
+
+def sample_lengths(phases: dict[str, list[Row]], recipe: Recipe,
+                   counter: tuple[str, Callable[[list[list[dict[str, Any]]]], list[int]]] | None = None
+                   ) -> tuple[str, dict[str, list[int]]]:
+    """Each sample's length: tokens of the recipe's tokenizer (chat template applied), else whitespace words."""
+    unit, count = counter or length_counter(recipe)
     out = {}
     for phase, rows in phases.items():
         counts: list[int] = []
         for start in range(0, len(rows), 512):
-            batch = rows[start:start + 512]
-            if tok.chat_template:
-                ids = tok.apply_chat_template([r["messages"] for r in batch], tokenize=True)
-            else:
-                ids = tok([text(r) for r in batch])
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-            counts += [len(x) for x in ids]
+            counts += count([r["messages"] for r in rows[start:start + 512]])
         out[phase] = counts
-    return "tokens", out
+    return unit, out
 
 
 def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
@@ -89,7 +99,8 @@ def render_card(card: dict[str, Any]) -> str:
     parts += ["## Sample lengths", "", f"In {unit}.", "",
               _table(("min", "mean", "p50", "p95", "max"), [tuple(t[k] for k in ("min", "mean", "p50", "p95", "max"))]), "",
               f"{t['over_max_length']} samples are longer than max_length ({card['recipe']['max_length']} {t['unit']}); "
-              "they are kept in the set.", ""]
+              "they are kept in the set (tuning leaves out a sample longer than its own max_length); grounded "
+              "copies show fewer distractor documents rather than exceed it.", ""]
     if card["warnings"]:
         parts += ["## Warnings", "", *(f"- {w}" for w in card["warnings"]), ""]
     parts += ["## Recipe", "", "```json", json.dumps(card["recipe"], indent=2, ensure_ascii=False), "```", ""]

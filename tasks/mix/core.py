@@ -12,13 +12,13 @@ from typing import Any
 from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl, write_text_atomic
-from labcycle.tasks.mix.card import length_stats, render_card, sample_lengths
+from labcycle.tasks.mix.card import length_counter, length_stats, render_card, sample_lengths
 from labcycle.tasks.mix.data import load_chat_dataset, read_generated, sample_files
-from labcycle.tasks.mix.phases import Row, phase_sets
+from labcycle.tasks.mix.phases import Fit, Row, phase_sets
 from labcycle.tasks.mix.recipe import PHASES, Recipe
 
 # Bumped whenever the same inputs and recipe would give different output, so older mixes are redone.
-MIX_FORMAT = 1
+MIX_FORMAT = 2  # 2: grounded copies fit max_length
 HELD_OUT = "held_out.jsonl"
 MIX_JSON = "mix.json"
 
@@ -75,12 +75,14 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
     records, held_out = hold_out(read_generated(generated), recipe)
     user = [(d, load_chat_dataset(recipe.resolve(d.path))) for d in recipe.datasets]
     warnings: dict[str, list[str]] = {p: [] for p in PHASES}
-    sets = phase_sets(records, user, recipe, warnings)
+    counter = length_counter(recipe)
+    sets = phase_sets(records, user, recipe, warnings,
+                      Fit(lambda messages: counter[1]([messages])[0], recipe.max_length))
     if not any(s["rows"] for s in sets.values()):
         raise LabcycleError("no samples were generated (every samples.jsonl below it is empty or missing) and no user "
                             "dataset adds any; read the yield.json beside each leaf's samples.jsonl for what the "
                             "filters dropped and what to change", where=str(generated))
-    unit, lengths = sample_lengths({p: s["shuffled"] for p, s in sets.items()}, recipe)
+    unit, lengths = sample_lengths({p: s["shuffled"] for p, s in sets.items()}, recipe, counter)
     key = input_key(generated, recipe)
     (output / MIX_JSON).unlink(missing_ok=True)  # written last: its absence marks an unfinished mix
     summary: dict[str, Any] = {"format": MIX_FORMAT, "generated": str(generated.resolve()), "output": str(output.resolve()),

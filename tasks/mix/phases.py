@@ -12,6 +12,8 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -19,6 +21,14 @@ from labcycle.tasks.mix.recipe import PHASES, Grounded, Recipe, SkillsMix, UserD
 
 SKILL_KINDS = ("freeform_skill", "grounded_skill")
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The length a training sample may have: `length(messages)` in the unit of `max_length` (the recipe's
+    tokenizer with its chat template, else words: card.length_counter)."""
+    length: Callable[[list[dict[str, Any]]], int]
+    max_length: int
 
 
 def _rng(seed: int, *purpose: str) -> random.Random:
@@ -45,9 +55,11 @@ def _copies(rows: list[Row], target: int, rng: random.Random, tag: str) -> list[
     return out + [copy(rows[i], whole + 1) for i in sorted(rng.sample(range(len(rows)), rest))]
 
 
-def _grounded(records: list[dict[str, Any]], g: Grounded, seed: int) -> list[Row]:
+def _grounded(records: list[dict[str, Any]], g: Grounded, seed: int, fit: Fit | None = None) -> tuple[list[Row], int, int]:
+    """The RAFT-style copies, and how many had distractors left out to fit `fit`'s max_length and how many
+    are still longer (their source chunk alone is too long)."""
     pool = sorted({r["metadata"]["context"] for r in records if r["metadata"].get("context")})
-    out = []
+    out, trimmed, too_long = [], 0, 0
     for rec in records:
         rng = _rng(seed, "grounded", rec["id"])
         source = rec["metadata"].get("context") or None
@@ -60,12 +72,26 @@ def _grounded(records: list[dict[str, Any]], g: Grounded, seed: int) -> list[Row
         if not docs:
             continue
         rng.shuffle(docs)
-        messages = [dict(m) for m in rec["messages"]]
-        user = next(m for m in messages if m["role"] == "user")
-        shown = "\n\n".join(f"Document {i}:\n{d}" for i, d in enumerate(docs, 1))
-        user["content"] = f"{shown}\n\nQuestion: {user['content']}"
+        messages = _with_documents(rec["messages"], docs)
+        if fit is not None and fit.length(messages) > fit.max_length:
+            # A copy over max_length would be left out of training whole (its answer would be cut off), so it
+            # shows fewer distractors instead: the longest goes first (the last shown of equal ones), never the
+            # source chunk.
+            while fit.length(messages) > fit.max_length and any(d != source for d in docs) and len(docs) > 1:
+                docs.pop(max((len(d), i) for i, d in enumerate(docs) if d != source)[1])
+                messages = _with_documents(rec["messages"], docs)
+            trimmed += 1
+            too_long += fit.length(messages) > fit.max_length
         out.append(_row(rec, "knowledge_grounded", id=f"{rec['id']}#grounded", messages=messages))
-    return out
+    return out, trimmed, too_long
+
+
+def _with_documents(messages: list[dict[str, Any]], docs: list[str]) -> list[dict[str, Any]]:
+    messages = [dict(m) for m in messages]
+    user = next(m for m in messages if m["role"] == "user")
+    shown = "\n\n".join(f"Document {i}:\n{d}" for i, d in enumerate(docs, 1))
+    user["content"] = f"{shown}\n\nQuestion: {user['content']}"
+    return messages
 
 
 def _skills(records: list[dict[str, Any]], s: SkillsMix, seed: int, warnings: list[str]) -> list[Row]:
@@ -118,15 +144,24 @@ def _phase(sources: dict[str, list[Row]], recipe: Recipe, phase: str) -> tuple[l
 
 
 def phase_sets(records: list[dict[str, Any]], user: list[tuple[UserDataset, list[Row]]], recipe: Recipe,
-               warnings: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+               warnings: dict[str, list[str]], fit: Fit | None = None) -> dict[str, dict[str, Any]]:
     """Per phase: `rows` in source order, `shuffled` (the file order), sizes `before` upsampling, `upsampled`
-    ({source: {from, to}}) and the user `datasets` it holds; problems worth a look go to `warnings`."""
+    ({source: {from, to}}) and the user `datasets` it holds; problems worth a look go to `warnings`.
+    fit: grounded copies longer than its max_length show fewer distractor documents (None: as drawn)."""
     knowledge = [r for r in records if r["metadata"]["kind"] == "knowledge"]
+    grounded: list[Row] = []
+    if recipe.knowledge.grounded.enabled:
+        grounded, trimmed, too_long = _grounded(knowledge, recipe.knowledge.grounded, recipe.seed, fit)
+        if trimmed and fit is not None:
+            warnings["knowledge"].append(
+                f"{trimmed} of {len(grounded)} grounded copies were longer than max_length ({fit.max_length}) with "
+                f"{recipe.knowledge.grounded.documents_in_context} documents in context, and show fewer distractors"
+                + (f"; {too_long} are longer even so (their source chunk is): lower chunking.max_words or raise "
+                   "max_length" if too_long else ""))
     sources: dict[str, dict[str, list[Row]]] = {
         "knowledge": {
             "knowledge_qa": [_row(r, "knowledge_qa") for r in knowledge] if recipe.knowledge.qa else [],
-            "knowledge_grounded": _grounded(knowledge, recipe.knowledge.grounded, recipe.seed)
-            if recipe.knowledge.grounded.enabled else [],
+            "knowledge_grounded": grounded,
         },
         "skills": {"skills": _skills([r for r in records if r["metadata"]["kind"] in SKILL_KINDS], recipe.skills,
                                      recipe.seed, warnings["skills"]), "replay": []},

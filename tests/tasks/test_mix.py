@@ -200,6 +200,39 @@ def test_grounded_with_few_chunks_shows_what_exists(tmp_path, contexts, probabil
             assert len(docs) == (contexts if with_source else contexts - 1)
 
 
+def test_grounded_copies_drop_distractors_to_fit_max_length(tmp_path):
+    """With chunks of about 1,000 words and 4 documents in context, a RAFT copy is 5,000+ tokens: longer than
+    the tuning phase's max_length (4,096), so training would leave every one out. The mix shows fewer
+    distractors instead, never leaving out the source chunk, and says how many it trimmed."""
+    chunk = lambda i, words: f"Chunk {i}. " + " ".join(f"w{i}x{j}" for j in range(words))  # noqa: E731
+    records = [record(KNOW_A, "knowledge", i, context=chunk(i % 8, 300)) for i in range(40)]
+    records += [record(KNOW_A, "knowledge", 100, context=chunk(99, 900))]  # its source alone is too long
+    out = tmp_path / "mixed"
+    mix(write_generated(tmp_path / "generated", {KNOW_A: records}), out,
+        recipe(max_length=700, knowledge={"qa": False, "grounded": {"documents_in_context": 4, "source_probability": 1.0}}))
+    grounded = {r["id"]: r for r in rows(out, "knowledge")}
+    for rec in records:
+        g = grounded[rec["id"] + "#grounded"]
+        docs = documents(g["messages"][0]["content"])
+        assert rec["metadata"]["context"] in docs  # source_probability 1.0: the source chunk always stays
+        words = sum(len(m["content"].split()) for m in g["messages"])
+        if rec["metadata"]["context"] == chunk(99, 900):
+            assert docs == [rec["metadata"]["context"]] and words > 700
+        else:
+            assert len(docs) == 2 and words <= 700  # two 300-word chunks fit in 700 words, a third would not
+    c = card(out, "knowledge")
+    assert c["lengths"]["over_max_length"] == 1
+    assert c["warnings"] == ["41 of 41 grounded copies were longer than max_length (700) with 4 documents in context, "
+                             "and show fewer distractors; 1 are longer even so (their source chunk is): lower "
+                             "chunking.max_words or raise max_length"]
+    # Short chunks are shown as drawn
+    out2 = tmp_path / "mixed2"
+    mix(write_generated(tmp_path / "generated2", {KNOW_A: records[:40]}), out2,
+        recipe(knowledge={"qa": False, "grounded": {"documents_in_context": 4, "source_probability": 1.0}}))
+    assert all(len(documents(r["messages"][0]["content"])) == 4 for r in rows(out2, "knowledge"))
+    assert card(out2, "knowledge")["warnings"] == []
+
+
 def test_distractors_come_from_every_knowledge_leaf(generated, tmp_path):
     out = tmp_path / "mixed"
     mix(generated, out, recipe(knowledge={"qa": False, "grounded": {"documents_in_context": 8}}))
