@@ -61,13 +61,23 @@ def read_declarations(prefect_file: Path) -> tuple[dict[str, Any], Locate]:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    from labcycle.files import describe_os_error, read_bounded
+    from labcycle.tasks.taxonomy.reader import MAX_FILE_BYTES, nesting_problem
+
     try:
-        text = prefect_file.read_text(encoding="utf-8")
+        text = read_bounded(prefect_file, MAX_FILE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise LabcycleError("no such file; run from the repository root or pass --prefect-file "
                             "deployments/prefect.yaml", where=str(prefect_file)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise LabcycleError(f"cannot read the file ({describe_os_error(exc)}); it must be a plain UTF-8 text file",
+                            where=str(prefect_file)) from None
+    except UnicodeDecodeError as exc:
         raise LabcycleError(f"cannot read the file ({exc}); it must be readable UTF-8 text", where=str(prefect_file)) from None
+    # ruamel composes recursively: a file nested thousands of levels deep would overflow the stack.
+    problem, _ = nesting_problem(text)
+    if problem:
+        raise LabcycleError(problem.message, where=f"{prefect_file}:{problem.line}:{problem.column}")
     try:
         doc = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -187,13 +197,19 @@ def default_process_template() -> dict[str, Any]:
 
 def load_template(path: Path, declared_at: str | None = None) -> dict[str, Any]:
     """A base job template read from JSON and checked (see check_template)."""
+    from labcycle.files import describe_os_error, read_bounded
+    from labcycle.tasks.taxonomy.reader import MAX_FILE_BYTES
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_FILE_BYTES).decode("utf-8")
     except FileNotFoundError:
         where = f" (named at {declared_at})" if declared_at else ""
         raise LabcycleError(f"base job template not found{where}; file names in base_job_templates are relative "
                             "to prefect.yaml's folder", where=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise LabcycleError(f"cannot read the base job template ({describe_os_error(exc)}); it must be a plain UTF-8 "
+                            "JSON file", where=str(path)) from None
+    except UnicodeDecodeError as exc:
         raise LabcycleError(f"cannot read the base job template ({exc}); it must be readable UTF-8 JSON", where=str(path)) from None
     try:
         template = json.loads(text)

@@ -17,6 +17,7 @@ PyYAML's own YAML 1.1 tables and constructors: an unquoted `No` is a boolean the
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -29,9 +30,15 @@ from ruamel.yaml.error import ReusedAnchorWarning
 from ruamel.yaml.error import YAMLError as RuamelYAMLError
 from ruamel.yaml.resolver import BaseResolver
 
+from labcycle.files import FileTooLarge, NotRegularFile, describe_os_error, read_bounded
+
 MAX_FILE_BYTES = 1024 * 1024
 # A real leaf has a few hundred nodes; 100k leaves room for any honest file and stops alias bombs fast.
 MAX_NODES = 100_000
+# Lists and mappings inside one another. A leaf or a config is 3-6 deep; the composers (libyaml's in C,
+# PyYAML's in Python) and our walk recurse once per level, and libyaml's C recursion has no guard: 30,000
+# levels overflow the C stack and kill the process. So the depth is measured before anything composes.
+MAX_DEPTH = 100
 
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
@@ -149,9 +156,61 @@ def _has_flow_collection(root: Any) -> bool:
     return False
 
 
-def _compose(text: str) -> Any:
-    """The root node, composed as PyYAML composes it; raises PyYAML's errors where PyYAML would."""
-    if not any(c in text for c in _PYTHON_ONLY_CHARS) and not _BLOCK_HEADER_COMMENT.search(text):
+# YAML's line breaks (PyYAML's reader): a "line" of the depth bound below ends at any of them.
+_LINE_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
+# An indicator that opens a block collection on the line it is on: "- ", "? " and a key's ": ".
+_BLOCK_INDICATOR = re.compile(r"[-?:](?=[ \t]|$)")
+
+
+def _depth_bound(text: str) -> int:
+    """An upper bound of the nesting depth, from the text alone, in one quick pass.
+
+    Every flow collection starts at a bracket, so there are at most as many of them as `[` and `{`. The block
+    collections around a node either started on an earlier line, each at a column no greater than the
+    indentation of the node's line (a block collection ends at the first line indented less), at most two
+    per column (a mapping and the sequence that is its value may share one); or started on the node's line,
+    each at an indicator. Brackets and indicators inside quotes, comments or block scalars only make the
+    bound larger, never smaller."""
+    bound = text.count("[") + text.count("{")
+    block = 0
+    for line in _LINE_BREAKS.split(text):
+        indent = len(line) - len(line.lstrip(" \t"))
+        block = max(block, 2 * (indent + 1) + len(_BLOCK_INDICATOR.findall(line)))
+    return bound + block + 1
+
+
+def nesting_problem(text: str) -> tuple[Problem | None, bool]:
+    """(a yaml/too-deep problem or None, whether PyYAML's Python parser must compose the text).
+
+    Most files are decided by the bound alone. A file whose bound is over MAX_DEPTH is parsed into events
+    by PyYAML's Python parser, which keeps its nesting in a list, not on the stack, and is stopped at the
+    first collection past the limit. When that parser rejects the text before the end, it is composed by
+    PyYAML only: it stops at the same error, before any deeper level, and names it."""
+    if _depth_bound(text) <= MAX_DEPTH:
+        return None, False
+    depth = 0
+    try:
+        for event in pyyaml.parse(text, Loader=_PythonLoader):
+            if isinstance(event, pyyaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return too_deep(event.start_mark.line + 1, event.start_mark.column + 1), False
+            elif isinstance(event, pyyaml.CollectionEndEvent):
+                depth -= 1
+    except pyyaml.YAMLError:
+        return None, True
+    return None, False
+
+
+def too_deep(line: int = 1, column: int = 1) -> Problem:
+    return Problem(line, column, "yaml/too-deep",
+                   f"lists or mappings are nested more than {MAX_DEPTH} levels deep here; flatten the structure")
+
+
+def _compose(text: str, python_only: bool = False) -> Any:
+    """The root node, composed as PyYAML composes it; raises PyYAML's errors where PyYAML would.
+    The text must have passed nesting_problem (libyaml's composer recurses in C without a guard)."""
+    if not python_only and not any(c in text for c in _PYTHON_ONLY_CHARS) and not _BLOCK_HEADER_COMMENT.search(text):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", ReusedAnchorWarning)  # PyYAML: "found duplicate anchor"
@@ -191,15 +250,19 @@ def read_yaml(path: Path) -> ParsedYaml:
     """Read and parse one file; problems are collected, never raised."""
     parsed = ParsedYaml()
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            parsed.problems.append(
-                Problem(1, 1, "file/too-large", f"the file is {size / 1048576:.1f} MiB; files here may be at most 1 MiB (move long text into the knowledge documents)")
-            )
-            return parsed
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_FILE_BYTES)
+    except FileTooLarge as exc:
+        # The size is exact when the file said it; a file that grew while read is only known to be too large.
+        size = f"{exc.size / 1048576:.1f} MiB" if exc.size > exc.limit + 1 else "larger than 1 MiB"
+        parsed.problems.append(
+            Problem(1, 1, "file/too-large", f"the file is {size}; files here may be at most 1 MiB (move long text into the knowledge documents)")
+        )
+        return parsed
+    except NotRegularFile as exc:
+        parsed.problems.append(Problem(1, 1, "file/not-regular", f"{exc.strerror}; a leaf or settings file must be a plain file"))
+        return parsed
     except OSError as exc:
-        parsed.problems.append(Problem(1, 1, "file/unreadable", f"cannot read the file ({exc.strerror}); check its permissions"))
+        parsed.problems.append(Problem(1, 1, "file/unreadable", f"cannot read the file ({describe_os_error(exc)}); check it and its permissions"))
         return parsed
     text = _decode(raw, parsed)
     if text is not None:
@@ -210,8 +273,12 @@ def read_yaml(path: Path) -> ParsedYaml:
 def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
     parsed = parsed or ParsedYaml()
     parsed.text = text
+    problem, python_only = nesting_problem(text)
+    if problem:
+        parsed.problems.append(problem)
+        return parsed
     try:
-        root = _compose(text)
+        root = _compose(text, python_only)
     except pyyaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -223,8 +290,8 @@ def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
     except pyyaml.YAMLError as exc:  # reader errors: control characters and the like
         parsed.problems.append(Problem(1, 1, "yaml/syntax", f"YAML error: {str(exc).splitlines()[0]}"))
         return parsed
-    except RecursionError:
-        parsed.problems.append(_too_deep())
+    except RecursionError:  # a deep stack before us; the depth itself was bounded above
+        parsed.problems.append(too_deep())
         return parsed
     if root is None or (root.id == "scalar" and root.tag == _STD + "null"):
         parsed.problems.append(
@@ -246,13 +313,8 @@ def parse_text(text: str, parsed: ParsedYaml | None = None) -> ParsedYaml:
         )
     except RecursionError:
         parsed.data = None
-        parsed.problems.append(_too_deep())
+        parsed.problems.append(too_deep())
     return parsed
-
-
-def _too_deep() -> Problem:
-    # PyYAML (the reference) fails on such a file too
-    return Problem(1, 1, "yaml/syntax", "YAML error: lists or mappings are nested too deeply; flatten the structure")
 
 
 class _Walker:
@@ -339,7 +401,8 @@ def read_settings_file(path: Path, *, missing: str, what: str, keys: str) -> Par
     keys expected and `what` the file's kind (for a file that is not a mapping). An empty file is fine: it means the defaults."""
     from labcycle.errors import LabcycleError
 
-    parsed = read_yaml(path) if path.is_file() else None
+    # Whatever exists is read (read_yaml says what is wrong with a FIFO or a device); only a missing name is "not found".
+    parsed = read_yaml(path) if os.path.lexists(path) else None
     if parsed is None:
         raise LabcycleError(missing, where=str(path))
     bad = [p for p in parsed.problems if p.rule != "file/empty"]

@@ -308,8 +308,56 @@ def test_files_pyyaml_accepts_are_read_like_pyyaml(text: str) -> None:
 @pytest.mark.parametrize("text", ["a: " + "[" * 3000 + "]" * 3000 + "\n", "a:\n" + "\n".join(" " * (i + 1) + "b:" for i in range(3000)) + " x\n"])
 def test_absurd_nesting_is_a_problem_not_a_crash(text: str) -> None:
     parsed = parse_text(text)
+    assert rules(parsed) == ["yaml/too-deep"]
+    assert "nested more than 100 levels deep" in parsed.problems[0].message
+
+
+# The shapes that overflowed libyaml's C composer (SIGSEGV) before the depth was bounded, at a depth that
+# still composes without one, so a regression shows as a wrong answer here and as a crash in
+# tests/test_hostile_inputs.py, which runs the real 30,000-level files through the CLI.
+DEEP = 3000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 3\nx:\n" + "- " * DEEP + "y\n",  # block sequences, compact, on one line
+        "version: 3\nx: " + "{a: " * DEEP + "}" * DEEP + "\n",  # flow mappings
+        "version: 3\nx:\n" + "".join(" " * i + "- a:\n" for i in range(0, 240, 2)),  # indentation
+        # brackets inside quotes must not hide the depth from the quick bound
+        "version: 3\nx: " + '["]", ' * DEEP + "]" * DEEP + "\n",
+        "version: 3\nx: " + "[" * 101 + "]" * 101 + "\n",
+    ],
+)
+def test_too_deep_is_refused_before_composing(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a file nested too deeply must not reach a composer")
+
+    monkeypatch.setattr(reader, "_compose", refuse)
+    parsed = parse_text(text)
+    assert rules(parsed) == ["yaml/too-deep"]
+    assert parsed.problems[0].line >= 2 and parsed.data is None
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    text = "x: " + "[" * 99 + "]" * 99 + "\n"  # the mapping is one level, the lists 99 more
+    parsed = parse_text(text)
+    assert parsed.problems == [] and parsed.data == yaml.safe_load(text)
+
+
+def test_brackets_and_indentation_in_text_are_not_nesting() -> None:
+    # Over the quick bound (many brackets, a deeply indented block scalar) but 3 levels deep: read as usual.
+    code = "".join(" " * 60 + f"a[{i}] = {{[{i}]}}: - ? x\n" for i in range(200))
+    text = "version: 3\nseed_examples:\n  - answer: |\n" + code
+    assert reader._depth_bound(text) > reader.MAX_DEPTH
+    parsed = parse_text(text)
+    assert parsed.problems == [] and parsed.data == yaml.safe_load(text)
+
+
+def test_a_syntax_error_before_deep_nesting_is_a_syntax_error() -> None:
+    # PyYAML rejects the first line; libyaml would accept it and recurse into what follows.
+    parsed = parse_text("[what?, x]\n" + "[" * 30000)
     assert rules(parsed) == ["yaml/syntax"]
-    assert "nested too deeply" in parsed.problems[0].message
 
 
 # --- positions ------------------------------------------------------------------------------------------------
