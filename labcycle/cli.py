@@ -66,7 +66,7 @@ def validate_cmd(
     if taxonomy is not None and not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     if paths:
-        missing = [str(p) for p in paths if not p.exists()]
+        missing = [str(p) for p in paths if not os.path.lexists(p)]  # a broken link or a loop is read, and named
         if missing:
             raise _usage_error(f"no such file or folder: {', '.join(missing)}")
         files = find_in_paths(paths)
@@ -78,7 +78,8 @@ def validate_cmd(
     if not files:
         raise _usage_error(f"no qna.yaml found in {where}; pass a taxonomy root with --taxonomy or leaf paths")
 
-    report = validate_files(files, root=taxonomy, strict=strict)
+    # Leaves found under the root are checked against it (a symlink leading out of it is refused).
+    report = validate_files(files, root=taxonomy or (None if paths else Path(".")), strict=strict)
     if fmt is ValidateFormat.json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     elif fmt is ValidateFormat.github:

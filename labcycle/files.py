@@ -78,5 +78,5 @@ def describe_os_error(exc: OSError) -> str:
     if isinstance(exc, (NotRegularFile, FileTooLarge)):
         return exc.strerror
     if exc.errno == errno.ELOOP:
-        return "it is a symlink loop (a link that leads back to itself)"
+        return "it is a symlink loop, a link that leads back to itself"
     return exc.strerror or str(exc)

@@ -35,15 +35,35 @@ def find_leaf_files(root: Path, folders: Sequence[str] = DEFAULT_FOLDERS) -> lis
     return found
 
 
+def real(path: Path) -> Path:
+    """The path with every symlink followed, as far as they lead: a symlink loop is returned as it stands
+    (reading it then says so) instead of raising as Path.resolve does."""
+    return Path(os.path.realpath(path))
+
+
+def located(path: Path) -> Path:
+    """Where a file sits: its folder resolved, its own name kept. A leaf that is a symlink is identified by
+    where the link is, not by where it points."""
+    return real(path.parent) / path.name
+
+
+def leads_outside(path: Path, root: Path) -> bool:
+    """True for a file inside `root` that is a symlink to a file outside it (read, it would bring in a file
+    the taxonomy does not hold)."""
+    top = real(root)
+    return located(path).is_relative_to(top) and not real(path).is_relative_to(top)
+
+
 def find_in_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files named on the command line are taken as given; directories are searched recursively."""
+    """Files named on the command line are taken as given (a FIFO or a device too, so reading it can say
+    what it is); directories are searched recursively."""
     found: list[Path] = []
     for path in paths:
-        found.extend([path] if path.is_file() else _walk(path))
+        found.extend(_walk(path) if path.is_dir() else [path])
     seen: set[Path] = set()
     unique = []
     for p in found:
-        key = p.resolve()
+        key = real(p)
         if key not in seen:
             seen.add(key)
             unique.append(p)
@@ -52,16 +72,16 @@ def find_in_paths(paths: Sequence[Path]) -> list[Path]:
 
 def leaf_id(path: Path, root: Path) -> str:
     """A leaf's stable id: its directory relative to the taxonomy root, with / separators."""
-    return path.resolve().parent.relative_to(root.resolve()).as_posix()
+    return located(path).parent.relative_to(real(root)).as_posix()
 
 
 def top_folder(path: Path, root: Path | None, folders: Sequence[str] = DEFAULT_FOLDERS) -> str | None:
     """The taxonomy top folder a file sits in: from the root when the file is under it, else the nearest
     ancestor whose name is one of the folders (as the reference parser does)."""
-    resolved = path.resolve()
+    resolved = located(path)
     if root is not None:
         try:
-            return resolved.relative_to(root.resolve()).parts[0]
+            return resolved.relative_to(real(root)).parts[0]
         except (ValueError, IndexError):
             pass
     for part in reversed(resolved.parent.parts):

@@ -262,7 +262,7 @@ def read_yaml(path: Path) -> ParsedYaml:
         parsed.problems.append(Problem(1, 1, "file/not-regular", f"{exc.strerror}; a leaf or settings file must be a plain file"))
         return parsed
     except OSError as exc:
-        parsed.problems.append(Problem(1, 1, "file/unreadable", f"cannot read the file ({describe_os_error(exc)}); check it and its permissions"))
+        parsed.problems.append(Problem(1, 1, "file/unreadable", f"cannot read the file: {describe_os_error(exc)}; check it and its permissions"))
         return parsed
     text = _decode(raw, parsed)
     if text is not None:

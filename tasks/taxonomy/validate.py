@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS, LEAF_NAME, top_folder
+from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS, LEAF_NAME, leads_outside, top_folder
 from labcycle.tasks.taxonomy.lint import lint
 from labcycle.tasks.taxonomy.reader import JsonPath, ParsedYaml, Problem, read_yaml
 
@@ -242,6 +242,11 @@ def validate_file(path: Path, *, root: Path | None = None, folders: Sequence[str
     errors, warnings = report.errors, report.warnings
     if path.name != LEAF_NAME:
         errors.append(Problem(1, 1, "file/name", f"a leaf file must be named qna.yaml, not {path.name}; rename it (git mv {path.name} qna.yaml)"))
+    if root is not None and leads_outside(path, root):
+        # Read, it would bring into a run (and its hashes) a file the taxonomy repository does not hold.
+        errors.append(Problem(1, 1, "file/outside-taxonomy", "the file is a symlink to a file outside the taxonomy root; "
+                              "put the file itself in the taxonomy"))
+        return report
     parsed = read_yaml(path)
     errors.extend(parsed.problems)
     data = parsed.data

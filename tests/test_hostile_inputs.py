@@ -1,0 +1,129 @@
+"""Hostile and broken inputs through the real CLI: each gets an answer within seconds, exit 1 or 2, one line
+that says what and where, and no traceback. Every command runs with a timeout, so a hang fails the test
+instead of hanging the suite, and in a subprocess, so a crash (SIGSEGV) is a failed test, not a dead run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.leafgen import knowledge_v3
+
+TIMEOUT_S = 60  # generous for a loaded CI machine; every case here answers in a second or two (run: ~15 s)
+
+
+def labcycle(*args: str, cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labcycle.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_clean_failure(res: subprocess.CompletedProcess[str], *words: str) -> None:
+    out = res.stdout + res.stderr
+    assert res.returncode in (1, 2), f"exit {res.returncode}:\n{out}"
+    assert "Traceback" not in out, out
+    for word in words:
+        assert word in out, out
+
+
+@pytest.fixture()
+def taxonomy(tmp_path: Path) -> Path:
+    root = tmp_path / "tax"
+    (root / "knowledge/good").mkdir(parents=True)
+    (root / "knowledge/good/qna.yaml").write_text(knowledge_v3(1))
+    return root
+
+
+def leaf(root: Path, name: str) -> Path:
+    path = root / "knowledge" / name / "qna.yaml"
+    path.parent.mkdir(parents=True)
+    return path
+
+
+# --- deep nesting ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 3\nx: " + "[" * 30_000 + "]" * 30_000 + "\n",  # killed validate with SIGSEGV in libyaml's composer
+        "version: 3\nx:\n" + "- " * 100_000 + "y\n",  # a block sequence 100,000 levels deep
+        "version: 3\nx: " + "{a: " * 30_000 + "}" * 30_000 + "\n",
+    ],
+    ids=["flow-lists", "block-lists", "flow-mappings"],
+)
+def test_deep_leaf_is_a_too_deep_error(taxonomy: Path, text: str) -> None:
+    leaf(taxonomy, "deep").write_text(text)
+    res = labcycle("taxonomy", "validate", "--taxonomy", str(taxonomy), cwd=taxonomy)
+    assert_clean_failure(res, "knowledge/deep/qna.yaml:", "nested more than 100 levels deep", "[yaml/too-deep]")
+    assert res.returncode == 1
+
+
+def test_deep_config_is_one_line_before_any_work(tmp_path: Path) -> None:
+    config = tmp_path / "labcycle.yaml"
+    config.write_text("tuning: " + "[" * 30_000 + "]" * 30_000 + "\n")
+    res = labcycle("tune", "--config", str(config), "--base-model", str(tmp_path), "--output", str(tmp_path / "out"),
+                   cwd=tmp_path)
+    assert_clean_failure(res, f"{config}:1:", "nested more than 100 levels deep")
+
+
+def test_deep_prefect_yaml_is_one_line(tmp_path: Path) -> None:
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text("definitions:\n  work_pools: " + "[" * 30_000 + "]" * 30_000 + "\n")
+    res = labcycle("pools", "apply", "--prefect-file", str(prefect_file), "--dry-run", cwd=tmp_path)
+    assert_clean_failure(res, f"{prefect_file}:2:", "nested more than 100 levels deep")
+
+
+# --- special files and symlinks ------------------------------------------------------------------------------
+
+
+def test_fifo_device_loop_and_outside_leaves_are_named_not_read(taxonomy: Path, tmp_path: Path) -> None:
+    os.mkfifo(leaf(taxonomy, "fifo"))  # opening it for reading would wait for a writer forever
+    leaf(taxonomy, "zero").symlink_to("/dev/zero")  # st_size 0, and reading never ends
+    loop = leaf(taxonomy, "loop")
+    loop.symlink_to(loop)
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text(knowledge_v3(2))
+    leaf(taxonomy, "outside").symlink_to(outside)
+    res = labcycle("taxonomy", "validate", "--taxonomy", str(taxonomy), cwd=taxonomy)
+    assert_clean_failure(res, "5 files checked: 1 valid, 4 invalid")
+    lines = res.stdout.splitlines()
+    assert any(ln.startswith("knowledge/fifo/qna.yaml:1:1: it is a FIFO") and ln.endswith("[file/not-regular]") for ln in lines)
+    assert any(ln.startswith("knowledge/zero/qna.yaml:1:1:") and "outside the taxonomy" in ln for ln in lines)
+    assert any(ln.startswith("knowledge/loop/qna.yaml:1:1:") and "symlink loop" in ln for ln in lines)
+    assert any(ln.startswith("knowledge/outside/qna.yaml:1:1:") and ln.endswith("[file/outside-taxonomy]") for ln in lines)
+
+
+def test_special_files_named_on_the_command_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "qna.yaml"
+    os.mkfifo(fifo)
+    res = labcycle("taxonomy", "validate", str(fifo), cwd=tmp_path)
+    assert_clean_failure(res, "it is a FIFO (named pipe), not a regular file")
+    zero = tmp_path / "z" / "qna.yaml"
+    zero.parent.mkdir()
+    zero.symlink_to("/dev/urandom")
+    res = labcycle("taxonomy", "validate", str(zero), cwd=tmp_path)
+    assert_clean_failure(res, "it is a device, not a regular file")
+    loop = tmp_path / "l" / "qna.yaml"
+    loop.parent.mkdir()
+    loop.symlink_to(loop)
+    res = labcycle("taxonomy", "validate", str(loop), cwd=tmp_path)
+    assert_clean_failure(res, "symlink loop")
+
+
+def test_fifo_config_is_refused(tmp_path: Path, taxonomy: Path) -> None:
+    config = tmp_path / "labcycle.yaml"
+    os.mkfifo(config)
+    res = labcycle("run", "--until", "taxonomy", "--taxonomy", str(taxonomy), "--base", "empty", "--config", str(config),
+                   "--output", str(tmp_path / "run"), cwd=tmp_path)
+    assert_clean_failure(res, str(config))
+
+
+def test_run_until_taxonomy_stops_on_a_fifo_leaf(taxonomy: Path, tmp_path: Path) -> None:
+    os.mkfifo(leaf(taxonomy, "fifo"))
+    res = labcycle("run", "--until", "taxonomy", "--taxonomy", str(taxonomy), "--base", "empty",
+                   "--output", str(tmp_path / "run"), cwd=tmp_path)
+    assert_clean_failure(res, "knowledge/fifo/qna.yaml:1:1: it is a FIFO", "[file/not-regular]")
