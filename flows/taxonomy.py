@@ -72,7 +72,8 @@ def prepare_taxonomy(taxonomy: str = "taxonomy", base: str | None = None, output
     selected = {leaf.path: (leaf, by_path[(root / leaf.path).resolve()]) for leaf in diff.leaves}
 
     documents = {
-        path: fetch_leaf_documents.submit(Path(path).parent.as_posix(), leaf_report.data["document"], cache_dir(cfg), root)
+        path: fetch_leaf_documents.submit(Path(path).parent.as_posix(), leaf_report.data["document"], cache_dir(cfg), root,
+                                          cfg.documents.max_bytes)
         for path, (_, leaf_report) in selected.items()
         if leaf_report.kind == "knowledge"
     }

@@ -27,6 +27,7 @@ class TaxonomyConfig:
 @dataclass(frozen=True)
 class DocumentsConfig:
     cache_dir: str | None = None
+    max_bytes: int = 20 * 1024 * 1024  # a knowledge document larger than this is refused (tasks/documents.py)
 
 
 @dataclass(frozen=True)

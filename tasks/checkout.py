@@ -19,13 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 from prefect import task
 
 from labcycle.errors import LabcycleError
+from labcycle.tasks.gitremote import is_transient, remote_problem
 from labcycle.tasks.taxonomy.diff import git
 
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 
 
 class FetchError(LabcycleError):
-    """The repository could not be reached or read: worth a retry, unlike a missing commit."""
+    """The repository could not be reached for a moment (network, a busy server): worth a retry, unlike a
+    missing repository, a refused login or a missing commit."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def checkout(repo: str, dest: Path, branch: str | None = None, commit: str | Non
     if not repo or repo.startswith("-"):
         raise LabcycleError("no taxonomy repository to clone; give its URL (taxonomy_repo) or a local taxonomy folder",
                             where=shown or None)
+    if problem := remote_problem(repo):
+        raise LabcycleError(f"taxonomy_repo {problem}", where=shown)
     if dest.exists() and not (dest / ".git").is_dir():
         if any(dest.iterdir()):
             raise LabcycleError("the run folder already has a taxonomy/ that is not a git clone; pick another output "
@@ -79,8 +83,9 @@ def checkout(repo: str, dest: Path, branch: str | None = None, commit: str | Non
             git(dest, "remote", "add", "origin", repo)
         git(dest, "fetch", "-q", "--prune", "--no-tags", "origin", "+refs/heads/*:refs/remotes/origin/*")
     except LabcycleError as exc:
-        raise FetchError(f"could not fetch the taxonomy repository: {_clean(str(exc), repo)}; check the URL and "
-                            "that this worker can read it (git credentials, network)", where=shown) from None
+        error = FetchError if exc.transient or is_transient(repo, str(exc)) else LabcycleError
+        raise error(f"could not fetch the taxonomy repository: {_clean(str(exc), repo)}; check the URL and "
+                    "that this worker can read it (git credentials, network)", where=shown) from None
     target = commit or (f"origin/{branch}" if branch else _default_branch(dest, shown))
     if commit and not _resolve(dest, commit):
         # A commit no branch holds any more (force-pushed away) may still be fetchable by id.

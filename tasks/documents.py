@@ -8,7 +8,7 @@ in a `.tmp-*` sibling and renamed into place, so a crash leaves only a temp dir,
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import io
 import os
@@ -16,13 +16,16 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from labcycle.errors import LabcycleError
+from labcycle.files import FileTooLarge, NotRegularFile, describe_os_error, read_bounded
+from labcycle.tasks.gitremote import GIT_TIMEOUT_S, git_env, is_transient, remote_problem
 
-GIT_TIMEOUT_S = 600  # a fetch of a big repository over a slow link; local commands are quick
+# A long book is a few MB of Markdown; a 200 MB file made 42,757 chunks, and hours of teacher calls.
+MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 ACCEPTED = {".md": "markdown", ".markdown": "markdown", ".pdf": "pdf"}
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256 object names
 _ABBREV_SHA = re.compile(r"[0-9a-f]{4,63}")
@@ -71,12 +74,11 @@ def normalize_repo(repo: str, base_dir: Path | None) -> str:
 
 
 def _git(args: list[str], cwd: Path, leaf_id: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    # ssh would otherwise ask for a passphrase or host-key confirmation and hang the flow.
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    env = git_env()
+    env["LC_ALL"] = "C"
     try:
         return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S)
+                              stdin=subprocess.DEVNULL, timeout=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise LabcycleError(f"git {args[0]} took longer than {GIT_TIMEOUT_S}s; check the network "
                             "and document.repo, then rerun", where=leaf_id, transient=True) from None
@@ -118,10 +120,11 @@ def _checkout(repo: str, commit: str, key_dir: Path, leaf_id: str) -> Path:
             full = _git(["fetch", "-q", repo, "+refs/heads/*:refs/remotes/origin/*",
                          "+refs/tags/*:refs/tags/*"], work, leaf_id)
             if full.returncode != 0:
+                # Retried only when another try may help: a missing repository or a refused login fails now.
                 raise LabcycleError(f"cannot fetch document.repo {repo!r}: "
                                     f"{_summary(full.stderr)}; check the URL/path and your "
                                     "access to it", where=leaf_id,
-                                    transient=not Path(repo).exists() and _is_url(repo))
+                                    transient=is_transient(repo, full.stderr))
             sha = _rev_parse(work, commit, leaf_id)
             if sha is None:
                 raise LabcycleError(f"commit {commit!r} not found in {repo!r}; check "
@@ -163,20 +166,73 @@ def _check_pattern(pattern: str, leaf_id: str) -> None:
                             "use a path inside the repository", where=leaf_id)
 
 
+def _files(root: Path) -> Iterator[tuple[str, ...]]:
+    """Every file of the tree as path parts, without following links to folders: a link like `a -> .`
+    would otherwise make `**` walk the same files again at every depth, without end."""
+    for dirpath, dirnames, filenames in os.walk(root):  # os.walk never descends into a linked folder
+        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not os.path.islink(os.path.join(dirpath, d)))
+        rel = Path(dirpath).relative_to(root).parts
+        for name in sorted(filenames):
+            yield (*rel, name)
+
+
+def _component_matches(pattern: str, name: str) -> bool:
+    if not glob_has_magic(pattern):
+        return pattern == name
+    # As glob: a wildcard does not match a leading dot (hidden files are named explicitly).
+    return not (name.startswith(".") and not pattern.startswith(".")) and fnmatch.fnmatchcase(name, pattern)
+
+
+def glob_has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matches(pattern: str, parts: Sequence[str]) -> bool:
+    """Whether a file's path parts match a glob pattern as glob.glob(recursive=True) matches it: `**` is
+    any number of folders (not hidden ones), `*`, `?` and `[...]` stay within one name. A set of positions
+    in the pattern is carried along the path, so no pattern or depth makes it recurse or backtrack."""
+    pat = [p for p in pattern.replace("\\", "/").split("/") if p not in ("", ".")]
+
+    def closure(states: set[int]) -> set[int]:
+        out, todo = set(states), list(states)
+        while todo:
+            i = todo.pop()
+            if i < len(pat) and pat[i] == "**" and i + 1 not in out:
+                out.add(i + 1)
+                todo.append(i + 1)
+        return out
+
+    states = closure({0})
+    for name in parts:
+        step: set[int] = set()
+        for i in states:
+            if i == len(pat):
+                continue
+            if pat[i] == "**":
+                if not name.startswith("."):
+                    step.add(i)
+            elif _component_matches(pat[i], name):
+                step.add(i + 1)
+        states = closure(step)
+        if not states:
+            return False
+    return len(pat) in states
+
+
 def _select(tree: Path, patterns: Sequence[str], leaf_id: str) -> list[str]:
     root = tree.resolve()
-    found: set[str] = set()
     for pattern in patterns:
         _check_pattern(pattern, leaf_id)
-        for rel in glob.glob(pattern, root_dir=root, recursive=True):
-            posix = PurePosixPath(Path(rel).as_posix())
-            if ".git" in posix.parts or not (root / rel).is_file():
-                continue
-            # A symlink (of the file or any folder above it) may lead out of the checkout.
-            if not Path(os.path.realpath(root / rel)).is_relative_to(root):
-                raise LabcycleError(f"document {posix} is a symlink pointing outside the "
-                                    "repository; remove it from the patterns", where=leaf_id)
-            found.add(str(posix))
+    found: set[str] = set()
+    for parts in _files(root):
+        if not any(matches(pattern, parts) for pattern in patterns):
+            continue
+        posix = PurePosixPath(*parts)
+        # A symlink to a file may lead out of the checkout (folders above it are real: see _files).
+        if not Path(os.path.realpath(root.joinpath(*parts))).is_relative_to(root):
+            raise LabcycleError(f"document {posix} is a symlink pointing outside the "
+                                "repository; remove it from the patterns", where=leaf_id)
+        found.add(str(posix))
     if not found:
         raise LabcycleError(f"document.patterns {list(patterns)} match no file at the pinned "
                             "commit; fix the patterns or the commit", where=leaf_id)
@@ -186,6 +242,19 @@ def _select(tree: Path, patterns: Sequence[str], leaf_id: str) -> list[str]:
                             ".markdown) and PDF (.pdf) are accepted; narrow the patterns",
                             where=leaf_id)
     return sorted(found)
+
+
+def _read(tree: Path, rel: str, max_bytes: int, leaf_id: str) -> bytes:
+    try:
+        return read_bounded(tree / rel, max_bytes)
+    except FileTooLarge as exc:
+        size = f"{exc.size / 1048576:.1f} MB" if exc.size > exc.limit + 1 else "larger than the limit"
+        raise LabcycleError(f"document {rel} is {size}; documents may be at most {max_bytes:,} bytes "
+                            "(documents.max_bytes in the config): split it, or raise the limit",
+                            where=leaf_id) from None
+    except OSError as exc:
+        raise LabcycleError(f"cannot read document {rel}: {describe_os_error(exc)}; documents must be "
+                            "plain files in the repository", where=leaf_id) from None
 
 
 def _text(path: str, data: bytes, leaf_id: str) -> str:
@@ -209,12 +278,16 @@ def _text(path: str, data: bytes, leaf_id: str) -> str:
 
 
 def fetch_documents(leaf_id: str, repo: str, commit: str, patterns: Sequence[str], *,
-                    cache_dir: Path, base_dir: Path | None = None) -> DocumentSet:
-    """Check out `repo` at `commit` (cached) and read the files that `patterns` select."""
+                    cache_dir: Path, base_dir: Path | None = None,
+                    max_bytes: int = MAX_DOCUMENT_BYTES) -> DocumentSet:
+    """Check out `repo` at `commit` (cached) and read the files that `patterns` select, each at most
+    `max_bytes` long."""
     commit = str(commit).strip()
     if not commit or not repo.strip() or commit.startswith("-") or repo.strip().startswith("-"):
         raise LabcycleError("document.repo and document.commit must be set (and not start "
                             "with '-')", where=leaf_id)
+    if problem := remote_problem(repo):
+        raise LabcycleError(f"document.repo {problem}", where=leaf_id)
     if _ABBREV_SHA.fullmatch(commit.lower()):
         commit = commit.lower()
     url = normalize_repo(repo, base_dir)
@@ -222,7 +295,7 @@ def fetch_documents(leaf_id: str, repo: str, commit: str, patterns: Sequence[str
     tree = _cached(key_dir, commit) or _checkout(url, commit, key_dir, leaf_id)
     docs = []
     for rel in _select(tree, patterns, leaf_id):
-        data = (tree / rel).read_bytes()
+        data = _read(tree, rel, max_bytes, leaf_id)
         docs.append(Document(rel, _text(rel, data, leaf_id), hashlib.sha256(data).hexdigest()))
     return DocumentSet(leaf_id=leaf_id, repo=repo, commit=tree.name, documents=docs)
 
@@ -236,6 +309,8 @@ from labcycle.errors import retry_if_transient  # noqa: E402
 
 @task(name="fetch documents", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_if_transient,
       task_run_name="fetch documents: {leaf_id}")
-def fetch_leaf_documents(leaf_id: str, document: dict, cache_dir: Path, base_dir: Path) -> DocumentSet:
+def fetch_leaf_documents(leaf_id: str, document: dict, cache_dir: Path, base_dir: Path,
+                         max_bytes: int = MAX_DOCUMENT_BYTES) -> DocumentSet:
     """A knowledge leaf's documents at the pinned commit; retried, since fetching crosses the network."""
-    return fetch_documents(leaf_id, document["repo"], str(document["commit"]), document["patterns"], cache_dir=cache_dir, base_dir=base_dir)
+    return fetch_documents(leaf_id, document["repo"], str(document["commit"]), document["patterns"], cache_dir=cache_dir,
+                           base_dir=base_dir, max_bytes=max_bytes)

@@ -94,3 +94,18 @@ def test_a_later_cycles_plan_adds_epochs():
     assert with_plan(t, None) == t
     more = with_plan(t, {"epochs_add": 2})
     assert (more.knowledge.epochs, more.skills.epochs) == (9, 12) and more.lora == t.lora
+
+
+def test_document_size_cap(tmp_path):
+    assert config.load(None).documents.max_bytes == 20 * 1024 * 1024
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("documents:\n  max_bytes: 1000000\n")
+    assert config.load(f).documents.max_bytes == 1_000_000
+    assert_mistake(config.load, f, "documents:\n  max_bytes: 0\n", ":2:3", "max_bytes")
+
+
+@pytest.mark.parametrize(("text", "where"), [("tuning: " + "[" * 30_000 + "]" * 30_000 + "\n", ":1:108"),
+                                             ("tuning:\n" + "- " * 100_000 + "x\n", ":2:199")])
+def test_a_config_nested_too_deeply_is_one_line(tmp_path, text, where):
+    # 30,000 levels killed `run` and `tune` with SIGSEGV in libyaml's composer.
+    assert_mistake(config.load, tmp_path / "labcycle.yaml", text, where, "nested more than 100 levels deep")

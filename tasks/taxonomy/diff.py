@@ -57,13 +57,20 @@ def _git_env() -> dict[str, str]:
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    from labcycle.tasks.gitremote import GIT_TIMEOUT_S, git_env
+
     try:
         return subprocess.run(
             ["git", "-C", str(root), *args],
             capture_output=True,
             stdin=subprocess.DEVNULL,
-            env=_git_env(),
+            env=git_env(_git_env()),  # the checkout stage fetches through here too
+            timeout=GIT_TIMEOUT_S,
         )
+    except subprocess.TimeoutExpired:
+        command = next((a for a in args if not a.startswith("-")), "")
+        raise LabcycleError(f"git {command} took longer than {GIT_TIMEOUT_S}s; check the repository (and the "
+                            "network, for a fetch), then rerun", where=str(root), transient=True) from None
     except FileNotFoundError:
         raise LabcycleError(
             "git is not installed or not on PATH; install git, or pass --base empty to take every leaf without git"

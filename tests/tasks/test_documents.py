@@ -186,3 +186,125 @@ def test_branch_name_resolves_to_its_tip(source, tmp_path: Path) -> None:
     tip = commit_files(repo, {"docs/a.md": "changed\n"})
     ds = fetch(str(repo), "main", ["docs/a.md"], tmp_path)
     assert ds.commit == tip and ds.documents[0].text == "changed\n"
+
+
+# --- hostile repositories and documents ---------------------------------------------------------------------
+
+
+def test_folder_links_are_not_followed_and_each_document_is_read_once(tmp_path: Path, monkeypatch) -> None:
+    from labcycle.tasks import documents
+
+    repo = tmp_path / "src"
+    make_repo(repo, {"guide.md": "one document\n", "docs/part.md": "another\n"})
+    (repo / "a").symlink_to(".")  # with glob's `**` this made 41 copies of guide.md; two such links, no end
+    (repo / "docs" / "up").symlink_to("..")
+    sha = commit_files(repo, {})
+    reads: list[Path] = []
+    real_read = documents.read_bounded
+
+    def spy(path, limit):  # type: ignore[no-untyped-def]
+        reads.append(Path(path))
+        return real_read(path, limit)
+
+    monkeypatch.setattr(documents, "read_bounded", spy)
+    ds = fetch(str(repo), sha, ["**/*.md", "a/guide.md"], tmp_path)
+    assert [d.path for d in ds.documents] == ["docs/part.md", "guide.md"]
+    assert sorted(p.name for p in reads) == ["guide.md", "part.md"]
+
+
+def test_patterns_match_as_glob_does_on_a_tree_without_links(tmp_path: Path) -> None:
+    import glob
+
+    from labcycle.tasks.documents import _files, matches
+
+    root = tmp_path / "tree"
+    for rel in ("a.md", "b.markdown", ".hidden.md", "docs/x.md", "docs/.h/y.md", "docs/deep/er/z.md", "docs/deep/n.txt",
+                "other/docs/w.md", "[x].md"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    files = list(_files(root))
+    for pattern in ("*.md", "**/*.md", "docs/**", "docs/**/*.md", "**/docs/*.md", "docs/*/*/*.md", "?.md", "[ab].*",
+                    ".hidden.md", "docs/.h/*.md", "**", "docs/deep/**/z.md", "**/**/*.md", "*/*.md", "docs", "nope/*.md"):
+        want = sorted({p for p in glob.glob(pattern, root_dir=root, recursive=True) if (root / p).is_file()})
+        got = sorted("/".join(parts) for parts in files if matches(pattern, parts))
+        assert got == want, pattern
+
+
+@pytest.mark.parametrize(
+    ("repo", "words"),
+    [
+        ("fd::17", "fd:: remote helper"),  # git waited on the descriptor forever
+        ("ext::sh -c touch% /tmp/labcycle-pwned", "ext:: remote helper"),
+        ("http://example.com/docs.git", "http:// transport (use https://)"),
+        ("git://example.com/docs.git", "git:// transport"),
+        ("ssh://-oProxyCommand=x/docs", "read as an option"),
+        ("-oProxyCommand=x:docs", "not start with '-'"),
+    ],
+)
+def test_transports_other_than_https_ssh_and_local_are_refused(tmp_path: Path, repo: str, words: str) -> None:
+    with pytest.raises(LabcycleError) as err:
+        fetch(repo, "main", ["*.md"], tmp_path)
+    assert err.value.where == LEAF and words in err.value.message
+    assert err.value.message.startswith("document.repo") or "must be set" in err.value.message
+    assert not (tmp_path / "cache").exists()  # refused before git ran
+
+
+@pytest.mark.parametrize("repo", ["https://example.com/docs.git", "ssh://git@example.com/docs.git",
+                                  "git@example.com:org/docs.git", "file:///srv/docs", "../documents/x", "/srv/docs",
+                                  "C:/docs"])
+def test_allowed_transports(repo: str) -> None:
+    from labcycle.tasks.gitremote import remote_problem
+
+    assert remote_problem(repo) is None
+
+
+def test_a_missing_local_repository_is_not_retried(tmp_path: Path) -> None:
+    with pytest.raises(LabcycleError) as err:
+        fetch(str(tmp_path / "missing"), "main", ["*.md"], tmp_path)
+    assert err.value.transient is False
+    with pytest.raises(LabcycleError) as err:
+        fetch(f"file://{tmp_path / 'missing'}", "main", ["*.md"], tmp_path)
+    assert err.value.transient is False
+
+
+@pytest.mark.parametrize(
+    ("repo", "stderr", "transient"),
+    [
+        ("https://h/x.git", "fatal: unable to access 'https://h/x.git/': Could not resolve host: h", True),
+        ("https://h/x.git", "fatal: unable to access 'https://h/x.git/': Failed to connect to h port 443", True),
+        ("https://h/x.git", "error: RPC failed; HTTP 502 curl 22\nfatal: expected flush after ref listing", True),
+        ("git@h:x.git", "ssh: connect to host h port 22: Connection timed out\nfatal: Could not read from remote", True),
+        ("https://h/x.git", "remote: Repository not found.\nfatal: repository 'https://h/x.git/' not found", False),
+        ("https://h/x.git", "fatal: Authentication failed for 'https://h/x.git/'", False),
+        ("https://h/x.git", "fatal: could not read Username for 'https://h': terminal prompts disabled", False),
+        ("git@h:x.git", "git@h: Permission denied (publickey).\nfatal: Could not read from remote repository.", False),
+        ("/srv/x", "fatal: '/srv/x' does not appear to be a git repository", False),
+        ("file:///srv/x", "fatal: Connection reset", False),  # nothing on this machine gets better by waiting
+    ],
+)
+def test_only_transient_failures_are_retried(repo: str, stderr: str, transient: bool) -> None:
+    from labcycle.tasks.gitremote import is_transient
+
+    assert is_transient(repo, stderr) is transient
+
+
+def test_document_size_cap(tmp_path: Path) -> None:
+    repo = tmp_path / "src"
+    sha = make_repo(repo, {"big.md": "word " * 1000, "small.md": "ok\n"})
+    assert [d.path for d in fetch(str(repo), sha, ["*.md"], tmp_path, max_bytes=5000).documents] == ["big.md", "small.md"]
+    with pytest.raises(LabcycleError) as err:
+        fetch(str(repo), sha, ["*.md"], tmp_path, max_bytes=4999)
+    assert err.value.where == LEAF
+    assert err.value.message.startswith("document big.md is ") and "documents.max_bytes" in err.value.message
+
+
+def test_document_links_to_devices_and_loops(tmp_path: Path) -> None:
+    repo = tmp_path / "src"
+    make_repo(repo, {"ok.md": "ok\n"})
+    (repo / "zero.md").symlink_to("/dev/zero")
+    (repo / "loop.md").symlink_to("loop.md")
+    sha = commit_files(repo, {})
+    with pytest.raises(LabcycleError, match="zero.md is a symlink pointing outside"):
+        fetch(str(repo), sha, ["zero.md"], tmp_path)
+    with pytest.raises(LabcycleError, match="cannot read document loop.md: it is a symlink loop"):
+        fetch(str(repo), sha, ["loop.md"], tmp_path)
