@@ -248,7 +248,8 @@ def _read(tree: Path, rel: str, max_bytes: int, leaf_id: str) -> bytes:
     try:
         return read_bounded(tree / rel, max_bytes)
     except FileTooLarge as exc:
-        size = f"{exc.size / 1048576:.1f} MB" if exc.size > exc.limit + 1 else "larger than the limit"
+        # The size is exact when the file said it; one that grew while read is only known to be too large.
+        size = f"{exc.size:,} bytes" if exc.size > exc.limit + 1 else f"more than {max_bytes:,} bytes"
         raise LabcycleError(f"document {rel} is {size}; documents may be at most {max_bytes:,} bytes "
                             "(documents.max_bytes in the config): split it, or raise the limit",
                             where=leaf_id) from None

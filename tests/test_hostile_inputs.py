@@ -127,3 +127,71 @@ def test_run_until_taxonomy_stops_on_a_fifo_leaf(taxonomy: Path, tmp_path: Path)
     res = labcycle("run", "--until", "taxonomy", "--taxonomy", str(taxonomy), "--base", "empty",
                    "--output", str(tmp_path / "run"), cwd=tmp_path)
     assert_clean_failure(res, "knowledge/fifo/qna.yaml:1:1: it is a FIFO", "[file/not-regular]")
+
+
+# --- knowledge documents through `labcycle run --until taxonomy` ---------------------------------------------
+
+RISKS = "knowledge/technology/generative_ai/risks"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _pin(leaf_file: Path, repo: str, commit: str, patterns: list[str]) -> None:
+    """Point a knowledge leaf's document: block at `repo`, `commit` and `patterns`."""
+    text = leaf_file.read_text()
+    head = text[: text.index("document:\n")]
+    lines = "".join(f'    - "{p}"\n' for p in patterns)
+    leaf_file.write_text(f"{head}document:\n  repo: {repo}\n  commit: {commit}\n  patterns:\n{lines}")
+
+
+def _add_leaf(taxonomy: Path, name: str, repo: str, commit: str, patterns: list[str]) -> None:
+    dest = taxonomy / "knowledge/technology/generative_ai" / name
+    dest.mkdir()
+    (dest / "qna.yaml").write_text((taxonomy / RISKS / "qna.yaml").read_text())
+    _pin(dest / "qna.yaml", repo, commit, patterns)
+
+
+def run_until_taxonomy(taxonomy: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    _git(taxonomy, "add", "-A")
+    _git(taxonomy, "commit", "-q", "-m", "hostile leaves")
+    return labcycle("run", "--until", "taxonomy", "--taxonomy", str(taxonomy), "--base", "empty",
+                    "--output", str(tmp_path / "run"), *extra, cwd=tmp_path, timeout=180)
+
+
+def test_folder_links_in_a_document_repository_end(example_taxonomy: Path, tmp_path: Path) -> None:
+    import json
+
+    docs = (example_taxonomy / "../documents/ai-risk").resolve()
+    (docs / "a").symlink_to(".")  # with two such links `run --until taxonomy` ran 10+ minutes, ignoring SIGTERM
+    (docs / "b").symlink_to(".")
+    _git(docs, "add", "-A")
+    _git(docs, "commit", "-q", "-m", "links")
+    _pin(example_taxonomy / RISKS / "qna.yaml", "../documents/ai-risk", _git(docs, "rev-parse", "HEAD"), ["**/*.md"])
+    res = run_until_taxonomy(example_taxonomy, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    paths = [d["path"] for leaf in manifest["leaves"] for d in (leaf["documents"] or {}).get("files", [])]
+    assert paths == ["mitigations.md", "risk-categories.md"]  # each once, none through a/ or b/
+
+
+def test_bad_document_repositories_fail_at_once_with_one_line_each(example_taxonomy: Path, tmp_path: Path) -> None:
+    import time
+
+    docs = (example_taxonomy / "../documents/ai-risk").resolve()
+    sha = _git(docs, "rev-parse", "HEAD")
+    _add_leaf(example_taxonomy, "fd", "fd::17", sha, ["*.md"])  # git waited on the descriptor forever
+    _add_leaf(example_taxonomy, "missing", "../documents/no-such-repo", sha, ["*.md"])  # was retried for 41-52 s
+    config = tmp_path / "labcycle.yaml"
+    config.write_text("documents:\n  max_bytes: 1000\n")  # the example documents are a few KB each
+    start = time.monotonic()
+    res = run_until_taxonomy(example_taxonomy, tmp_path, "--config", str(config))
+    elapsed = time.monotonic() - start
+    assert_clean_failure(res)
+    out = res.stdout + res.stderr
+    assert "knowledge/technology/generative_ai/fd: document.repo uses git's fd:: remote helper" in out
+    assert "knowledge/technology/generative_ai/missing: cannot fetch document.repo" in out
+    assert f"{RISKS}: document " in out and "documents.max_bytes" in out
+    assert "AwaitingRetry" not in out, out  # none of these is worth a retry
+    assert elapsed < 60, elapsed  # the embedded Prefect server's start is most of it
