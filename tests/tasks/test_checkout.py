@@ -97,3 +97,21 @@ def test_lab_cycle_clones_the_pushed_commit_into_the_run(prefect_harness, origin
     assert state.is_completed()
     state = lab_cycle(commit=pushed, output=str(tmp_path / "run3"), until="taxonomy", return_state=True)
     assert state.is_failed() and "give the repository's URL" in state.message
+
+
+@pytest.mark.parametrize(("repo", "words"), [("fd::17", "fd:: remote helper"), ("ext::sh -c id", "ext:: remote helper"),
+                                             ("http://example.com/t.git", "use https://")])
+def test_transports_a_taxonomy_does_not_need_are_refused_before_git_runs(tmp_path, repo, words):
+    with pytest.raises(LabcycleError) as caught:
+        checkout(repo, tmp_path / "t")
+    assert not isinstance(caught.value, FetchError)  # not retried
+    assert caught.value.message.startswith("taxonomy_repo ") and words in caught.value.message
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_missing_repository_fails_at_once(tmp_path):
+    # Retried as a network failure, a missing local repository took 41-52 s to fail.
+    for repo in (str(tmp_path / "missing"), f"file://{tmp_path / 'missing'}"):
+        with pytest.raises(LabcycleError, match="could not fetch the taxonomy repository") as caught:
+            checkout(repo, tmp_path / "t")
+        assert not isinstance(caught.value, FetchError)
