@@ -195,3 +195,29 @@ def test_bad_document_repositories_fail_at_once_with_one_line_each(example_taxon
     assert f"{RISKS}: document " in out and "documents.max_bytes" in out
     assert "AwaitingRetry" not in out, out  # none of these is worth a retry
     assert elapsed < 60, elapsed  # the embedded Prefect server's start is most of it
+
+
+# --- other files a user names ------------------------------------------------------------------------------
+
+
+def _call(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter, with a timeout: a read that hangs fails the test."""
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=os.environ.copy())
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        ("from labcycle.tasks.mix.data import load_chat_dataset as f; f('{p}')", "not a regular file"),
+        ("from labcycle.tasks.evaluate.safety import load_safety_suite as f; f('{p}')", "not a regular file"),
+        ("from labcycle.tasks.mix.recipe import load_recipe as f; f('{p}')", "it is a FIFO"),
+        ("from labcycle.tasks.gate import load_policy as f; f('{p}')", "it is a FIFO"),
+    ],
+    ids=["dataset", "safety-suite", "recipe", "gate-policy"],
+)
+def test_a_fifo_named_as_a_settings_or_data_file_is_refused(tmp_path: Path, code: str, words: str) -> None:
+    fifo = tmp_path / "named.jsonl"
+    os.mkfifo(fifo)
+    res = _call(code.format(p=fifo) + "\n", tmp_path)
+    assert res.returncode == 1 and "LabcycleError" in res.stderr and words in res.stderr, res.stderr

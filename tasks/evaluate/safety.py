@@ -99,6 +99,9 @@ def load_safety_suite(path: str | Path) -> SafetySuite:
 
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a FIFO would wait for a writer forever, /dev/zero never ends
+            raise LabcycleError("the safety suite is not a regular file (a FIFO, a device or a folder); point "
+                                "evaluation.safety.suite at a JSONL file", where=str(path))
         raw = path.read_bytes()
     except FileNotFoundError:
         raise LabcycleError("safety suite not found; point evaluation.safety.suite at a JSONL file of "

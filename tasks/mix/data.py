@@ -110,6 +110,9 @@ def load_chat_dataset(path: Path) -> list[dict[str, Any]]:
                             where=str(path))
     if path.is_dir():
         rows = _rows_of_saved(path)
+    elif not path.is_file():  # a FIFO would wait for a writer forever, /dev/zero never ends
+        raise LabcycleError("not a regular file (a FIFO, a device or a socket); point `path` at a .jsonl or .parquet "
+                            "file", where=str(path))
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
