@@ -48,6 +48,13 @@ def _usage_error(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _no_file(path: Path) -> str:
+    """Why `path` can't be read as a settings file: missing, or something other than a regular file."""
+    if path.exists():
+        return "not a regular file (a FIFO, a device or a folder)"
+    return "a broken symlink or a symlink loop" if os.path.lexists(path) else "no such file"
+
+
 TaxonomyOpt = Annotated[Optional[Path], typer.Option("--taxonomy", help="Taxonomy root (holds knowledge/, compositional_skills/, foundational_skills/). Default: the current directory.")]
 
 
@@ -217,7 +224,7 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
     if (repo.get("branch") or repo.get("commit")) and not repo.get("taxonomy_repo"):
         raise _usage_error("--branch and --commit need --taxonomy-repo")
     if config is not None and not config.is_file():
-        raise _usage_error(f"--config {config}: no such file")
+        raise _usage_error(f"--config {config}: {_no_file(config)}")
     if config is not None and profile is not None:
         raise _usage_error("give either --config or --profile, not both")
     from labcycle.flows.lab_cycle import lab_cycle
@@ -398,7 +405,7 @@ def mix_cmd(
     if not generated.is_dir():
         raise _usage_error(f"--generated {generated}: not a folder")
     if recipe is not None and not recipe.is_file():
-        raise _usage_error(f"--recipe {recipe}: no such file")
+        raise _usage_error(f"--recipe {recipe}: {_no_file(recipe)}")
     summary = mix(generated, output, load_recipe(recipe))
     for phase in ("knowledge", "skills"):
         info = summary["phases"][phase]
@@ -420,7 +427,7 @@ def tune_cmd(
     if not base_model.is_dir():
         raise _usage_error(f"--base-model {base_model}: not a folder")
     if config is not None and not config.is_file():
-        raise _usage_error(f"--config {config}: no such file")
+        raise _usage_error(f"--config {config}: {_no_file(config)}")
     for flag, path in (("--knowledge-data", knowledge_data), ("--skills-data", skills_data)):
         if path is not None and not path.exists():
             raise _usage_error(f"{flag} {path}: no such file or folder")
@@ -473,7 +480,7 @@ def evaluate_cmd(
             raise _usage_error(f"{flag} {path}: not a folder")
     for flag, path in (("--config", config), ("--policy", policy)):
         if path is not None and not path.is_file():
-            raise _usage_error(f"{flag} {path}: no such file")
+            raise _usage_error(f"{flag} {path}: {_no_file(path)}")
     from labcycle.config import load as load_config
     from labcycle.models import model_folder_problem
     from labcycle.tasks.cycle import evaluation_inputs
@@ -563,7 +570,7 @@ def webhook_serve_cmd(
     from labcycle.webhook import load_settings, serve
 
     if config is not None and not config.is_file():
-        raise _usage_error(f"--config {config}: no such file")
+        raise _usage_error(f"--config {config}: {_no_file(config)}")
     serve(host, port, load_settings(config))
 
 

@@ -119,7 +119,7 @@ def test_fifo_config_is_refused(tmp_path: Path, taxonomy: Path) -> None:
     os.mkfifo(config)
     res = labcycle("run", "--until", "taxonomy", "--taxonomy", str(taxonomy), "--base", "empty", "--config", str(config),
                    "--output", str(tmp_path / "run"), cwd=tmp_path)
-    assert_clean_failure(res, str(config))
+    assert_clean_failure(res, f"--config {config}: not a regular file")
 
 
 def test_run_until_taxonomy_stops_on_a_fifo_leaf(taxonomy: Path, tmp_path: Path) -> None:
