@@ -182,24 +182,29 @@ def _depth_bound(text: str) -> int:
 def nesting_problem(text: str) -> tuple[Problem | None, bool]:
     """(a yaml/too-deep problem or None, whether PyYAML's Python parser must compose the text).
 
-    Most files are decided by the bound alone. A file whose bound is over MAX_DEPTH is parsed into events
-    by PyYAML's Python parser, which keeps its nesting in a list, not on the stack, and is stopped at the
-    first collection past the limit. When that parser rejects the text before the end, it is composed by
-    PyYAML only: it stops at the same error, before any deeper level, and names it."""
+    Most files are decided by the bound alone. A file whose bound is over MAX_DEPTH is parsed into events,
+    which keeps the nesting in a list, not on the stack, and stopped at the first collection past the limit:
+    by libyaml (the parser under the C composer, and fast), and by PyYAML's Python parser when libyaml
+    rejects the text. When both reject it, PyYAML composes it: it stops at the same error, before any deeper
+    level, and names it. (Where the two parsers disagree on a file's structure, the Python composers, ours
+    and PyYAML's, end in a RecursionError at worst, which is reported as too deep too.)"""
     if _depth_bound(text) <= MAX_DEPTH:
         return None, False
-    depth = 0
-    try:
-        for event in pyyaml.parse(text, Loader=_PythonLoader):
-            if isinstance(event, pyyaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    return too_deep(event.start_mark.line + 1, event.start_mark.column + 1), False
-            elif isinstance(event, pyyaml.CollectionEndEvent):
-                depth -= 1
-    except pyyaml.YAMLError:
-        return None, True
-    return None, False
+    parsers = [pyyaml.CSafeLoader] if hasattr(pyyaml, "CSafeLoader") else []
+    for loader in [*parsers, _PythonLoader]:
+        depth = 0
+        try:
+            for event in pyyaml.parse(text, Loader=loader):
+                if isinstance(event, pyyaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        return too_deep(event.start_mark.line + 1, event.start_mark.column + 1), False
+                elif isinstance(event, pyyaml.CollectionEndEvent):
+                    depth -= 1
+        except pyyaml.YAMLError:
+            continue
+        return None, False
+    return None, True
 
 
 def too_deep(line: int = 1, column: int = 1) -> Problem:

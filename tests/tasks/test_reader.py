@@ -327,6 +327,8 @@ DEEP = 3000
         # brackets inside quotes must not hide the depth from the quick bound
         "version: 3\nx: " + '["]", ' * DEEP + "]" * DEEP + "\n",
         "version: 3\nx: " + "[" * 101 + "]" * 101 + "\n",
+        # libyaml rejects `{d:e}` (PyYAML reads it): PyYAML's parser measures the depth then
+        "c: {d:e}\nx: " + "[" * DEEP + "]" * DEEP + "\n",
     ],
 )
 def test_too_deep_is_refused_before_composing(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
