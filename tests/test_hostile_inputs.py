@@ -221,3 +221,16 @@ def test_a_fifo_named_as_a_settings_or_data_file_is_refused(tmp_path: Path, code
     os.mkfifo(fifo)
     res = _call(code.format(p=fifo) + "\n", tmp_path)
     assert res.returncode == 1 and "LabcycleError" in res.stderr and words in res.stderr, res.stderr
+
+
+def test_a_missing_taxonomy_repository_fails_at_once(tmp_path: Path) -> None:
+    import time
+
+    start = time.monotonic()
+    res = labcycle("run", "--until", "taxonomy", "--taxonomy-repo", str(tmp_path / "no-such-repo"), "--base", "empty",
+                   "--output", str(tmp_path / "run"), cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    assert_clean_failure(res, "could not fetch the taxonomy repository", "does not appear to be a git repository")
+    out = res.stdout + res.stderr
+    assert "AwaitingRetry" not in out, out  # was retried as a network failure: 41-52 s
+    assert elapsed < 60, elapsed  # the embedded Prefect server's start is most of it
