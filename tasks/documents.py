@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from labcycle.errors import LabcycleError
-from labcycle.files import FileTooLarge, NotRegularFile, describe_os_error, read_bounded
+from labcycle.files import FileTooLarge, describe_os_error, read_bounded
 from labcycle.tasks.gitremote import GIT_TIMEOUT_S, git_env, is_transient, remote_problem
 
 # A long book is a few MB of Markdown; a 200 MB file made 42,757 chunks, and hours of teacher calls.
