@@ -177,13 +177,13 @@ def _files(root: Path) -> Iterator[tuple[str, ...]]:
 
 
 def _component_matches(pattern: str, name: str) -> bool:
-    if not glob_has_magic(pattern):
+    if not _has_magic(pattern):
         return pattern == name
     # As glob: a wildcard does not match a leading dot (hidden files are named explicitly).
     return not (name.startswith(".") and not pattern.startswith(".")) and fnmatch.fnmatchcase(name, pattern)
 
 
-def glob_has_magic(pattern: str) -> bool:
+def _has_magic(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
