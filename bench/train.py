@@ -41,6 +41,13 @@ size, gradient accumulation, learning rate, seed and number of optimizer steps (
              uses the settings as they are (commit 83e5476), that is one packed row per forward and the
              same packed rows per optimizer step. The table shows the micro-batch and accumulation the
              trainer really used.
+  labcycle-packed (optional, --paths) labcycle's train_phase with packing: true, whatever the attention
+             kernel.
+  labcycle-unpacked-bs1 (optional, --paths) labcycle's train_phase with packing: false, batch_size 1 and
+             gradient_accumulation batch x accumulation: one sample per forward, no padding, no mask.
+
+With --data knowledge --model DIR the samples are a knowledge phase as labcycle's mixer makes it, on
+real text with the model's tokenizer (make_knowledge_samples): Q&A pairs and their RAFT copies.
 
 Each run is its own process (`--worker`, clean memory and peak figures). Both trainers are a subclass
 of SFTTrainer that only records, for every micro-batch the model is given (compute_loss), the positions
@@ -86,7 +93,7 @@ sys.path.append(str(REPO))
 
 from bench.common import load_average, machine, print_machine, source_state, write_results  # noqa: E402
 
-PATHS = ("labcycle", "baseline", "labcycle-bs1")
+PATHS = ("labcycle", "baseline", "labcycle-bs1", "labcycle-packed", "labcycle-unpacked-bs1")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets")
 SYSTEM_PROMPT = ("I am an assistant trained with the LAB method. I answer questions about the documents I was "
                  "taught, carefully and in full sentences.")
@@ -168,6 +175,52 @@ def make_samples(n: int, seed: int, user_words: tuple[int, int], answer_words: t
         samples.append({"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q},
                                      {"role": "assistant", "content": a}]})
     return samples
+
+
+def make_knowledge_samples(n: int, seed: int, tokenizer_dir: Path, chunking: tuple[str, int],
+                           max_length: int = 4096) -> list[dict[str, Any]]:
+    """A knowledge phase as labcycle's mixer makes it, on real English text: `n` Q&A records over document
+    chunks, then the mix's knowledge set of them (each Q&A as is, and a RAFT-style copy with 4 documents
+    in context, p = 0.4 that its own chunk is among them, fewer where a copy would pass max_length:
+    labcycle.tasks.mix.phases.phase_sets, default recipe), in the mix's shuffled order.
+
+    The documents are CPython's own reference text (pydoc_data.topics: about 66,000 words of prose and
+    code, on every Python install), cut by labcycle's chunker: `("tokens", N)` counts the student's
+    tokens (chunking.tokenizer), `("words", N)` words (labcycle's default, 1,000 words). A question is
+    8-20 words naming a passage of its chunk, the answer 2-6 of the chunk's sentences (20-150 words):
+    the lengths of a LAB knowledge sample, not its quality."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    from labcycle.tasks.chunk import chunk_markdown, tokenizer_counter
+    from labcycle.tasks.mix.card import length_counter
+    from labcycle.tasks.mix.phases import Fit, phase_sets
+    from labcycle.tasks.mix.recipe import Recipe
+
+    text = "\n\n".join(f"# {name}\n\n{body}" for name, body in sorted(topics.items()))
+    unit, size = chunking
+    count = tokenizer_counter(tokenizer_dir) if unit == "tokens" else None
+    chunks = [c.text for c in chunk_markdown(text, "python-reference.md", max_size=size, overlap=size // 10, count=count)]
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        chunk = rng.choice(chunks)
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(chunk.split())) if len(s.split()) >= 4] or [chunk]
+        start = rng.randrange(len(sentences))
+        answer = " ".join(sentences[start:start + rng.randint(2, 6)])
+        answer = " ".join(answer.split()[:rng.randint(20, 150)])
+        about = " ".join(sentences[start].split()[:rng.randint(5, 14)])
+        question = f"What does the reference say about {about.rstrip('.,:;')}?"
+        records.append({"id": f"k{i}", "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                                    {"role": "user", "content": question},
+                                                    {"role": "assistant", "content": answer}],
+                        "metadata": {"kind": "knowledge", "leaf_id": "knowledge/python/reference", "context": chunk}})
+    recipe = Recipe(seed=seed, tokenizer=str(tokenizer_dir), max_length=max_length)
+    _, count = length_counter(recipe)
+    phase = phase_sets(records, [], recipe, {"knowledge": [], "skills": []},
+                       Fit(lambda messages: count([messages])[0], max_length))["knowledge"]
+    return [{"messages": r["messages"]} for r in phase["shuffled"]]
 
 
 # --- the model --------------------------------------------------------------------------------------------
@@ -383,10 +436,15 @@ def worker(spec_path: Path) -> int:
     phase = replace(KNOWLEDGE_DEFAULTS, max_steps=spec["steps"], batch_size=batch, gradient_accumulation=accum,
                     max_length=spec["max_length"], learning_rate=spec["learning_rate"], seed=spec["seed"],
                     save_steps=spec["steps"] + 1000)
+    if spec["path"] == "labcycle-packed":
+        phase = replace(phase, packing=True)
+    elif spec["path"] == "labcycle-unpacked-bs1":
+        batch, accum = 1, batch * accum
+        phase = replace(phase, packing=False, batch_size=batch, gradient_accumulation=accum)
     settings = TuneSettings(method=spec["method"], knowledge=phase)
     started = time.perf_counter()
     extra: dict[str, Any] = {"notes": []}
-    if spec["path"] in ("labcycle", "labcycle-bs1"):
+    if spec["path"].startswith("labcycle"):
         import importlib.util
 
         from labcycle.tasks.tune import card
@@ -573,9 +631,11 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def print_table(out: dict[str, Any]) -> None:
     print_machine(out)
     mod, d = out["model"], out["data"]
-    print(f"model: random Llama, {mod['parameters'] / 1e6:.1f}M parameters (hidden {mod['hidden']}, {mod['layers']} layers, "
+    name = "random Llama" if out.get("built_model") else Path(mod["dir"]).name
+    print(f"model: {name}, {mod['parameters'] / 1e6:.1f}M parameters (hidden {mod['hidden']}, {mod['layers']} layers, "
           f"{mod['heads']} heads, MLP {mod['intermediate']}, vocab {mod['vocab']}), method {out['method']}")
-    print(f"data: {d['samples']} samples, {d['tokens_min']}-{d['tokens_max']} tokens (mean {d['tokens_mean']:.0f}, chat "
+    what = f"knowledge phase (Q&A + RAFT copies, chunking {d['chunking']})" if d.get("kind") == "knowledge" else "synthetic"
+    print(f"data: {d['samples']} {what} samples, {d['tokens_min']}-{d['tokens_max']} tokens (mean {d['tokens_mean']:.0f}, chat "
           f"template included), max_length {out['max_length']}"
           + (f"; {d['left_out_longer_than_max_length']} longer samples left out" if d["left_out_longer_than_max_length"] else ""))
     print(f"steps: {out['steps']} ({out['warmup']} not timed), batch {out['batch_size']} x accumulation {out['grad_accum']}, "
@@ -619,7 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-heads", type=int, help="key/value heads (default: as --heads); needs --intermediate")
     ap.add_argument("--intermediate", type=int, help="MLP width (default: 2 x hidden, as build_tiny)")
     ap.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (default 1024)")
-    ap.add_argument("--samples", type=int, default=512, help="synthetic chat samples (default 512)")
+    ap.add_argument("--data", choices=("synthetic", "knowledge"), default="synthetic",
+                    help="synthetic: pseudo-word chat samples (default); knowledge: a knowledge phase as labcycle's "
+                         "mixer makes it, Q&A plus RAFT copies over real text (make_knowledge_samples; needs --model)")
+    ap.add_argument("--chunking", default="tokens:500",
+                    help="with --data knowledge: how documents are cut, tokens:N (the model's tokens) or words:N "
+                         "(labcycle's default chunking is words:1000) (default tokens:500)")
+    ap.add_argument("--samples", type=int, default=512,
+                    help="synthetic chat samples, or with --data knowledge Q&A records (the phase holds twice as many) (default 512)")
     ap.add_argument("--user-words", default="20,300", help="user turn length range in words (default 20,300)")
     ap.add_argument("--answer-words", default="20,600", help="answer length range in words (default 20,600)")
     ap.add_argument("--method", choices=("qlora", "lora"), default="qlora", help="adapter method for both paths (default qlora)")
@@ -660,6 +727,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--hidden must be a multiple of --heads, and --heads of --kv-heads")
     if args.kv_heads and args.intermediate is None:
         ap.error("--kv-heads needs --intermediate")
+    unit, _, size = args.chunking.partition(":")
+    if unit not in ("tokens", "words") or not size.isdigit() or int(size) < 10:
+        ap.error("--chunking takes tokens:N or words:N, N at least 10")
+    chunking = (unit, int(size))
+    if args.data == "knowledge" and not args.model:
+        ap.error("--data knowledge needs --model (a real tokenizer makes real lengths)")
     load_start = load_average()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -694,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
                 partial.rename(model_dir)
                 print(f"built in {time.monotonic() - t0:.0f} s", flush=True)
         model = describe_model(model_dir)
+        if args.data == "knowledge":
+            samples = make_knowledge_samples(args.samples, args.seed, model_dir, chunking, args.seq_len)
         all_lengths = token_lengths(model_dir, samples)
         # train_phase leaves out samples longer than max_length (packing would cut off their answers), while
         # TRL truncates them: both paths get only the samples that fit, so they train on the same data.
@@ -719,12 +794,13 @@ def main(argv: list[str] | None = None) -> int:
                 "method": args.method, "max_length": args.seq_len, "batch_size": args.batch_size,
                 "grad_accum": args.grad_accum, "steps": args.steps, "warmup": args.warmup,
                 "learning_rate": args.learning_rate, "repeat": args.repeat, "seed": args.seed,
-                "model": model,
+                "model": model, "built_model": not args.model,
                 "data": {"samples": len(lengths), "tokens_total": sum(lengths), "tokens_min": min(lengths),
                          "tokens_max": max(lengths), "tokens_mean": statistics.mean(lengths),
                          "tokens_median": statistics.median(lengths),
-                         "left_out_longer_than_max_length": left_out, "user_words": user_words,
-                         "answer_words": answer_words},
+                         "left_out_longer_than_max_length": left_out, "kind": args.data,
+                         **({"chunking": args.chunking} if args.data == "knowledge" else
+                            {"user_words": user_words, "answer_words": answer_words})},
                 "source": source_state(),
                 "machine": {**machine(PACKAGES), "gpu": gpu, "load_average_1min": {"start": load_start, "end": load_average()}},
                 "results": medians,
@@ -769,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
 def goals(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals: padding waste < 2% and tokens/s at least the baseline's."""
     out: dict[str, Any] = {"lines": []}
-    for name in ("labcycle", "labcycle-bs1"):
+    for name in ("labcycle", "labcycle-bs1", "labcycle-packed"):
         if name not in results:
             continue
         r = results[name]

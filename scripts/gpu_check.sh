@@ -16,7 +16,7 @@
 #                             folder on PYTHONPATH instead (if the venv cannot be made, that is the fallback)
 #   HIDDEN=2048 LAYERS=16 HEADS=32 INTERMEDIATE=5632 VOCAB=32000   the model (about 1.0B parameters)
 #   SEQ_LEN=2048 BATCH=8 GRAD_ACCUM=2 STEPS=6 WARMUP=1 SAMPLES=512 REPEAT=1
-#   RUNS="qlora:labcycle,baseline lora:labcycle qlora:labcycle-bs1"   bench/train.py calls, in order;
+#   RUNS="qlora:labcycle,baseline qlora:labcycle-packed lora:labcycle"   bench/train.py calls, in order;
 #                             each is METHOD:PATHS, and a call starts only while time is left
 #   BUDGET_S=540              seconds for the whole script (the device allows 600 per command)
 #   SMALL=1                   smaller fallback model: hidden 1024, 8 layers, 16 heads, MLP 2816 (~0.17B)
@@ -46,7 +46,7 @@ fi
 HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-16} HEADS=${HEADS:-32} INTERMEDIATE=${INTERMEDIATE:-5632} VOCAB=${VOCAB:-32000}
 SEQ_LEN=${SEQ_LEN:-2048} BATCH=${BATCH:-8} GRAD_ACCUM=${GRAD_ACCUM:-2} STEPS=${STEPS:-6} WARMUP=${WARMUP:-1}
 SAMPLES=${SAMPLES:-512} REPEAT=${REPEAT:-1}
-RUNS=${RUNS:-"qlora:labcycle,baseline lora:labcycle qlora:labcycle-bs1"}
+RUNS=${RUNS:-"qlora:labcycle,baseline qlora:labcycle-packed lora:labcycle"}
 
 say() { printf '[gpu_check %4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 die() { say "ERROR: $*"; exit 1; }

@@ -196,18 +196,21 @@ def step_shape(batch_size: int, gradient_accumulation: int, packing: bool, max_l
             "samples_per_step": min(n, round(accumulation * per_row)), "samples_per_row": round(per_row, 2)}
 
 
-def plan_steps(p: Any, lengths: list[int]) -> dict[str, Any]:
+def plan_steps(p: Any, lengths: list[int], packing: bool | None = None) -> dict[str, Any]:
     """The step shape a phase trains with: step_shape of its settings (a PhaseSettings), with a smaller
     effective batch when the data would give fewer than MIN_STEPS steps.
 
-    lengths: the token lengths of the phase's training samples. Adds `steps` (the Trainer's count,
+    lengths: the token lengths of the phase's training samples. packing: whether the phase packs
+    (trainer.resolve_packing of the setting and the attention kernel); None: the setting, auto read as off.
+    Adds `steps` (the Trainer's count,
     estimated from the lengths when packed), `logging_steps` (every step in a short phase),
     `asked_samples_per_step` and `adapted`: None, or one line saying what was lowered and why (the log,
     result.json and the model card show it). Explicit batch settings are adapted as well; a phase with
     max_steps set never is: its number of steps is the user's choice.
     """
     asked = p.batch_size * p.gradient_accumulation
-    shape = step_shape(p.batch_size, p.gradient_accumulation, p.packing, p.max_length, lengths)
+    packing = p.packing is True if packing is None else packing
+    shape = step_shape(p.batch_size, p.gradient_accumulation, packing, p.max_length, lengths)
     steps = p.max_steps if p.max_steps is not None else trainer_steps(p.epochs, shape["micro_batches"], shape["accumulation"])
     adapted = None
     if p.max_steps is None and lengths and steps < MIN_STEPS:

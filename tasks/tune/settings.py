@@ -50,7 +50,10 @@ class PhaseSettings:
     batch_size: int = 8
     gradient_accumulation: int = 16
     max_length: int = 4096
-    packing: bool = True  # padding-free best-fit-decreasing packing: no pad token is ever computed
+    # auto: padding-free best-fit-decreasing packing with a varlen attention kernel (flash-attention) and on
+    # a CPU; batches of samples of similar length on a GPU without one, where a packed row would pay the
+    # whole attention triangle across its samples. true / false force either (trainer.resolve_packing).
+    packing: str | bool = "auto"
     save_steps: int = 50
     keep_checkpoints: int = 2
     eval_fraction: float = 0.0  # a held-out split of the data, scored every save_steps

@@ -112,6 +112,27 @@ def attention_for(settings: TuneSettings) -> str | None:
                             flash_available=gpu and is_flash_attn_2_available())
 
 
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def resolve_packing(setting: str | bool, attention: str | None, *, gpu: bool) -> bool:
+    """Whether a phase packs its samples: `tuning.<phase>.packing` as set, or for auto what is fastest where
+    it runs (docs/tuning.md, "Packing").
+
+    - A varlen kernel (flash-attention) computes each packed sample's own causal block: packing costs no
+      extra attention and computes no padding. Packed.
+    - On a CPU, SDPA with a padding mask takes its slow path: a padded batch of two long samples took 4x the
+      time of the same samples one by one, a packed row of both 1.3x. On SmolLM2-135M with knowledge-phase
+      lengths, packed rows trained at 2.1x plain TRL's padded batches (bench/train.py,
+      docs/benchmarks.md). Packed.
+    - On a GPU without flash-attention, SDPA's kernels take a padding mask at full speed, while a packed row
+      pays the whole attention triangle across its samples: batches of samples of similar length (little
+      padding) instead. Not yet measured (scripts/gpu_check.sh)."""
+    if isinstance(setting, bool):
+        return setting
+    return attention in VARLEN_ATTENTION or not gpu
+
+
 def load_student(base_model: Path, settings: TuneSettings, gradient_checkpointing: bool):  # type: ignore[no-untyped-def]
     import torch
     from transformers import AutoModelForCausalLM
@@ -161,6 +182,7 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
     optim = p.optimizer if p.optimizer != "auto" else ("paged_adamw_8bit" if settings.method == "qlora" else "adamw_torch")
     dtype = compute_dtype(settings)
     best = p.select == "best" and has_eval
+    packing = shape["packing"] if shape else resolve_packing(p.packing, attention_for(settings), gpu=gpu)
     return SFTConfig(
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=p.epochs,
@@ -175,8 +197,11 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
         max_grad_norm=p.max_grad_norm,
         optim=optim,
         max_length=p.max_length,
-        packing=shape["packing"] if shape else p.packing,
+        packing=packing,
         packing_strategy="bfd",  # best-fit decreasing, padding-free: no pad token is ever computed
+        # Unpacked, each micro-batch is padded to its longest sample: batches of similar lengths pad little.
+        train_sampling_strategy="group_by_length" if not packing and (shape["per_device"] if shape else p.batch_size) > 1
+        else "random",
         assistant_only_loss=assistant_masks,
         gradient_checkpointing=gc,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
@@ -300,7 +325,8 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     train_lengths, _ = tune_data.split_rows(lengths, p.eval_fraction, p.seed)
     # Derived from the data and the settings alone, so the phase's cache key (stage.cache_key) covers it,
     # and a resumed run gets the same shape.
-    shape = tune_data.plan_steps(p, train_lengths)
+    attention = attention_for(settings)
+    shape = tune_data.plan_steps(p, train_lengths, packing=resolve_packing(p.packing, attention, gpu=has_gpu()))
     if shape["adapted"]:
         _notice(phase, shape["adapted"], shape["steps"])
     args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks and not unmasked,

@@ -406,6 +406,32 @@ def test_attention_auto_on_a_gpu_with_flash_attn(method, compute, expect, monkey
     assert trainer.attention_for(s) == expect
 
 
+@pytest.mark.parametrize("setting, attention, gpu, expect", [
+    ("auto", "flash_attention_2", True, True),   # varlen: each packed sample's own block, no padding at all
+    ("auto", "flash_attention_3", True, True),
+    ("auto", None, False, True),                 # CPU: a padding mask sends SDPA down its slow path
+    ("auto", "eager", False, True),
+    ("auto", None, True, False),                 # GPU SDPA: a packed row pays the whole triangle; batch by length
+    (True, None, True, True),                    # a choice is kept as it is
+    (False, "flash_attention_2", True, False),
+])
+def test_packing_auto_packs_for_a_varlen_kernel_and_on_a_cpu(setting, attention, gpu, expect):
+    assert trainer.resolve_packing(setting, attention, gpu=gpu) is expect
+
+
+def test_unpacked_batches_are_grouped_by_length(tmp_path):
+    """Unpacked, a micro-batch pads to its longest sample: the trainer draws batches of similar lengths."""
+    from labcycle.tasks.tune.data import plan_steps
+
+    s = TuneSettings()  # packing: auto; no GPU here, so no flash-attention
+    lengths = [50, 900, 60, 1000] * 300
+    for packing, sampling in ((False, "group_by_length"), (True, "random")):
+        shape = plan_steps(s.knowledge, lengths, packing=packing)
+        args = trainer.sft_config("knowledge", s, tmp_path, has_eval=False, assistant_masks=True, shape=shape)
+        assert (args.packing, args.train_sampling_strategy) == (packing, sampling)
+    assert trainer.sft_config("knowledge", s, tmp_path, has_eval=False, assistant_masks=True).packing is True  # CPU
+
+
 @pytest.mark.parametrize("packing, lengths, expect", [
     # not packed: batch_size samples a micro-batch; a step never takes more samples than the data holds
     (False, [100] * 10, {"per_device": 8, "accumulation": 16, "packing": False, "micro_batches": 2, "samples_per_step": 10,
@@ -454,7 +480,7 @@ DEMO = replace(KNOWLEDGE, epochs=3, batch_size=4, gradient_accumulation=1, max_l
 def test_a_small_phase_gets_a_smaller_batch_and_says_so(p, lengths, expect, says):
     from labcycle.tasks.tune.data import MIN_STEPS, plan_steps
 
-    plan = plan_steps(p, lengths)
+    plan = plan_steps(p, lengths, packing=True)  # as packing: auto on a GPU with flash-attention
     assert {k: plan[k] for k in expect} == expect
     assert plan["asked_samples_per_step"] == p.batch_size * p.gradient_accumulation
     if says is None:
