@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 
+def _create_aside(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`: (fd, name). Created with mode 0o666 as open() creates files, so the
+    process umask decides (0o644 under the usual 022): a model card or release.json in a shared registry is
+    readable by the user serving it. tempfile.mkstemp would make it 0o600 whatever the umask says."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_aside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
