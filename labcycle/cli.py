@@ -227,7 +227,11 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         raise _usage_error(f"--config {config}: {_no_file(config)}")
     if config is not None and profile is not None:
         raise _usage_error("give either --config or --profile, not both")
+    from labcycle.config import load as load_config
     from labcycle.flows.lab_cycle import lab_cycle
+
+    if config is not None:
+        load_config(config)  # a mistake in it is reported now, not after the Prefect server has started
 
     _tie_embedded_server()
     tuning = until in (Until.tune, Until.evaluate, Until.cycle)

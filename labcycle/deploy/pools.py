@@ -13,6 +13,8 @@ type differs on the server stops the run before anything changes.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -215,6 +217,7 @@ def load_template(path: Path, declared_at: str | None = None) -> dict[str, Any]:
         template = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LabcycleError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
+    refuse_non_finite_json(template, text, str(path))
     check_template(template, str(path), text)
     return template
 
@@ -270,6 +273,31 @@ def check_template(template: Any, source: str, text: str | None = None) -> None:
         name = err.absolute_path[0]
         raise LabcycleError(f"variables.properties.{name}.default: {err.message}; make the default fit the variable's schema",
                             where=where(f'"{name}"', after='"variables"'))
+
+
+# Python's JSON reader takes NaN, Infinity and -Infinity, and a number too large for a float as infinity; the
+# Prefect server's JSON does not. The string-free text is searched for them, for the line and column.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NON_FINITE_JSON = re.compile(r"-?Infinity|NaN|-?[0-9][0-9.]*[eE][+-]?[0-9]+")
+
+
+def refuse_non_finite_json(data: Any, text: str, source: str) -> None:
+    """A LabcycleError at the first NaN or infinite number of a JSON file."""
+    from labcycle.schemas import non_finite
+
+    found = non_finite(data)
+    if not found:
+        return
+    key, value = ".".join(map(str, found[0])), found[1]
+    shown, where = ("NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"), source
+    plain = _JSON_STRING.sub(lambda m: " " * len(m.group()), text)
+    for m in _NON_FINITE_JSON.finditer(plain):
+        if not math.isfinite(float(m.group())):
+            line, column = text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start())
+            shown, where = m.group(), f"{source}:{line}:{column}"
+            break
+    raise LabcycleError(f"{key}: {shown} is not a finite number, and the Prefect server takes finite numbers only; "
+                        "write a finite number instead", where=where)
 
 
 def _line_of(text: str, needle: str, after: str | None = None) -> int | None:

@@ -46,13 +46,14 @@ def shipped_spec_path(kind: str) -> Path:
 
 def load_spec(path: Path) -> PipelineSpec:
     """Read, check and load a pipeline spec; every problem is a LabcycleError naming file:line."""
-    from labcycle.schemas import validator
+    from labcycle.schemas import refuse_non_finite, validator
     from labcycle.tasks.taxonomy.reader import read_yaml
 
     parsed = read_yaml(path)
     if parsed.problems:
         p = parsed.problems[0]
         raise LabcycleError(p.message, where=f"{path}:{p.line}:{p.column}")
+    refuse_non_finite(parsed.data, "pipeline.schema.json", str(path), parsed.where)
     errors = sorted(validator("pipeline.schema.json").iter_errors(parsed.data), key=lambda e: [str(x) for x in e.absolute_path])
     if errors:
         err = min(errors, key=lambda e: len(list(e.absolute_path)) * -1)  # the most specific error
