@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -212,6 +213,9 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
         data_seed=p.seed,
         logging_steps=shape["logging_steps"] if shape else p.logging_steps,
         logging_first_step=True,  # the first loss is the untrained model's, on the first step's samples
+        # A NaN or infinite step loss reaches the log (the Trainer would log the window's average of the finite
+        # ones instead), where Diverged stops the phase.
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=p.save_steps,
         save_total_limit=p.keep_checkpoints,
@@ -262,7 +266,33 @@ def _callbacks(phase: str, started: float):  # type: ignore[no-untyped-def]
                 control.should_log = True
             return control
 
-    return [Progress(), LastSteps()]
+    class Diverged(TrainerCallback):
+        """Stops the phase at the first logged loss that is NaN or infinite: the weights are lost by then, and
+        the adapter must never be saved, evaluated or released. A short phase logs every step (data.plan_steps)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            for key, value in (logs or {}).items():
+                if key.endswith("loss") and isinstance(value, float) and not math.isfinite(value):
+                    raise diverged(phase, args.learning_rate, f"its {key.replace('_', ' ')} became {value} at step "
+                                                              f"{state.global_step} of {state.max_steps}")
+
+    return [Progress(), LastSteps(), Diverged()]
+
+
+def diverged(phase: str, learning_rate: float, what: str) -> LabcycleError:
+    return LabcycleError(f"the {phase} phase diverged: {what}, so no adapter is saved; lower "
+                         f"tuning.{phase}.learning_rate (now {learning_rate:g}) or tuning.{phase}.max_grad_norm and run "
+                         "again")
+
+
+def non_finite_weight(model: Any) -> str | None:
+    """The name of the first trained parameter holding a NaN or an infinity, else None."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            return name
+    return None
 
 
 def _notice(phase: str, text: str, max_steps: int) -> None:
@@ -355,6 +385,10 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     final = work_dir / name
     with resource_faults(phase, work_dir):
         output = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+        # A last step can turn the weights non-finite after a finite loss, with no step left to log it.
+        bad = non_finite_weight(trainer.model)
+        if bad:
+            raise diverged(phase, args.learning_rate, f"its weight {bad} is not finite after step {trainer.state.global_step}")
         _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
     history = trainer.state.log_history
     write_json(work_dir / "log_history.json", history)
@@ -421,6 +455,11 @@ def resource_faults(phase: str, work_dir: Path) -> Iterator[None]:
             raise LabcycleError(f"out of GPU memory in the {phase} phase: lower tuning.{phase}.max_length or "
                                 f"tuning.{phase}.batch_size (raising gradient_accumulation keeps the effective batch), "
                                 f"set tuning.{phase}.gradient_checkpointing: true, or tune with tuning.method: qlora; {again}",
+                                where=str(work_dir)) from exc
+        if isinstance(exc, RuntimeError) and "without overflow" in str(exc):
+            # e.g. bitsandbytes' 8-bit AdamW with a learning rate beyond float32 (about 3e38 after bias correction)
+            raise LabcycleError(f"the {phase} phase's optimizer overflowed its 32-bit arithmetic ({exc}): lower "
+                                f"tuning.{phase}.learning_rate (and weight_decay) to values a float32 holds",
                                 where=str(work_dir)) from exc
         raise
 

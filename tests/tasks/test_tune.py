@@ -546,3 +546,37 @@ def test_the_cache_key_follows_what_decides_the_step(tiny_model, tmp_path):
     write_chat(Path(data), rows + [("One more?", "Yes.")])
     others.append(key())
     assert first not in others and len(set(others)) == len(others)
+
+
+def test_a_diverging_phase_stops_at_the_first_non_finite_loss_and_saves_nothing(tiny_model, tmp_path):
+    """A real divergence: a learning rate of 1e30 makes the weights huge at step 1 and the loss NaN at step 2.
+    The Trainer logged such a loss as the average of the finite ones, and the phase ended 'successfully'."""
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    s = settings(knowledge=phase(max_steps=20, learning_rate=1e30, logging_steps=5, save_steps=10))
+    with pytest.raises(LabcycleError, match=re.escape("the knowledge phase diverged: its loss became nan at step 2 of 20, "
+                                                      "so no adapter is saved; lower tuning.knowledge.learning_rate "
+                                                      "(now 1e+30)")):
+        trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
+    assert not (tmp_path / "work" / "adapter").exists() and trainer.read_result(tmp_path / "work") is None
+
+
+def test_a_last_step_that_breaks_the_weights_is_caught(tiny_model, tmp_path):
+    """An infinite learning rate (the config refuses one; settings built in code do not): the one step's loss
+    is finite, the update leaves NaN and infinite weights. The Trainer still saves its checkpoint, a real
+    diverged adapter (tests/tasks/test_release.py refuses to release it); the phase's own adapter is never saved."""
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    s = settings(knowledge=phase(max_steps=1, learning_rate=float("inf"), save_steps=1))
+    with pytest.raises(LabcycleError, match=r"the knowledge phase diverged: its weight \S+lora\S+ is not finite after "
+                                            r"step 1, so no adapter is saved"):
+        trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", s)
+    assert not (tmp_path / "work" / "adapter").exists() and trainer.read_result(tmp_path / "work") is None
+    assert (tmp_path / "work" / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").is_file()
+
+
+def test_a_learning_rate_beyond_float32_is_one_line(tiny_model, tmp_path):
+    # 1e39 is a finite YAML number; bitsandbytes' 8-bit AdamW raised "value cannot be converted to type float
+    # without overflow" from deep inside the optimizer step.
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    with pytest.raises(LabcycleError, match="the knowledge phase's optimizer overflowed its 32-bit arithmetic .* lower "
+                                            "tuning.knowledge.learning_rate"):
+        trainer.train_phase("knowledge", tiny_model, data, tmp_path / "work", settings(knowledge=phase(max_steps=2, learning_rate=1e39)))
