@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,52 @@ def sources(candidate: Candidate) -> list[tuple[str, Path]]:
         taken.add(rel)
         files.append((rel, card))
     return files
+
+
+def check_finite(candidate: Candidate) -> None:
+    """Refuse a diverged candidate: a tune result that records a NaN or infinite loss, or a weight file of the
+    model folders holding one. The tune stage stops such a phase itself; this holds for any folder handed here."""
+    tuned = Path(candidate.tuned)
+    result_path = tuned / "result.json"
+    try:
+        metrics = json.loads(result_path.read_text(encoding="utf-8")).get("metrics") or {}
+    except (OSError, ValueError, AttributeError):
+        metrics = {}
+    for key, value in metrics.items():
+        if "loss" in key and isinstance(value, float) and not math.isfinite(value):
+            raise LabcycleError(f"the tune result records a {key} of {value}: the training diverged, and a diverged "
+                                f"adapter is never released; tune again with a lower learning rate", where=str(result_path))
+    for rel, path in _model_files(candidate):
+        try:
+            bad = _non_finite_tensor(path)
+        except Exception as exc:  # a truncated or foreign file: never released either
+            raise LabcycleError(f"{rel}: cannot read its weights ({exc}); tune again, or release a complete tune "
+                                "stage output", where=str(tuned)) from None
+        if bad:
+            raise LabcycleError(f"{rel} holds NaN or infinite weights ({bad}): the training diverged, and a diverged "
+                                "adapter is never released; tune again with a lower learning rate", where=str(tuned))
+
+
+def _non_finite_tensor(path: Path) -> str | None:
+    """The name of the first tensor in a weight file (safetensors, or a PyTorch .bin) that holds a NaN or an
+    infinity, else None; other files: None. Reads one tensor at a time."""
+    if path.suffix not in (".safetensors", ".bin"):
+        return None
+    import torch
+
+    if path.suffix == ".bin":
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        names, read = list(tensors), tensors.__getitem__
+    else:
+        from safetensors import safe_open
+
+        handle = safe_open(str(path), framework="pt")
+        names, read = list(handle.keys()), handle.get_tensor
+    for name in names:
+        tensor = read(name)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def fingerprint_of(hashes: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.io import write_text_atomic
-from labcycle.tasks.release.candidate import CHUNK, Candidate, fingerprint, fingerprint_of, sources
+from labcycle.tasks.release.candidate import CHUNK, Candidate, check_finite, fingerprint, fingerprint_of, sources
 from labcycle.tasks.release.card import release_card
 
 RELEASE_JSON = "release.json"
@@ -135,6 +135,7 @@ class Release:
         self.candidate, self.registry, self.name = candidate, str(registry), name
         self.fs, self.base = open_registry(registry, name)
         self.sources = sources(candidate)
+        check_finite(candidate)
         self.fingerprint = fingerprint(candidate)
         self.staging = f"{self.base}/.staging-{uuid.uuid4().hex}"
         self.target: str | None = None

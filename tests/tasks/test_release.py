@@ -275,6 +275,40 @@ def test_mistakes_a_user_can_make_say_where_and_what_to_do(candidate, tmp_path):
     assert not (tmp_path / "registry").exists()  # nothing written by any of these
 
 
+def test_a_diverged_candidate_is_never_released(candidate, tiny_model, tmp_path):
+    """A real diverged adapter: one step at an infinite learning rate (settings built in code; the config refuses
+    one) leaves NaN and infinite LoRA weights in the Trainer's checkpoint. The tune stage stops such a phase; a
+    folder handed to the release by other means is refused too, as is a tune result that records a NaN loss."""
+    from labcycle.tasks.tune import trainer
+    from tests.tasks.test_tune import ANSWER, QUESTIONS, phase, settings, write_chat
+
+    registry = str(tmp_path / "registry")
+    result_json = Path(candidate.tuned) / "result.json"
+    result = json.loads(result_json.read_text())
+    result_json.write_text(json.dumps({**result, "metrics": {"steps": 30, "first_loss": 6.9, "final_loss": float("nan")}}))
+    with pytest.raises(LabcycleError, match="the tune result records a final_loss of nan: the training diverged, and a "
+                                            "diverged adapter is never released") as err:
+        release(candidate, registry)
+    assert err.value.where == str(result_json)
+    result_json.write_text(json.dumps(result))
+
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    with pytest.raises(LabcycleError, match="diverged"):
+        trainer.train_phase("skills", tiny_model, data, tmp_path / "work", settings(
+            skills=phase(max_steps=1, learning_rate=float("inf"), save_steps=1)))
+    adapter = Path(candidate.tuned) / "adapter"
+    shutil.rmtree(adapter)
+    shutil.rmtree(Path(candidate.tuned) / "merged")
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tmp_path / "work" / "checkpoints" / "checkpoint-1" / name, adapter / name)
+    with pytest.raises(LabcycleError, match=r"adapter/adapter_model.safetensors holds NaN or infinite weights \(\S+lora\S+\): "
+                                            "the training diverged") as err:
+        release(candidate, registry)
+    assert err.value.where == str(candidate.tuned)
+    assert not Path(registry).exists()  # nothing written
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_registry(candidate, tmp_path):
     registry = tmp_path / "registry"
