@@ -115,3 +115,18 @@ def test_the_cli_refuses_them_before_any_work(tmp_path, command):
     assert_clean_failure(res, f"{cfg}:3:5: tuning.knowledge.learning_rate: NaN (not a number) is not a finite number")
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "Prefect" not in res.stdout + res.stderr  # refused before the server starts
+
+
+def test_labcycle_tune_stops_a_diverging_phase(tiny_model, tmp_path):
+    """A finite but absurd learning rate through the real CLI: the loss turns NaN within a few steps, the phase
+    stops with one line and exit 1, and no adapter comes out (the release refuses one: tests/tasks/test_release.py)."""
+    from tests.tasks.test_tune import ANSWER, QUESTIONS, write_chat
+
+    data = write_chat(tmp_path / "data.jsonl", [(q, ANSWER) for q in QUESTIONS])
+    cfg = tmp_path / "labcycle.yaml"
+    cfg.write_text("tuning:\n  knowledge:\n    learning_rate: 1.0e+30\n    max_steps: 6\n")
+    res = labcycle("tune", "--phase", "knowledge", "--base-model", str(tiny_model), "--knowledge-data", str(data),
+                   "--config", str(cfg), "--output", str(tmp_path / "out"), cwd=tmp_path, timeout=180)
+    assert_clean_failure(res, "the knowledge phase diverged: its loss became nan at step ",
+                         "lower tuning.knowledge.learning_rate (now 1e+30)")
+    assert not (tmp_path / "out" / "knowledge").exists()
