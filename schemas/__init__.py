@@ -98,7 +98,7 @@ def non_finite_message(path: tuple, value: float, name: str) -> str:
     types = sub.get("type", [])
     types = [types] if isinstance(types, str) else types
     if types and not {"number", "integer"} & set(types):
-        return f"{key}: YAML reads this value as {shown}, not as text; put it in quotes; see schemas/{name}"
+        return f"{key}: this value reads as {shown}, not as text; put it in quotes; see schemas/{name}"
     bounds = [f"{word} {sub[bound]:g}" for bound, word in (("exclusiveMinimum", "greater than"), ("minimum", "at least"),
                                                           ("exclusiveMaximum", "less than"), ("maximum", "at most"))
               if isinstance(sub.get(bound), (int, float))]

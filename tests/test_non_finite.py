@@ -32,7 +32,7 @@ def test_a_whole_number_a_bounded_one_and_text(tmp_path):
     assert_mistake(config.load, f, "tuning:\n  lora:\n    dropout: .nan\n", ":3:5",
                    "write a finite number at least 0 and less than 1 (e.g. 0.1)")
     assert_mistake(config.load, f, "generation:\n  teacher:\n    model: .nan\n", ":3:5",
-                   "generation.teacher.model: YAML reads this value as NaN (not a number), not as text; put it in quotes")
+                   "generation.teacher.model: this value reads as NaN (not a number), not as text; put it in quotes")
 
 
 def _recipe(path: Path):  # type: ignore[no-untyped-def]
@@ -79,7 +79,7 @@ def _shipped_pipeline() -> str:
         (_policy, "gate.yaml", "max_cycles: -.inf\n", ":1:1", "max_cycles: minus infinity is not a finite number"),
         (_webhook, "webhook.yaml", "keep_days: .nan\n", ":1:1", "keep_days: NaN (not a number) is not a finite number"),
         (_pools, "prefect.yaml", "definitions:\n  work_pools:\n    gpu:\n      name: .inf\n      type: process\n", ":4:7",
-         "gpu.name: YAML reads this value as infinity, not as text; put it in quotes"),
+         "gpu.name: this value reads as infinity, not as text; put it in quotes"),
         (_pipeline, "pipeline.yaml", None, None, "threshold: NaN (not a number) is not a finite number"),
     ],
     ids=["recipe", "gate-policy", "webhook", "prefect-yaml", "pipeline"],
