@@ -37,6 +37,7 @@ class BlockStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     redacted: int = 0  # rows kept with some of their text replaced (pii)
+    too_long: int = 0  # rows dropped because the prompt was longer than the teacher's context
     examples: list[dict[str, Any]] = field(default_factory=list)  # dropped rows
     redacted_examples: list[dict[str, Any]] = field(default_factory=list)  # rows as they were kept, redacted
 
@@ -44,6 +45,10 @@ class BlockStats:
         self.dropped += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(_example(row, reason))
+
+    def drop_too_long(self, row: Row) -> None:
+        self.too_long += 1
+        self.drop(row, "prompt longer than the teacher's context")
 
     def redact(self, row: Row, reason: str) -> None:
         self.redacted += 1
@@ -66,7 +71,8 @@ class BlockStats:
                 "redacted_examples": self.redacted_examples}
 
 
-_COUNTERS = ("rows_in", "rows_out", "dropped", "parse_failures", "requests", "prompt_tokens", "completion_tokens", "redacted")
+_COUNTERS = ("rows_in", "rows_out", "dropped", "parse_failures", "requests", "prompt_tokens", "completion_tokens", "redacted",
+             "too_long")
 
 
 def _example(row: Row, reason: str) -> dict[str, Any]:
@@ -168,7 +174,7 @@ class Generate(Block):
             try:
                 completion = await ctx.teacher.chat(ctx.messages(self.params["template"], row, {"num": num}), sampling, structured)
             except PromptTooLong:
-                stats.drop(row, "prompt longer than the teacher's context")
+                stats.drop_too_long(row)
                 return []
             stats.count(completion)
             produced: list[Row] = []
@@ -282,7 +288,7 @@ class Judge(Block):
                 messages = ctx.messages(self.params["template"], row, self._variables())
                 completion = await ctx.teacher.chat(messages, sampling, structured)
             except PromptTooLong:
-                stats.drop(row, "prompt longer than the teacher's context")
+                stats.drop_too_long(row)
                 return None
             stats.count(completion)
             judged = self._judge(completion.texts[0] if completion.texts else "")

@@ -202,6 +202,12 @@ def to_record(leaf: LeafInput, spec: PipelineSpec, teacher_model: str, unit: str
 def _advice(target: int, kept: int, stats: dict[str, BlockStats]) -> str | None:
     if kept >= target:
         return None
+    too_long = sum(s.too_long for s in stats.values())
+    if too_long and too_long * 2 >= sum(s.dropped for s in stats.values()):
+        # Better seeds or more rounds cannot fix a prompt the teacher cannot read.
+        return (f"{kept} of {target} samples: {too_long} prompts were longer than the teacher's context; serve the "
+                "teacher with a longer context (vLLM --max-model-len; generation.teacher.max_model_len for the "
+                "in-process engine) or lower chunking.max_words (chunking.max_tokens with a tokenizer)")
     worst = max(stats.items(), key=lambda kv: kv[1].dropped, default=None)
     if worst is None or worst[1].dropped == 0:
         return f"{kept} of {target} samples: the teacher produced too little; raise generation.max_rounds or check the teacher"

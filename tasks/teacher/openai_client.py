@@ -87,7 +87,8 @@ def _error_detail(exc: Any) -> str:
 
 
 # vLLM, OpenAI and llama.cpp word it differently; all mention the context length or the token limit.
-_CONTEXT_LENGTH = re.compile(r"context length|context window|maximum context|too many tokens|exceeds the limit", re.I)
+_CONTEXT_LENGTH = re.compile(r"context length|context window|maximum context|maximum model length|too many tokens|"
+                             r"exceeds the limit", re.I)
 
 
 class OpenAITeacher:

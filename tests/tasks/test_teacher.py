@@ -275,6 +275,41 @@ def test_api_key_resolution_and_never_in_messages(monkeypatch):
         assert SECRET not in text
 
 
+# vLLM's own words (vllm/renderers/params.py, vllm/v1/engine/input_processor.py) for a prompt that does not fit.
+VLLM_TOO_LONG = [
+    "This model's maximum context length is 512 tokens. However, your prompt contains 1873 input tokens, which "
+    "exceeds this limit even without any output tokens. Please reduce the length of the input prompt.",
+    "The decoder prompt (length 1873) is longer than the maximum model length of 512. Make sure that "
+    "`max_model_len` is no smaller than the number of text tokens.",
+]
+
+
+@pytest.mark.parametrize("message", VLLM_TOO_LONG)
+def test_prompt_longer_than_the_context_gets_context_advice(tmp_path, message):
+    from labcycle.tasks.generate import runner
+    from labcycle.tasks.teacher.base import PromptTooLong
+
+    body = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+    with Stub([(400, {}, body)]) as stub:
+        async def go():
+            t = OpenAITeacher(stub.base_url, "stub", max_retries=3)
+            try:
+                with pytest.raises(PromptTooLong):
+                    await t.chat(MESSAGES, Sampling(max_tokens=4))
+                settings = runner.GenerationSettings(samples_per_seed=1, max_rounds=2, max_units_per_round=2)
+                return await runner.generate_leaf(genhelp.leaf("knowledge", f"too-long-{len(message)}"),
+                                                  genhelp.permissive_spec("knowledge", tmp_path / "specs"), t,
+                                                  settings, tmp_path / "work")
+            finally:
+                await t.aclose()
+
+        result = run(go())
+    assert result.kept == 0 and len(stub.calls) == 1 + result.units  # a 400 is never retried
+    advice = json.loads((tmp_path / "work" / "yield.json").read_text())["advice"]
+    assert "--max-model-len" in advice and "chunking.max_words" in advice
+    assert "max_rounds" not in advice and "seeds" not in advice
+
+
 # --------------------------------------------------------------------------------------------------
 # The real vLLM server (one per session)
 
