@@ -93,6 +93,12 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
     result: dict[str, Any] = {"run_dir": str(run_dir), **prepared.result()}
     if until == "taxonomy":
         return result
+    if result["leaves"] == 0:
+        # A push or a schedule that changed no leaf lands here too: a successful no-op, no teacher started.
+        message = cycle_tasks.nothing_changed(Path(result["manifest"]))
+        print(message)
+        cycle_tasks.write_report(run_dir, [], released=None)
+        return {**result, "cycles": [], "released": None, "nothing_changed": message}
     cfg = config_module.load(config)  # the taxonomy stage has loaded it already: it is valid
     student = student_model or cfg.student.model
     try:

@@ -317,6 +317,9 @@ def _tuning_progress(enabled: bool):  # type: ignore[no-untyped-def]
 
 
 def _print_summary(result: dict, teacher_model: str | None, profile: Profile | None = None) -> None:
+    if result.get("nothing_changed"):
+        out.print(escape(result["nothing_changed"]))
+        return
     out.print(f"[green]lab-cycle completed[/green]: {result['leaves']} leaves; manifest at {escape(result['manifest'])}")
     gen = result.get("generation")
     if not gen:

@@ -22,6 +22,13 @@ def write_report(run_dir: Path, cycles: list[dict[str, Any]], released: str | No
     })
 
 
+def nothing_changed(manifest: Path) -> str:
+    """The one line for a run whose taxonomy has no leaf changed since its base."""
+    base = json.loads(Path(manifest).read_text(encoding="utf-8"))["taxonomy"].get("base") or "the base"
+    return (f"nothing to do: no leaf changed since {base}; pass --base <ref> to compare with another ref, "
+            "or --base empty to take every leaf")
+
+
 def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a release event carries: overall branch scores, each regression suite, and the
     safety rates (when the evaluation had a safety suite)."""
