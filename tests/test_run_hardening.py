@@ -34,3 +34,97 @@ def test_a_taxonomy_with_nothing_changed_is_a_quick_no_op(example_taxonomy: Path
     assert json.loads((run / "report.json").read_text()) == {"cycles": [], "released": None}
     assert not list(run.glob("cycle-*"))  # nothing generated
     assert elapsed < 90, elapsed  # the embedded Prefect server's start is most of it
+
+
+KEY = "sk-url-secret-7c41d9e2"
+
+
+class AuthServer:
+    """An OpenAI-compatible chat endpoint that wants HTTP basic auth user:KEY; it records what arrived, and a
+    wrong login gets a 401 that (unwisely) echoes the Authorization header, so a leak would show."""
+
+    def __init__(self) -> None:
+        import base64
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        expected = "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()
+        self.logins: list[bool] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                auth = self.headers.get("authorization", "")
+                server.logins.append(auth == expected)
+                if auth == expected:
+                    status, body = 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "no"},
+                                                      "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+                else:
+                    status, body = 401, {"error": {"message": f"bad login {auth}"}}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> AuthServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_key_in_the_teacher_url_reaches_the_teacher_and_nothing_else(prefect_harness, example_taxonomy: Path,
+                                                                       tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env.pop("LABCYCLE_TEACHER_API_KEY", None)
+    config = tmp_path / "labcycle.yaml"
+    config.write_text("generation:\n  samples_per_seed: 1\n  max_rounds: 1\n  max_units_per_round: 1\n")
+    run = tmp_path / "run"
+    with get_client(sync_client=True) as client:
+        before = {r.id for r in client.read_flow_runs(limit=200)}
+    with AuthServer() as server:
+        port = server.httpd.server_address[1]
+        res = labcycle("run", "--until", "generate", "--taxonomy", str(example_taxonomy), "--base", "empty",
+                       "--output", str(run), "--config", str(config), "--teacher-model", "m",
+                       "--teacher-endpoint", f"http://user:{KEY}@127.0.0.1:{port}/v1", cwd=tmp_path, env=env, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert server.logins and all(server.logins)  # every request carried the credential
+    assert KEY not in out
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=200) if r.id not in before]
+        assert runs
+        for flow_run in runs:
+            assert KEY not in json.dumps(flow_run.parameters, default=str), flow_run.name
+            assert KEY not in (flow_run.state.message or "" if flow_run.state else "")
+        lab = next(r for r in runs if r.parameters.get("teacher_endpoint"))
+        assert lab.parameters["teacher_endpoint"] == f"http://127.0.0.1:{port}/v1"
+
+
+def test_credentials_from_the_environment_go_to_their_own_url_only(monkeypatch) -> None:
+    from labcycle.urls import TEACHER_URL, redact, teacher_userinfo
+
+    monkeypatch.setenv(TEACHER_URL, f"https://user:{KEY}@teacher.example/v1")
+    assert teacher_userinfo("https://teacher.example/v1/") == ("https://teacher.example/v1/", f"user:{KEY}")
+    assert teacher_userinfo("http://127.0.0.1:8000/v1") == ("http://127.0.0.1:8000/v1", None)  # e.g. the evaluation's own server
+    assert teacher_userinfo(f"http://u:{KEY}@h/v1") == ("http://h/v1", f"u:{KEY}")
+    assert redact(f"https://{KEY}@h/v1") == "https://h/v1" and redact("/a/local@path") == "/a/local@path"

@@ -28,6 +28,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.tasks.teacher.openai_client import resolve_api_key, server_root
+from labcycle.urls import redact
 
 
 class LoglikClient:
@@ -76,11 +77,11 @@ class LoglikClient:
                     detail = resp.text[:300]
                     if resp.status_code < 500 and resp.status_code not in (408, 429):
                         raise LabcycleError(f"the server refused a scoring request (HTTP {resp.status_code}: {detail})",
-                                            where=url)
+                                            where=redact(url))
                     reason = f"HTTP {resp.status_code}: {detail}"
             if attempt < self.retries:
                 await asyncio.sleep(random.uniform(0, 0.5 * 2 ** attempt))
-        raise LabcycleError(f"scoring requests keep failing ({reason}); check the server", where=url, transient=True)
+        raise LabcycleError(f"scoring requests keep failing ({reason}); check the server", where=redact(url), transient=True)
 
     # -- tokens ------------------------------------------------------------------------------------
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -141,20 +142,20 @@ class LoglikClient:
         data = await self._post(self.base_url + "/completions", body, self._score_sem)
         choices = sorted(data.get("choices") or [], key=lambda c: c["index"])
         if len(choices) != len(prompts):
-            raise LabcycleError(f"the server answered {len(choices)} choices for {len(prompts)} prompts", where=self.base_url)
+            raise LabcycleError(f"the server answered {len(choices)} choices for {len(prompts)} prompts", where=redact(self.base_url))
         out = []
         for prompt, choice in zip(prompts, choices):
             entries = choice.get("prompt_logprobs")
             if not isinstance(entries, list) or len(entries) != len(prompt):
                 raise LabcycleError("the server returned no prompt logprobs; labcycle needs a vLLM OpenAI-compatible "
-                                    "server (the completions API with prompt_logprobs)", where=self.base_url)
+                                    "server (the completions API with prompt_logprobs)", where=redact(self.base_url))
             row: list[float | None] = [None]
             for token, entry in zip(prompt[1:], entries[1:]):
                 try:
                     row.append(float(entry[str(token)]["logprob"]))
                 except (KeyError, TypeError, ValueError):
                     raise LabcycleError(f"the server's prompt logprobs lack token {token}; is it a vLLM server?",
-                                        where=self.base_url) from None
+                                        where=redact(self.base_url)) from None
             out.append(row)
         return out
 

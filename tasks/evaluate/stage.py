@@ -40,6 +40,7 @@ from labcycle.tasks.evaluate.questions import Question, held_out_questions, seed
 from labcycle.tasks.evaluate.safety import SafetySpec, SafetySuite, load_safety_suite
 from labcycle.tasks.evaluate.suite import Suite, load_suite
 from labcycle.tasks.teacher.base import Teacher
+from labcycle.urls import redact
 
 # Bumped whenever the same inputs would give a different report (prompts, metrics, report shape).
 EVAL_FORMAT = 2  # 2: the safety block
@@ -182,7 +183,7 @@ async def _get_json(url: str, body: dict[str, Any] | None = None, timeout_s: flo
         try:
             resp = await (client.post(url, json=body) if body is not None else client.get(url))
         except httpx.TransportError as exc:
-            raise LabcycleError(f"cannot reach the evaluation server ({type(exc).__name__}: {exc})", where=url,
+            raise LabcycleError(f"cannot reach the evaluation server ({type(exc).__name__}: {exc})", where=redact(url),
                                 transient=True) from None
     try:
         return resp.status_code, resp.json()
@@ -201,7 +202,7 @@ async def served_base_name(base_url: str, base_model: Path) -> str:
         return (match or bases)[0]["id"]
     names = ", ".join(c.get("id", "?") for c in bases) or "(nothing)"
     raise LabcycleError(f"cannot tell which served model is the base {base_model.name!r} (the endpoint serves: {names}); "
-                        "set evaluation.served_base", where=base_url)
+                        "set evaluation.served_base", where=redact(base_url))
 
 
 async def load_adapter(base_url: str, name: str, path: Path) -> None:

@@ -4,9 +4,11 @@ Our own retry loop replaces the openai client's (its max_retries is 0): exponent
 jitter on 429, 408/409/425, 5xx, connection errors and timeouts, honouring Retry-After; other 4xx are
 user mistakes and raise at once. One asyncio.Semaphore per teacher caps requests in flight.
 
-The API key comes from the argument, else LABCYCLE_TEACHER_API_KEY, else OPENAI_API_KEY, else "EMPTY"
-(vLLM without --api-key accepts anything). It never appears in logs, reprs or error messages: every
-message built from a server's answer is scrubbed of it.
+The API key (sent as a bearer token) comes from the argument, else LABCYCLE_TEACHER_API_KEY, else
+OPENAI_API_KEY, else "EMPTY" (vLLM without --api-key accepts anything). A user:password in the URL, or
+in LABCYCLE_TEACHER_URL for this same URL (where the CLI puts --teacher-endpoint), is sent as HTTP basic
+auth. Neither appears in logs, reprs or error messages: `base_url` is the URL without it, and every
+message built from a server's answer is scrubbed of both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
+from labcycle.urls import basic_auth, redact, scrub, secrets_of, teacher_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,8 @@ class OpenAITeacher:
             raise LabcycleError(f"unknown structured_mode {structured_mode!r}; use one of {', '.join(STRUCTURED_MODES)}")
         if max_concurrency < 1:
             raise LabcycleError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url, userinfo = teacher_userinfo(base_url.rstrip("/"))
+        self._auth = basic_auth(userinfo)
         self.model = model
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
@@ -125,9 +129,13 @@ class OpenAITeacher:
         self.compact_json = compact_json
         self.stats = TeacherStats()
         self._api_key = resolve_api_key(api_key)
+        self._secrets = [*secrets_of(userinfo), *([self._api_key] if len(self._api_key) >= 4 and self._api_key != "EMPTY" else [])]
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _hide(self, text: str) -> str:
+        return scrub(text, self._secrets)
 
     def __repr__(self) -> str:
         return f"OpenAITeacher(base_url={self.base_url!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -146,8 +154,9 @@ class OpenAITeacher:
         if self._client is None:
             import openai
 
+            http_client = openai.DefaultAsyncHttpxClient(auth=self._auth) if self._auth else None
             self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
-                                              timeout=self.timeout_s, max_retries=0)
+                                              timeout=self.timeout_s, max_retries=0, http_client=http_client)
         return self._client
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -252,7 +261,7 @@ class OpenAITeacher:
                     response = await client.chat.completions.create(**kwargs)
                 except openai.APIStatusError as exc:
                     status = exc.status_code
-                    detail = _redact(_one_line(_error_detail(exc)), self._api_key)
+                    detail = self._hide(_one_line(_error_detail(exc)))
                     if status in RETRYABLE_STATUS or status >= 500:
                         reason = f"HTTP {status}: {detail}"
                         wait = retry_after_s(exc.response.headers if exc.response is not None else None)
@@ -262,11 +271,10 @@ class OpenAITeacher:
                         self.stats.failures += 1
                         raise self._fatal(status, detail, await self._models_hint() if status == 404 else "") from exc
                 except (openai.APIConnectionError, asyncio.TimeoutError) as exc:  # APITimeoutError is a subclass
-                    reason = _redact(_one_line(f"{type(exc).__name__}: {exc}"), self._api_key)
+                    reason = self._hide(_one_line(f"{type(exc).__name__}: {exc}"))
                 except openai.OpenAIError as exc:
                     self.stats.failures += 1
-                    raise LabcycleError(_redact(_one_line(f"teacher {self.model!r} at {self.base_url} gave an unusable answer: {exc}"),
-                                                self._api_key)) from exc
+                    raise LabcycleError(self._hide(_one_line(f"teacher {self.model!r} at {self.base_url} gave an unusable answer: {exc}"))) from exc
                 else:
                     completion = self._completion(response, structured)
                     self.stats.prompt_tokens += completion.prompt_tokens
@@ -294,10 +302,10 @@ class OpenAITeacher:
             msg = (f"teacher endpoint {self.base_url} refused the API key (HTTP {status}: {detail}); set "
                    "LABCYCLE_TEACHER_API_KEY or OPENAI_API_KEY")
         elif status == 400 and _CONTEXT_LENGTH.search(detail):
-            return PromptTooLong(_redact(f"prompt too long for teacher {self.model!r} (HTTP 400: {detail})", self._api_key))
+            return PromptTooLong(self._hide(f"prompt too long for teacher {self.model!r} (HTTP 400: {detail})"))
         else:
             msg = f"teacher {self.model!r} at {self.base_url} rejected the request (HTTP {status}: {detail})"
-        return LabcycleError(_redact(msg, self._api_key))
+        return LabcycleError(self._hide(msg))
 
 
 async def _list_models(client: Any) -> list[str]:
@@ -310,11 +318,15 @@ async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
     import openai
 
     key = resolve_api_key(api_key)
-    client = openai.AsyncOpenAI(base_url=base_url.rstrip("/"), api_key=key, max_retries=2, timeout=30)
+    shown, userinfo = teacher_userinfo(base_url.rstrip("/"))
+    auth = basic_auth(userinfo)
+    client = openai.AsyncOpenAI(base_url=shown, api_key=key, max_retries=2, timeout=30,
+                                http_client=openai.DefaultAsyncHttpxClient(auth=auth) if auth else None)
     try:
         return await _list_models(client)
     except openai.OpenAIError as exc:
-        raise LabcycleError(_redact(_one_line(f"cannot list models at {base_url}: {exc}"), key), transient=True) from exc
+        message = scrub(_redact(_one_line(f"cannot list models at {shown}: {exc}"), key), secrets_of(userinfo))
+        raise LabcycleError(message, transient=True) from exc
     finally:
         await client.close()
 
@@ -357,5 +369,5 @@ def metrics(base_url: str, timeout_s: float = 10.0) -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a URL we were given
             text = resp.read().decode("utf-8", errors="replace")
     except OSError as exc:
-        raise LabcycleError(f"cannot read metrics at {url}: {exc}", transient=True) from exc
+        raise LabcycleError(f"cannot read metrics at {redact(url)}: {exc}", transient=True) from exc
     return parse_prometheus(text)

@@ -1,0 +1,60 @@
+"""Credentials in URLs (`http://user:KEY@host/v1`): split off before a URL is shown, logged or stored.
+
+A teacher endpoint's user:password travels apart from the URL that flows get: the environment variable
+LABCYCLE_TEACHER_URL holds the whole URL (the CLI sets it from --teacher-endpoint; a worker's
+environment can too), and a teacher whose URL is that one without the user:password sends them as HTTP
+basic auth, to that URL only. Messages, run files and flow-run parameters hold the bare URL.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+TEACHER_URL = "LABCYCLE_TEACHER_URL"
+
+
+def split_userinfo(url: str) -> tuple[str, str | None]:
+    """(the URL without user:password@, the user:password or None)."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), userinfo
+
+
+def redact(url: str) -> str:
+    """The URL without user:password@, for messages and records."""
+    return split_userinfo(url)[0]
+
+
+def basic_auth(userinfo: str | None) -> tuple[str, str] | None:
+    """("user", "password") from "user:password" (percent-decoded), or None."""
+    if not userinfo:
+        return None
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
+
+
+def teacher_userinfo(url: str) -> tuple[str, str | None]:
+    """(the teacher URL to show, the user:password to send): from the URL itself, else from LABCYCLE_TEACHER_URL
+    when that is the same URL."""
+    shown, userinfo = split_userinfo(url)
+    if userinfo:
+        return shown, userinfo
+    env_shown, env_userinfo = split_userinfo(os.environ.get(TEACHER_URL, "").strip())
+    return shown, env_userinfo if env_userinfo and env_shown.rstrip("/") == shown.rstrip("/") else None
+
+
+def secrets_of(userinfo: str | None) -> list[str]:
+    """The strings a message must never hold: the userinfo as written and its password, raw and decoded."""
+    if not userinfo:
+        return []
+    password = userinfo.partition(":")[2] or userinfo
+    return [s for s in {userinfo, password, unquote(password)} if len(s) >= 4]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
