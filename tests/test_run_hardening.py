@@ -35,6 +35,13 @@ def test_a_taxonomy_with_nothing_changed_is_a_quick_no_op(example_taxonomy: Path
     assert not list(run.glob("cycle-*"))  # nothing generated
     assert elapsed < 90, elapsed  # the embedded Prefect server's start is most of it
 
+    # As a push starts it: the flow clones the repository, and origin/main is the pushed commit.
+    res = labcycle("run", "--taxonomy-repo", str(example_taxonomy), "--output", str(tmp_path / "pushed"),
+                   "--teacher-endpoint", "http://127.0.0.1:9/v1", "--teacher-model", "never-asked", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "nothing to do: no leaf changed since origin/main" in res.stdout
+    assert json.loads((tmp_path / "pushed" / "report.json").read_text()) == {"cycles": [], "released": None}
+
 
 KEY = "sk-url-secret-7c41d9e2"
 
