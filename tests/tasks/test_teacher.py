@@ -403,6 +403,23 @@ def test_response_format_mode_against_vllm(vllm_server):
 
 
 @pytest.mark.slow
+def test_a_prompt_longer_than_the_servers_context_is_prompt_too_long(vllm_server):
+    from labcycle.tasks.teacher.base import PromptTooLong
+
+    async def go():
+        t = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_retries=2)
+        try:
+            with pytest.raises(PromptTooLong) as info:  # 4096 tokens of context; this is far more
+                await t.chat([{"role": "user", "content": "risk register " * 6000}], Sampling(max_tokens=8))
+            return info.value, t.stats
+        finally:
+            await t.aclose()
+
+    err, stats = run(go())
+    assert stats.retries == 0 and "prompt too long" in str(err)
+
+
+@pytest.mark.slow
 def test_concurrency_never_exceeds_the_cap(vllm_server):
     before = metrics(vllm_server.base_url)["vllm:request_success_total"]
 
