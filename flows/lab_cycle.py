@@ -34,6 +34,7 @@ from labcycle.tasks.gate import Plan, first_plan, gate_task, load_policy
 from labcycle.tasks.manifest import lineage
 from labcycle.tasks.mix import load_recipe, mix_task
 from labcycle.tasks.release import release_task, request_approval
+from labcycle.urls import hold_teacher_login
 
 Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]
 
@@ -66,6 +67,9 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         max_cycles: the most cycles before giving up; default: the gate policy's max_cycles.
     """
     run_dir = Path(output).resolve() if output else default_run_dir()
+    # A login in the URL (a run started from the UI or an API) stays out of the stage runs' parameters and
+    # messages; the teachers made in this process still send it.
+    teacher_endpoint = hold_teacher_login(teacher_endpoint)
     taxonomy_repo, branch, commit = blank(taxonomy_repo), blank(branch), blank(commit)
     if (branch or commit) and not taxonomy_repo:
         return Failed(message="branch and commit name what to check out of taxonomy_repo: give the repository's URL too")

@@ -219,7 +219,10 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
               teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
               profile: Profile | None = None, repo: dict | None = None) -> None:
     repo = repo or {}
-    teacher_endpoint = _endpoint_without_credentials(teacher_endpoint)
+    from labcycle.urls import hold_teacher_login
+
+    # A user:password in the URL reaches the teacher from this process's environment, never as a flow parameter.
+    teacher_endpoint = hold_teacher_login(teacher_endpoint)
     if not repo.get("taxonomy_repo") and not taxonomy.is_dir():
         raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
     if (repo.get("branch") or repo.get("commit")) and not repo.get("taxonomy_repo"):
@@ -246,19 +249,6 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         err.print(state.message or "see the Prefect logs above", markup=False)
         raise typer.Exit(1)
     _print_summary(state.result(), teacher_model, profile)
-
-
-def _endpoint_without_credentials(endpoint: str | None) -> str | None:
-    """A user:password in --teacher-endpoint reaches the teacher through LABCYCLE_TEACHER_URL (this process runs
-    the flow), so the flow run's stored parameters, its logs and messages only ever see the bare URL."""
-    if not endpoint:
-        return endpoint
-    from labcycle.urls import TEACHER_URL, split_userinfo
-
-    bare, userinfo = split_userinfo(endpoint)
-    if userinfo:
-        os.environ[TEACHER_URL] = endpoint
-    return bare
 
 
 def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_model: str | None,

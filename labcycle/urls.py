@@ -58,3 +58,14 @@ def scrub(text: str, secrets: list[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def hold_teacher_login(endpoint: str | None) -> str | None:
+    """The endpoint without its user:password, which this process keeps in LABCYCLE_TEACHER_URL for the
+    teacher clients it makes; flows, stage runs and their stored parameters get the bare URL."""
+    if not endpoint:
+        return endpoint
+    bare, userinfo = split_userinfo(endpoint.strip())
+    if userinfo:
+        os.environ[TEACHER_URL] = endpoint.strip()
+    return bare

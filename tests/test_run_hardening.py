@@ -135,3 +135,29 @@ def test_credentials_from_the_environment_go_to_their_own_url_only(monkeypatch) 
     assert teacher_userinfo("http://127.0.0.1:8000/v1") == ("http://127.0.0.1:8000/v1", None)  # e.g. the evaluation's own server
     assert teacher_userinfo(f"http://u:{KEY}@h/v1") == ("http://h/v1", f"u:{KEY}")
     assert redact(f"https://{KEY}@h/v1") == "https://h/v1" and redact("/a/local@path") == "/a/local@path"
+
+
+def test_a_flow_started_with_a_key_in_the_url_keeps_it_out_of_its_stage_runs(prefect_harness, example_taxonomy: Path,
+                                                                              tmp_path: Path, monkeypatch) -> None:
+    """As a run started from the UI or the API: the flow's own parameter holds what it was given, the
+    generate subflow's does not, and the teacher still gets the login."""
+    from prefect.client.orchestration import get_client
+
+    from labcycle.flows.lab_cycle import lab_cycle
+    from labcycle.urls import TEACHER_URL
+
+    monkeypatch.setenv(TEACHER_URL, "")  # restored to unset afterwards
+    monkeypatch.delenv("LABCYCLE_TEACHER_API_KEY", raising=False)
+    config = tmp_path / "labcycle.yaml"
+    config.write_text("generation:\n  samples_per_seed: 1\n  max_rounds: 1\n  max_units_per_round: 1\n")
+    with AuthServer() as server:
+        port = server.httpd.server_address[1]
+        state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(tmp_path / "run"), config=str(config),
+                          teacher_endpoint=f"http://user:{KEY}@127.0.0.1:{port}/v1", teacher_model="m2", until="generate",
+                          return_state=True)
+    assert state.is_completed(), state.message
+    assert server.logins and all(server.logins)  # another teacher model than the CLI test's: no cache hit
+    with get_client(sync_client=True) as client:
+        [child] = [r for r in client.read_flow_runs(limit=200)
+                   if r.parent_task_run_id and r.parameters.get("teacher_endpoint", "").endswith(f":{port}/v1")]
+    assert child.parameters["teacher_endpoint"] == f"http://127.0.0.1:{port}/v1"
