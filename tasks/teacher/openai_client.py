@@ -300,7 +300,8 @@ class OpenAITeacher:
             msg = f"teacher model {self.model!r} not found at {self.base_url} (HTTP 404: {detail}){hint}"
         elif status in (401, 403):
             msg = (f"teacher endpoint {self.base_url} refused the API key (HTTP {status}: {detail}); set "
-                   "LABCYCLE_TEACHER_API_KEY or OPENAI_API_KEY")
+                   "LABCYCLE_TEACHER_API_KEY (or OPENAI_API_KEY, or generation.teacher.api_key_secret), or "
+                   "LABCYCLE_TEACHER_URL to the URL with its user:password")
         elif status == 400 and _CONTEXT_LENGTH.search(detail):
             return PromptTooLong(self._hide(f"prompt too long for teacher {self.model!r} (HTTP 400: {detail})"))
         else:
