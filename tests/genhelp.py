@@ -51,13 +51,15 @@ def permissive_spec_file(kind: str, folder: Path) -> Path:
     """The shipped spec with judges that keep every judgement they can read.
 
     A random teacher's judgements are noise, and at temperature 0 the same noise every time, so with the
-    shipped thresholds nothing may survive; this variant lets rows reach samples.jsonl whatever the noise,
-    while still asking the judges (and dropping what they cannot read). The grounding and safety judges
+    shipped thresholds nothing may survive; this variant lets rows reach samples.jsonl whatever the noise
+    (length filters take a single word), while still asking the judges (and dropping what they cannot read). The grounding and safety judges
     have a fixed verdict to keep, so they are left out here; test_generate.py runs them on the server."""
     data = yaml.safe_load(shipped_spec_path(kind).read_text(encoding="utf-8"))
     data["name"] = f"{data['name']}_permissive"
     data["blocks"] = [b for b in data["blocks"] if b["type"] not in ("grounding_judge", "safety_judge")]
     for block in data["blocks"]:
+        if block["type"] == "length":  # one word of noise is still a row to carry through
+            block["min_words"] = 1
         if block["type"] == "judge":
             if "score" in block:
                 block["score"]["keep_at_least"] = block["score"]["min"]
