@@ -157,7 +157,11 @@ def test_a_flow_started_with_a_key_in_the_url_keeps_it_out_of_its_stage_runs(pre
                           return_state=True)
     assert state.is_completed(), state.message
     assert server.logins and all(server.logins)  # another teacher model than the CLI test's: no cache hit
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    # The suite shares one Prefect server: only this run's own subflows are read.
+    mine = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
-        [child] = [r for r in client.read_flow_runs(limit=200)
-                   if r.parent_task_run_id and r.parameters.get("teacher_endpoint", "").endswith(f":{port}/v1")]
+        [child] = [r for r in client.read_flow_runs(flow_run_filter=mine)
+                   if (r.parameters.get("teacher_endpoint") or "").endswith(f":{port}/v1")]
     assert child.parameters["teacher_endpoint"] == f"http://127.0.0.1:{port}/v1"

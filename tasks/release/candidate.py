@@ -106,6 +106,8 @@ def check_finite(candidate: Candidate) -> None:
 def _non_finite_tensor(path: Path) -> str | None:
     """The name of the first tensor in a weight file (safetensors, or a PyTorch .bin) that holds a NaN or an
     infinity, else None; other files: None. Reads one tensor at a time."""
+    if path.suffix == ".bin" and not path.name.startswith(("pytorch_model", "adapter_model")):
+        return None  # training_args.bin and the like: pickled settings, not weights
     if path.suffix not in (".safetensors", ".bin"):
         return None
     import torch

@@ -440,8 +440,9 @@ def test_concurrency_never_exceeds_the_cap(vllm_server):
     assert len(results) == 40 and all(c.completion_tokens == 128 for c in results)  # ignore_eos: always max_tokens
     assert stats.requests == 40 and stats.in_flight == 0
     assert stats.max_in_flight == 4  # 40 calls queued at once fill every slot, never more
+    # The server's own gauges, sampled: never above the cap. (Whether a sample catches it working depends on
+    # when vLLM refreshes them; a busy CI machine once saw 0 throughout, so that is not asserted.)
     assert seen and max(seen) <= 4, max(seen)
-    assert max(seen) >= 1  # the sampler did see the server working
     assert metrics(vllm_server.base_url)["vllm:request_success_total"] - before == 40
 
 
