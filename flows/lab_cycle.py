@@ -38,6 +38,44 @@ from labcycle.urls import hold_teacher_login
 
 Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]
 
+# What a deployment's run (a push, the schedule, the UI) takes from Prefect Variables when it is not given.
+CONFIG_VARIABLE = "labcycle_config"
+TAXONOMY_REPO_VARIABLE = "labcycle_taxonomy_repo"
+
+
+def _deployment_id() -> str | None:
+    from prefect.runtime import deployment
+
+    return deployment.id
+
+
+def deployment_settings(config: str | None, profile: str | None,
+                        taxonomy_repo: str | None) -> tuple[str | None, str | None]:
+    """-> (config, taxonomy_repo) for this run. Outside a deployment: as given. A deployment's run fills
+    what it lacks from the Prefect Variables labcycle_config and labcycle_taxonomy_repo, and never falls
+    back to built-in defaults: with neither a config nor a profile it is refused before any work, so a
+    push to a real taxonomy cannot train the demo's tiny random models."""
+    if _deployment_id() is None:
+        return config, taxonomy_repo
+    from prefect.variables import Variable
+
+    def variable(name: str) -> str | None:
+        value = Variable.get(name, default=None)
+        return blank(value) if isinstance(value, str) else None
+
+    if not config and not profile:
+        config = variable(CONFIG_VARIABLE)
+    if not config and not profile:
+        raise LabcycleError(
+            f"this deployment run has no settings: set the Prefect Variable {CONFIG_VARIABLE} to the path of a "
+            f"labcycle.yaml the worker can read (prefect variable set {CONFIG_VARIABLE} /path/to/labcycle.yaml), "
+            "or give the run a config; runs of a deployment never fall back to built-in defaults (for the demo's "
+            "tiny models, run the lab-cycle/demo deployment)")
+    if config and not Path(config).is_file():
+        raise LabcycleError(f"config {config!r} is not a file on this worker: give the path of a labcycle.yaml "
+                            f"the worker can read (the run's config, or the Prefect Variable {CONFIG_VARIABLE})")
+    return config, taxonomy_repo or variable(TAXONOMY_REPO_VARIABLE)
+
 
 @flow(name="lab-cycle", log_prints=True)
 def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None,
@@ -71,6 +109,11 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
     # messages; the teachers made in this process still send it.
     teacher_endpoint = hold_teacher_login(teacher_endpoint)
     taxonomy_repo, branch, commit = blank(taxonomy_repo), blank(branch), blank(commit)
+    config, profile = blank(config), blank(profile)
+    try:
+        config, taxonomy_repo = deployment_settings(config, profile, taxonomy_repo)
+    except LabcycleError as exc:
+        return Failed(message=str(exc))
     if (branch or commit) and not taxonomy_repo:
         return Failed(message="branch and commit name what to check out of taxonomy_repo: give the repository's URL too")
     if taxonomy_repo:
@@ -79,8 +122,9 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         except LabcycleError as exc:
             return Failed(message=str(exc))
     elif not Path(taxonomy).is_dir():
+        variable = f", or set the Prefect Variable {TAXONOMY_REPO_VARIABLE}" if _deployment_id() else ""
         return Failed(message=f"taxonomy folder {taxonomy!r} not found here: give taxonomy_repo (the taxonomy's git URL) "
-                              "or a taxonomy folder this worker can read")
+                              f"or a taxonomy folder this worker can read{variable}")
     if profile:
         if config:
             return Failed(message="give either a profile or a config, not both")

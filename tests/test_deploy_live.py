@@ -11,10 +11,12 @@ import json
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.stack import BIN, deploy, flow_runs, prefect_stack, wait_for_runs
 from tests.test_webhook import SECRET, github_push, post_github, sign
@@ -22,6 +24,7 @@ from tests.test_webhook import SECRET, github_push, post_github, sign
 pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "lab-cycle/labcycle"
+DEMO = "lab-cycle/demo"
 REPO = "acme/taxonomy"
 LEAF = "knowledge/technology/generative_ai/risks/qna.yaml"
 RUN_TIMEOUT = 1500  # a full demo cycle in a fresh worker process: about 3 min on a quiet 2-core machine
@@ -47,18 +50,52 @@ def origin(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, tiny_model):
     home = tmp_path_factory.mktemp("stack")
     with prefect_stack(home) as stack:
         stack.env["LABCYCLE_WORKDIR"] = str(home / "work")
         stack.run(str(BIN / "labcycle"), "pools", "apply", "--gpu-type", "process")
         deploy(stack)
         stack.worker("cpu", poll_seconds=2)
+        # The settings pushes and schedules run with, as an operator sets them: a labcycle.yaml on the worker
+        # named by the labcycle_config Variable (the demo's stages on the tiny model, so a cycle takes minutes).
+        settings = home / "labcycle.yaml"
+        settings.write_text(yaml.safe_dump(_settings(tiny_model), sort_keys=False))
+        stack.run(str(BIN / "prefect"), "variable", "set", "labcycle_config", str(settings))
         config = home / "webhook.yaml"
         config.write_text(f"repositories: [{REPO}]\nbranches: [main]\nmax_body_bytes: 65536\n"
-                          f"delivery_store: {home / 'deliveries.sqlite'}\n")
+                          f"delivery_store: {home / 'deliveries.sqlite'}\n"
+                          "allow_local_repositories: true\n")  # the origin below is a local repository
         stack.env["RECEIVER"] = stack.receiver(config, SECRET)
         yield stack
+
+
+def _settings(model: Path) -> dict:
+    from labcycle import profiles
+
+    data = profiles.resolved_config("demo")
+    data.setdefault("generation", {}).setdefault("teacher", {})["model"] = str(model)
+    data.setdefault("student", {})["model"] = str(model)
+    return data
+
+
+@contextmanager
+def _variable(stack, name: str, value: str | None):
+    """The Prefect Variable `name` set to `value` (None: unset) for the block, then as it was."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.variables import Variable
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        before = Variable.get(name, default=None)
+        try:
+            Variable.unset(name) if value is None else Variable.set(name, value, overwrite=True)
+            yield
+        finally:
+            Variable.unset(name) if before is None else Variable.set(name, before, overwrite=True)
+
+
+def _checkouts(stack) -> list[Path]:
+    return sorted(Path(stack.env["LABCYCLE_WORKDIR"]).glob("runs/*/taxonomy"))
 
 
 def _push(stack, origin: Path, delivery: str, ref: str = "refs/heads/main", signature: str | None = "sign",
@@ -140,6 +177,11 @@ def test_the_schedule_exists_and_is_off(stack):
     assert schedule.schedule.cron == "0 2 * * 0" and schedule.active is False
     names = {p for p in dep.parameter_openapi_schema["properties"]}
     assert {"taxonomy_repo", "branch", "commit", "base", "profile", "max_cycles"} <= names
+    # Pushes and schedules never default to the demo's tiny random models; the demo is its own deployment.
+    assert "profile" not in dep.parameters and "config" not in dep.parameters, dep.parameters
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        demo = client.read_deployment_by_name(DEMO)
+    assert demo.parameters["profile"] == "demo" and not demo.schedules
     # The UI's form: every parameter described.
     assert all(spec.get("description") for spec in dep.parameter_openapi_schema["properties"].values())
     with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
@@ -151,15 +193,16 @@ def test_a_run_with_ui_parameters_completes(stack, origin):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    before = len(flow_runs(stack, DEPLOYMENT))
     # As the form sends them; `until` keeps it to checkout, taxonomy, generation and mixing (the push test
     # above runs the whole cycle).
-    params = {"taxonomy_repo": str(origin), "branch": "main", "commit": "", "base": "empty", "profile": "demo",
+    # The demo deployment, by hand: its own profile, whatever labcycle_config says.
+    before = len(flow_runs(stack, DEMO))
+    params = {"taxonomy_repo": str(origin), "branch": "main", "commit": "", "base": "empty",
               "max_cycles": 1, "until": "mix"}
     with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name(DEPLOYMENT)
+        dep = client.read_deployment_by_name(DEMO)
         created = client.create_flow_run_from_deployment(dep.id, parameters=params)
-    [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    [run] = wait_for_runs(stack, DEMO, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
     assert run.id == created.id and run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
     folder = _run_folder(stack, _git(origin, "rev-parse", "main"), newest=True)
     assert (folder / "cycle-1" / "mixed" / "mix.json").is_file() and not (folder / "cycle-1" / "tuned").exists()
@@ -178,4 +221,41 @@ def test_an_event_missing_payload_keys_still_starts_a_run_that_says_what_is_miss
         client.request("POST", "/events", json=[event]).raise_for_status()
     [run] = wait_for_runs(stack, DEPLOYMENT, before + 1, final=True, timeout=600)[before:]
     assert run.parameters["taxonomy_repo"] == "" and run.state.is_failed()
-    assert "give taxonomy_repo" in run.state.message, run.state.message
+    assert "give taxonomy_repo" in run.state.message and "labcycle_taxonomy_repo" in run.state.message, run.state.message
+
+
+def _start(stack, deployment: str, parameters: dict) -> object:
+    """A run of `deployment` created as the UI or the scheduler creates one, waited for to its end."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = len(flow_runs(stack, deployment))
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        client.create_flow_run_from_deployment(client.read_deployment_by_name(deployment).id, parameters=parameters)
+    [run] = wait_for_runs(stack, deployment, before + 1, final=True, timeout=RUN_TIMEOUT)[before:]
+    return run
+
+
+def test_a_deployment_run_without_settings_is_refused_before_any_work(stack, origin):
+    """No config parameter and no labcycle_config Variable: the run fails at once, naming the Variable,
+    without cloning, building a model or starting a teacher."""
+    checkouts = _checkouts(stack)
+    with _variable(stack, "labcycle_config", None):
+        run = _start(stack, DEPLOYMENT, {"taxonomy_repo": str(origin), "branch": "main"})
+    assert run.state.is_failed() and "labcycle_config" in run.state.message, run.state.message
+    assert "prefect variable set labcycle_config" in run.state.message
+    assert _checkouts(stack) == checkouts
+    # A config that is not there on the worker: refused the same way, before the clone.
+    with _variable(stack, "labcycle_config", str(Path(stack.env["LABCYCLE_WORKDIR"]) / "missing.yaml")):
+        run = _start(stack, DEPLOYMENT, {"taxonomy_repo": str(origin)})
+    assert run.state.is_failed() and "is not a file on this worker" in run.state.message, run.state.message
+    assert _checkouts(stack) == checkouts
+
+
+def test_a_scheduled_run_takes_the_repository_from_its_variable(stack, origin):
+    """A schedule's run has the deployment's parameters only; labcycle_taxonomy_repo names the repository."""
+    with _variable(stack, "labcycle_taxonomy_repo", str(origin)):
+        run = _start(stack, DEPLOYMENT, {"until": "taxonomy"})
+    assert run.state.is_completed(), (run.state, stack.log("worker-cpu")[-5000:])
+    folder = _run_folder(stack, _git(origin, "rev-parse", "HEAD"), newest=True)
+    assert (folder / "manifest.json").is_file() and _git(folder / "taxonomy", "rev-parse", "HEAD")
