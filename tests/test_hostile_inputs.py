@@ -234,3 +234,28 @@ def test_a_missing_taxonomy_repository_fails_at_once(tmp_path: Path) -> None:
     out = res.stdout + res.stderr
     assert "AwaitingRetry" not in out, out  # was retried as a network failure: 41-52 s
     assert elapsed < 60, elapsed  # the embedded Prefect server's start is most of it
+
+
+DEEP_JSON = "[" * 200_000 + "]" * 200_000
+
+
+def test_deeply_nested_json_in_user_files_is_one_clear_error(tmp_path: Path) -> None:
+    """JSON files a user writes (a pool's job template, a regression suite's data, a safety suite, held-out
+    rows) nested past Python's recursion limit: a LabcycleError naming the file, not a RecursionError."""
+    from labcycle.deploy.pools import load_template
+    from labcycle.errors import LabcycleError
+    from tasks.evaluate.questions import held_out_questions
+    from tasks.evaluate.safety import load_safety_suite
+    from tasks.evaluate.suite import _read_docs
+
+    template, array, lines = tmp_path / "template.json", tmp_path / "data.json", tmp_path / "rows.jsonl"
+    template.write_text(DEEP_JSON)
+    array.write_text(DEEP_JSON)
+    lines.write_text("\n" + DEEP_JSON + "\n")  # line 2: a blank line is skipped
+    cases = [(lambda: load_template(template), str(template)), (lambda: _read_docs(array), str(array)),
+             (lambda: _read_docs(lines), f"{lines}:2"), (lambda: load_safety_suite(lines), f"{lines}:2"),
+             (lambda: held_out_questions(lines, {}, None), f"{lines}:2")]
+    for call, where in cases:
+        with pytest.raises(LabcycleError, match="nested too deeply") as err:
+            call()
+        assert err.value.where == where

@@ -217,6 +217,8 @@ def load_template(path: Path, declared_at: str | None = None) -> dict[str, Any]:
         template = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LabcycleError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
+    except RecursionError:
+        raise LabcycleError("JSON nested too deeply to read; a job template is a few levels deep", where=str(path)) from None
     refuse_non_finite_json(template, text, str(path))
     check_template(template, str(path), text)
     return template

@@ -76,6 +76,8 @@ def held_out_questions(path: Path, leaves: dict[str, LeafInput], per_leaf: int |
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise LabcycleError(f"not a JSON object ({exc.msg})", where=where) from None
+            except RecursionError:
+                raise LabcycleError("JSON nested too deeply to read; each line is one flat object", where=where) from None
             messages = row.get("messages") if isinstance(row, dict) else None
             leaf_id = _leaf_of(row) if isinstance(row, dict) else None
             if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)

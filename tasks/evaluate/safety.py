@@ -123,6 +123,9 @@ def load_safety_suite(path: str | Path) -> SafetySuite:
         except json.JSONDecodeError as exc:
             raise LabcycleError(f"not a JSON object ({exc.msg}); each line is one {{id, prompt, kind, category}} "
                                 "object", where=where) from None
+        except RecursionError:
+            raise LabcycleError("JSON nested too deeply to read; each line is one flat {id, prompt, kind, category} "
+                                "object", where=where) from None
         check(row, SCHEMA, where)
         if row["id"] in seen:
             raise LabcycleError(f"id {row['id']!r} is already used on line {seen[row['id']]}; give each prompt its own id",

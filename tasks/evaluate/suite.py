@@ -100,6 +100,9 @@ def _read_docs(file: Path) -> list[tuple[str, dict[str, Any]]]:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LabcycleError(f"not valid JSON ({exc.msg})", where=f"{file}:{exc.lineno}") from None
+        except RecursionError:
+            raise LabcycleError("JSON nested too deeply to read; a data file is an array of flat objects",
+                                where=str(file)) from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise LabcycleError("a .json data file must hold an array of objects (or use .jsonl, one object a line)",
                                 where=str(file))
@@ -112,6 +115,8 @@ def _read_docs(file: Path) -> list[tuple[str, dict[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LabcycleError(f"not a JSON object ({exc.msg})", where=f"{file}:{n}") from None
+        except RecursionError:
+            raise LabcycleError("JSON nested too deeply to read; each line is one flat object", where=f"{file}:{n}") from None
         if not isinstance(row, dict):
             raise LabcycleError("each line must be a JSON object", where=f"{file}:{n}")
         out.append((f"{file}:{n}", row))
