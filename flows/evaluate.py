@@ -77,7 +77,7 @@ def _evaluate(manifest: str, candidate: str, base_model: str, output: str, held_
                              taxonomy_root=Path(taxonomy_root) if taxonomy_root else None,
                              **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
     except LabcycleError as exc:
-        return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+        return Failed(message=f"{exc} (finished work is kept: once that is fixed, a rerun resumes from it)")
 
 
 @flow(name="evaluate-candidate", log_prints=True)

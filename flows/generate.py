@@ -85,5 +85,5 @@ async def _generate(manifest: str, output: str, config: str | None, teacher_endp
     summary = await report.finish(published, teacher, out, tracker)
     failures = [f"{leaf.id}: {r}" for leaf, r in zip(leaves, results) if isinstance(r, BaseException)]
     if failures:
-        return Failed(message="generation failed for " + "; ".join(failures) + " (finished work is kept: rerun to resume)")
+        return Failed(message="generation failed for " + "; ".join(failures) + " (finished work is kept: once that is fixed, a rerun resumes from it)")
     return summary

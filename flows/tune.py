@@ -82,7 +82,7 @@ def _tune(output: str, phase: str, base_model: str | None, knowledge_data: str |
             r2 = tune_phase_task("skills", base2, skills_data, settings, init, lineage)
             results["skills"] = publish_tuned(r2, out / "skills")
     except LabcycleError as exc:
-        return Failed(message=f"{exc} (finished work is kept: rerun to resume)")
+        return Failed(message=f"{exc} (finished work is kept: once that is fixed, a rerun resumes from it)")
     summary = {"output": str(out), "base_model": base, "phases": {k: _brief(v) for k, v in results.items()}}
     write_json(out / "tune.json", summary)
     return summary
