@@ -20,9 +20,6 @@ __all__ = ["EVENT", "ReceiverSettings", "create_app", "load_settings", "serve"]
 
 logger = logging.getLogger("labcycle.webhook")
 
-# Each request holds at most max_body_bytes in memory: bounding the requests in flight bounds the total.
-MAX_CONCURRENT_REQUESTS = 64
-
 
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
@@ -46,8 +43,16 @@ def serve(host: str = "127.0.0.1", port: int = 8484, settings: ReceiverSettings 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
+    # Slow clients are bounded per connection (header and body deadlines, a connection cap that evicts
+    # the longest-waiting one) instead of uvicorn's limit_concurrency, which they could fill; memory is
+    # bounded by the app's body budget. See labcycle/webhook/server.py.
+    from labcycle.webhook.server import connection_cap, protocol_class
+
+    max_connections = connection_cap(settings.max_connections)
     logger.info("labcycle webhook receiver on http://%s:%d (POST /github, POST /gitlab, GET /healthz); %s; "
-                "events go to %s", host, port, settings.describe(), _without_userinfo(api))
+                "headers within %gs, bodies within %gs of a request's start; at most %d connections; "
+                "events go to %s", host, port, settings.describe(), settings.header_timeout_seconds,
+                settings.body_timeout_seconds, max_connections, _without_userinfo(api))
     # access_log off: the receiver logs its own line per request, with the verdict.
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, server_header=False,
-                limit_concurrency=MAX_CONCURRENT_REQUESTS, timeout_keep_alive=5)
+                http=protocol_class(settings, max_connections), timeout_keep_alive=5)

@@ -1,10 +1,12 @@
 """The receiver's ASGI app: POST /github, POST /gitlab, GET /healthz.
 
-A request goes: bounded body -> authentication -> event type -> payload -> repository, branch, tag and
-deletion filters -> replay check -> `taxonomy.push` on the Prefect API -> 202. Answers:
-401 bad or missing signature/token, 413 body over max_body_bytes, 400 unreadable payload, 200 with a
-reason for anything deliberately ignored (ping included), 202 accepted with the event id, 503 when the
-Prefect API did not take the event (the delivery is then forgotten, so its redelivery is accepted).
+A request goes: bounded body (size, time, memory) -> authentication -> event type -> payload ->
+repository, branch, tag and deletion filters -> replay check -> `taxonomy.push` on the Prefect API ->
+202. Answers: 401 bad or missing signature/token, 413 body over max_body_bytes, 408 body not complete
+body_timeout_seconds after the request's first byte, 400 unreadable payload, 200 with a reason for
+anything deliberately ignored (ping included), 202 accepted with the event id, 503 when the Prefect API
+did not take the event (the delivery is then forgotten, so its redelivery is accepted) or when too many
+bodies are in memory at once.
 One log line per request says provider, delivery, repository, branch and verdict; never the secret,
 the signature or the token.
 """
@@ -16,6 +18,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,7 +26,7 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -36,6 +39,11 @@ from labcycle.webhook.store import DeliveryStore
 logger = logging.getLogger("labcycle.webhook")
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# The scope extension where the server (server.BoundedH11Protocol) puts the monotonic time of the
+# request's first byte; without it (another server, tests) the body clock starts when the app reads.
+REQUEST_STARTED = "labcycle.request_started"
+# Bodies held in memory at once, all requests together, are bounded by this many max_body_bytes.
+MAX_BUFFERED_BODIES = 64
 
 
 class Rejected(Exception):
@@ -66,9 +74,30 @@ def _printable(value: str | None, limit: int = 120) -> str:
     return clean if len(clean) <= limit else clean[:limit] + "…"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class BodyBudget:
+    """Bytes of request bodies held in memory, all requests together (one event loop: no lock needed).
+    Counted as bytes arrive, not as declared, so clients that trickle hold almost nothing of it."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.total:
+            raise Rejected(503, "too many request bodies in memory at once; redeliver this delivery later")
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used = max(self.used - size, 0)
+
+
+async def read_body(request: Request, limit: int, timeout: float | None = None,
+                    budget: BodyBudget | None = None) -> bytes:
     """The body, at most `limit` bytes: a declared Content-Length over the limit is refused before
-    anything is read, and a body without one (chunked) is counted as it arrives."""
+    anything is read, and a body without one (chunked) is counted as it arrives. With `timeout`, the whole
+    body must be in `timeout` seconds after the request's first byte (408 otherwise), however it is paced.
+    With `budget`, the bytes are taken from it as they arrive; the caller gives back len(body) when done
+    with it (a refused body is given back here)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -78,11 +107,28 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise Rejected(413, f"the body is over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, f"the body is over {limit} bytes")
-        chunks.append(chunk)
+    remaining = float("inf")
+    if timeout is not None:
+        started = request.scope.get("extensions", {}).get(REQUEST_STARTED, time.monotonic())
+        remaining = started + timeout - time.monotonic()
+    complete = False
+    try:
+        with anyio.move_on_after(max(remaining, 0)) as deadline:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, f"the body is over {limit} bytes")
+                if budget is not None:
+                    budget.take(len(chunk))
+                chunks.append(chunk)
+        if deadline.cancelled_caught:
+            raise Rejected(408, f"the body was not complete within {timeout:g}s of the request's start")
+        complete = True
+    except ClientDisconnect:
+        raise Rejected(400, "the client went away before the body was complete") from None
+    finally:
+        if budget is not None and not complete:
+            budget.give_back(sum(map(len, chunks)))
     return b"".join(chunks)
 
 
@@ -130,12 +176,18 @@ class Receiver:
         self.store = store
         self.filter = PushFilter.from_settings(settings.repositories, settings.branches)
         self._secret = settings.secret.encode("utf-8")
+        self.budget = BodyBudget(MAX_BUFFERED_BODIES * settings.max_body_bytes)
+
+    async def _body(self, request: Request) -> bytes:
+        return await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_seconds,
+                               self.budget)
 
     async def github(self, request: Request) -> JSONResponse:
         headers = request.headers
         outcome = Outcome("github", headers.get("x-github-delivery"))
+        body = b""
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await self._body(request)
             verify_github_signature(headers.get("x-hub-signature-256"), body, self._secret)
             kind = headers.get("x-github-event", "")
             if kind == "ping":
@@ -146,15 +198,18 @@ class Receiver:
             return await self._push(outcome, push, body)
         except Rejected as exc:
             return self._reply(outcome, exc.status, "rejected", exc.reason, detail=exc.detail)
+        finally:
+            self.budget.give_back(len(body))
 
     async def gitlab(self, request: Request) -> JSONResponse:
         headers = request.headers
         # Idempotency-Key stays the same when GitLab retries a delivery; older GitLab sends only the event UUID.
         outcome = Outcome("gitlab", headers.get("idempotency-key") or headers.get("x-gitlab-event-uuid"))
+        body = b""
         try:
             # The token is a header: a wrong one is refused before the body is read.
             verify_gitlab_token(headers.get("x-gitlab-token"), self._secret)
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await self._body(request)
             kind = headers.get("x-gitlab-event", "")
             if kind != "Push Hook":
                 return self._reply(outcome, 200, "ignored", f"ignored: {_printable(kind, 40)} events are not pushes")
@@ -162,6 +217,8 @@ class Receiver:
             return await self._push(outcome, push, body)
         except Rejected as exc:
             return self._reply(outcome, exc.status, "rejected", exc.reason, detail=exc.detail)
+        finally:
+            self.budget.give_back(len(body))
 
     @staticmethod
     def _read(reader, body: bytes, content_type: str) -> Push:  # type: ignore[no-untyped-def]

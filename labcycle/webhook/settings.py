@@ -29,6 +29,9 @@ class ReceiverSettings:
     keep_deliveries: int = 10_000
     keep_days: float = 7.0
     emit_timeout_seconds: float = 8.0
+    header_timeout_seconds: float = 10.0  # from a request's first byte to its complete headers
+    body_timeout_seconds: float = 10.0  # from a request's first byte to its complete body
+    max_connections: int = 1000  # open client connections; lowered to what the open-files limit allows
     secret_block: str | None = None
     source: str = ""  # the settings file, for messages; empty: defaults and environment only
 
@@ -76,6 +79,9 @@ def from_mapping(data: Any, source: str = "webhook settings",
         keep_deliveries=data.get("keep_deliveries", ReceiverSettings.keep_deliveries),
         keep_days=float(data.get("keep_days", ReceiverSettings.keep_days)),
         emit_timeout_seconds=float(data.get("emit_timeout_seconds", ReceiverSettings.emit_timeout_seconds)),
+        header_timeout_seconds=float(data.get("header_timeout_seconds", ReceiverSettings.header_timeout_seconds)),
+        body_timeout_seconds=float(data.get("body_timeout_seconds", ReceiverSettings.body_timeout_seconds)),
+        max_connections=data.get("max_connections", ReceiverSettings.max_connections),
         secret_block=data.get("secret_block"),
         source=source,
     )
