@@ -72,7 +72,7 @@ async def _generate(manifest: str, output: str, config: str | None, teacher_endp
     out = Path(output)
     teacher = make_teacher(teacher_cfg.endpoint, teacher_cfg.model, max_concurrency=teacher_cfg.max_concurrency,
                            structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len,
-                           api_key=api_key)
+                           api_key=api_key, log_path=out / "teacher.log")
     tracker = await report.ProgressTracker.start(leaves, cfg, plan)
     try:
         # Every leaf runs to its end even when another fails, so whatever finished is kept and published.

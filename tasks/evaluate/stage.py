@@ -331,7 +331,8 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
             own_judge = OpenAITeacher(base_url, base_name, max_concurrency=judge.max_concurrency,  # type: ignore[union-attr]
                                       structured_mode="vllm")
         elif isinstance(judge, JudgeSpec):
-            own_judge = await judge.build(**({"gpu_memory_utilization": share} if split_gpu else {}))
+            own_judge = await judge.build(log_path=out_dir / "judge.log",
+                                          **({"gpu_memory_utilization": share} if split_gpu else {}))
         try:
             branch, records = await evaluate_branch(questions, kinds, models, own_judge or judge,
                                                     BranchSettings(settings.max_tokens, settings.judge_max_tokens))

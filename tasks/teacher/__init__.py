@@ -7,6 +7,7 @@ Heavy modules (openai, vllm, transformers) are imported only when a teacher is u
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labcycle.tasks.teacher.base import (
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 
 
 def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, structured_mode: str = "vllm",
-                 api_key: str | None = None, max_model_len: int = 4096, **engine_kwargs: Any) -> Teacher:
-    """OpenAITeacher(endpoint, model) when an endpoint is given, else EngineTeacher(model) (a local dir);
-    engine_kwargs go to vLLM's engine arguments (gpu_memory_utilization, ...) of an EngineTeacher."""
+                 api_key: str | None = None, max_model_len: int = 4096, log_path: str | Path | None = None,
+                 **engine_kwargs: Any) -> Teacher:
+    """OpenAITeacher(endpoint, model) when an endpoint is given, else EngineTeacher(model) (a local dir)
+    whose vLLM output goes to `log_path` (unless LABCYCLE_VERBOSE); engine_kwargs go to vLLM's engine
+    arguments (gpu_memory_utilization, ...) of an EngineTeacher."""
     if endpoint:
         from labcycle.tasks.teacher.openai_client import OpenAITeacher
 
@@ -35,7 +38,8 @@ def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, stru
                              structured_mode=structured_mode)
     from labcycle.tasks.teacher.engine import EngineTeacher
 
-    return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len, **engine_kwargs)
+    return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len, log_path=log_path,
+                         **engine_kwargs)
 
 
 def __getattr__(name: str):  # lazy: `from labcycle.tasks.teacher import OpenAITeacher` without eager imports

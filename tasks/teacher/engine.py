@@ -8,6 +8,11 @@ runs in a child process that vLLM starts itself; scripts that use this teacher n
 Creating the engine takes tens of seconds, so it happens once, on the first `chat`; the event loop is
 blocked meanwhile (AsyncLLM must be built on the loop's thread). `aclose()` shuts it down.
 
+Quiet by default: with a `log_path`, vLLM's output (engine config, OMP binding, the engine core's own
+lines, the shutdown) goes to that file, not the console; LABCYCLE_VERBOSE=1 (`--verbose`) keeps it on
+the console. The engine core is a child process, so the file is made its stdout and stderr while it
+starts (it inherits them), and this process's `vllm` logger writes to the file until aclose().
+
 Prompts are rendered with the model's own chat template (transformers' apply_chat_template, no
 special tokens added again), then handed to vLLM's renderer as text: vLLM 0.32 deprecates passing raw
 prompts to `generate`, and wants the output of `renderer.render_cmpl`.
@@ -16,10 +21,14 @@ prompts to `generate`, and wants the output of `renderer.render_cmpl`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +42,72 @@ CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
 _CONTEXT_LENGTH = re.compile(r"context length|maximum model length|too long|exceeds", re.I)
 
 
+def verbose() -> bool:
+    """LABCYCLE_VERBOSE=1 (the CLI's --verbose): engine and server output stays on the console."""
+    return os.environ.get("LABCYCLE_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class QuietVllm:
+    """vLLM's output goes to `log_path` instead of the console.
+
+    While the engine starts (`starting()`), file descriptors 1 and 2 and sys.stdout/sys.stderr point at
+    the file: the engine core, a child process started then, inherits them and keeps writing there, and
+    what vLLM prints or logs at import goes there too. After the start, this process's `vllm` log handlers
+    (vLLM reconfigures them while an engine starts) keep writing to the file until restore()."""
+
+    def __init__(self, log_path: Path):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed in restore)
+        self.swapped: list[tuple[logging.StreamHandler, Any]] = []  # type: ignore[type-arg]
+        self.logger = logging.getLogger("vllm")
+        self.propagate = self.logger.propagate
+
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        streams = sys.stdout, sys.stderr
+        for stream in streams:
+            stream.flush()
+        saved = os.dup(1), os.dup(2)
+        # Before vLLM configures its logger (at its first import), its early warnings stay off the console.
+        early = logging.StreamHandler(self.file)
+        self.logger.addHandler(early)
+        self.logger.propagate = False
+        try:
+            os.dup2(self.file.fileno(), 1)
+            os.dup2(self.file.fileno(), 2)
+            sys.stdout = sys.stderr = self.file
+            yield
+        finally:
+            self.file.flush()
+            sys.stdout, sys.stderr = streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            self.logger.removeHandler(early)
+            for handler in self.logger.handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    # A handler vLLM made during the start holds the file: back to the console after.
+                    previous = handler.setStream(self.file)
+                    self.swapped.append((handler, streams[0] if previous is self.file or previous is None else previous))
+
+    def restore(self) -> None:
+        for handler, stream in self.swapped:
+            handler.setStream(stream)
+        self.swapped = []
+        self.logger.propagate = self.propagate
+        self.file.close()
+
+
 class EngineTeacher:
     supports_structured = True
 
     def __init__(self, model_dir: str | Path, max_model_len: int = 2048, dtype: str = "bfloat16",
-                 max_concurrency: int = 64, *, compact_json: bool = True, **engine_kwargs: Any):
+                 max_concurrency: int = 64, *, compact_json: bool = True, log_path: str | Path | None = None,
+                 **engine_kwargs: Any):
         self.model_dir = Path(model_dir)
+        self.log_path = Path(log_path) if log_path is not None and not verbose() else None
+        self._log: QuietVllm | None = None
         self.model = str(model_dir)
         self.max_model_len = max_model_len
         self.dtype = dtype
@@ -58,6 +127,14 @@ class EngineTeacher:
 
     # -- engine ------------------------------------------------------------------------------------
     def _build(self) -> Any:
+        if self.log_path is None:
+            return self._build_engine()
+        if self._log is None:
+            self._log = QuietVllm(self.log_path)
+        with self._log.starting():
+            return self._build_engine()
+
+    def _build_engine(self) -> Any:
         for key, value in CPU_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if not (self.model_dir / "config.json").exists():
@@ -120,6 +197,9 @@ class EngineTeacher:
             engine.shutdown()
         watchdogs, self._watchdogs = self._watchdogs, []
         collect(watchdogs)
+        log, self._log = self._log, None
+        if log is not None:
+            log.restore()
 
     async def __aenter__(self) -> EngineTeacher:
         return self

@@ -497,11 +497,15 @@ def test_server_kill_and_restart(vllm_server):
 
 
 @pytest.mark.slow
-def test_engine_teacher_in_process(tiny_model):
+def test_engine_teacher_in_process(tiny_model, tmp_path, capfd, monkeypatch):
     from labcycle.tasks.teacher.engine import EngineTeacher
 
+    monkeypatch.delenv("LABCYCLE_VERBOSE", raising=False)
+    log = tmp_path / "teacher.log"
+    capfd.readouterr()
+
     async def go():
-        t = EngineTeacher(tiny_model, max_model_len=1024, max_concurrency=8)
+        t = EngineTeacher(tiny_model, max_model_len=1024, max_concurrency=8, log_path=log)
         try:
             sampled = await t.chat(MESSAGES, Sampling(n=2, max_tokens=10, seed=3))
             chosen = await asyncio.gather(*[
@@ -518,6 +522,24 @@ def test_engine_teacher_in_process(tiny_model):
     assert all(c.texts[0] in ("alpha", "beta") for c in chosen)
     assert stats.requests == 7 and stats.failures == 0 and stats.in_flight == 0
     assert 1 < stats.max_in_flight <= 6  # the six choice calls were in the engine together
+    # Quiet: vLLM's start, its engine core's lines and its shutdown are in the log file, not on the console.
+    console = "".join(capfd.readouterr())
+    written = log.read_text(encoding="utf-8", errors="replace")
+    assert "EngineCore" in written and "vllm" in written, written[-2000:]
+    assert "EngineCore" not in console and "vllm" not in console.lower(), console[-2000:]
+    import logging
+
+    assert all(getattr(h, "stream", None) is None or not getattr(h.stream, "name", "").endswith("teacher.log")
+               for h in logging.getLogger("vllm").handlers)  # the console is back
+
+
+def test_verbose_keeps_engine_output_on_the_console(monkeypatch, tmp_path):
+    from labcycle.tasks.teacher.engine import EngineTeacher
+
+    monkeypatch.setenv("LABCYCLE_VERBOSE", "1")
+    assert EngineTeacher(tmp_path, log_path=tmp_path / "teacher.log").log_path is None
+    monkeypatch.delenv("LABCYCLE_VERBOSE")
+    assert EngineTeacher(tmp_path, log_path=tmp_path / "teacher.log").log_path == tmp_path / "teacher.log"
 
 
 def test_the_server_starts_as_vllm_serve_does_without_a_deprecation_warning(vllm_server):
