@@ -119,4 +119,5 @@ def evaluate_candidate(taxonomy: str, base_model: str, candidate: str, output: s
         write_json(out / "decision.json", decision.to_json())
     else:
         (out / "decision.json").unlink(missing_ok=True)  # an earlier run's decision is not this one's
+    report_io.write_gated(out, report, decision)  # the headline first; ⚠ only on what the gate checked
     return report_io.summary(report, out, decision)

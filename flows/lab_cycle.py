@@ -218,7 +218,8 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             break
         decision = gate_task(report, policy, plan.cycle, plan)
         write_json(folder / "eval" / "decision.json", decision.to_json())
-        step.update(decision=decision.decision, reasons=list(decision.reasons))
+        step.update(decision=decision.decision, reasons=list(decision.reasons),
+                    headline=cycle_tasks.gated_report(folder / "eval", report, decision))
         cycle_tasks.write_report(run_dir, cycles, released=None)
         if decision.decision == "pass":
             step["release"] = _release(policy, run_dir, folder, candidate.parent, decision, manifest)

@@ -344,10 +344,22 @@ def _print_summary(result: dict, teacher_model: str | None, profile: Profile | N
             out.print(f"cycle {step['cycle']}: gate {step['decision']}")
             for reason in step.get("reasons", [])[:12]:
                 out.print(f"  {escape(reason)}")
-    if result.get("cycles") and any(c.get("decision") for c in result["cycles"]):
+    decided = [c for c in result.get("cycles", []) if c.get("decision")]
+    if decided:
+        # What improved or regressed against the base, and what the gate checked: the numbers a person needs
+        # before opening any file.
+        headline = (decided[-1].get("headline") or {}).get("lines") or []
+        if headline:
+            out.print(f"[bold]cycle {decided[-1]['cycle']} against the base:[/bold]")
+            for line in headline:
+                out.print(f"  {escape(line)}")
         rel = result.get("released")
         out.print(f"released: {escape(rel)}" if rel else "released: nothing (see the gate's reasons above)")
-        out.print(f"report: {escape(str(Path(result['run_dir']) / 'report.json'))}")
+        if rel:
+            out.print(f"model card: {escape(rel.rstrip('/') + '/README.md')}")
+        if decided[-1].get("folder"):
+            out.print(f"evaluation: {escape(str(Path(decided[-1]['folder']) / 'eval' / 'report.md'))}")
+        out.print(f"all cycles (JSON): {escape(str(Path(result['run_dir']) / 'report.json'))}")
     if profile is Profile.demo:
         out.print("[yellow]note:[/yellow] the demo profile uses one tiny random model as teacher and student, and a gate "
                   "that passes any candidate: the generated text is noise and every score means nothing. Run "

@@ -13,13 +13,35 @@ REPORT = "report.json"
 
 
 def write_report(run_dir: Path, cycles: list[dict[str, Any]], released: str | None) -> Path:
-    """RUN/report.json: {"cycles": [{"cycle", "decision", "reasons", "plan", ...}], "released": path or null}.
-    Rewritten after every cycle, so a crash leaves the decisions made so far."""
-    keep = ("cycle", "decision", "reasons", "plan", "folder", "eval", "release")
-    return write_json(Path(run_dir) / REPORT, {
-        "cycles": [{k: c[k] for k in keep if k in c} for c in cycles],
-        "released": released,
-    })
+    """RUN/report.json: {"headline": the last decided cycle's headline lines, "cycles": [{"cycle", "decision",
+    "reasons", "headline", "plan", ...}], "released": the version's path or null}. Paths are relative to the
+    run folder (a registry outside it: its own location), so the file can be shared as it is. Rewritten after
+    every cycle, so a crash leaves the decisions made so far."""
+    from labcycle.shareable import relative, scrub
+
+    keep = ("cycle", "decision", "reasons", "headline", "plan", "folder", "eval", "release")
+    rows = scrub([{k: c[k] for k in keep if k in c} for c in cycles], [run_dir])
+    # A registry outside the run folder stays as configured: it is where readers find the release.
+    shown = relative(released, [run_dir]) if released and Path(released).is_relative_to(run_dir) else released
+    report: dict[str, Any] = {}
+    decided = [c for c in rows if c.get("headline")]
+    if decided:
+        report["headline"] = decided[-1]["headline"]["lines"]
+        # What a person reads rather than this file: the evaluation, and the released model's card.
+        report["readable"] = [f"cycle-{decided[-1]['cycle']}/eval/report.md", *([f"{shown}/README.md"] if shown else [])]
+    report["cycles"] = rows
+    report["released"] = shown
+    return write_json(Path(run_dir) / REPORT, report)
+
+
+def gated_report(eval_dir: Path, report: dict[str, Any], decision: Any) -> dict[str, Any]:
+    """After the gate: eval/report.md again with the headline first; -> the headline as JSON (full precision),
+    for RUN/report.json and the CLI's summary."""
+    from labcycle.tasks.evaluate.headline import headline
+    from labcycle.tasks.evaluate.report import write_gated
+
+    write_gated(eval_dir, report, decision)
+    return headline(report, decision).to_json()
 
 
 def nothing_changed(manifest: Path) -> str:
@@ -53,7 +75,7 @@ def candidate(tuned: Path, folder: Path, decision: dict[str, Any], manifest: Pat
     cards = tuple(sorted((folder / "mixed").glob("*/dataset_card.md")))
     commit = json.loads(Path(manifest).read_text(encoding="utf-8"))["taxonomy"]["commit"]
     return Candidate(tuned=tuned, eval_report=report_path, dataset_cards=cards, decision=decision,
-                     taxonomy_commit=commit, metrics=headline_metrics(report))
+                     taxonomy_commit=commit, metrics=headline_metrics(report), run_dir=Path(manifest).parent)
 
 
 def summary(candidate: Any, decision: Any) -> str:

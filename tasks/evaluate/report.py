@@ -1,7 +1,9 @@
 """The evaluation report: report.json (the shape tasks/gate.py reads), answers.jsonl (every question's
 answers, judgements and scores; every suite document's log-likelihoods; every safety prompt's answers and
 labels) and report.md (base vs candidate tables, drops flagged with ⚠, shown as the Prefect artifact
-"eval-report")."""
+"eval-report"). Once a gate has decided, report.md is written again with the headline first (what improved,
+what regressed, what the gate checked: tasks/evaluate/headline.py), and ⚠ only on the metrics the gate
+checked; a drop in a metric shown for reference is marked ↓ and said to be not gated."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ REPORT, ANSWERS, MARKDOWN = "report.json", "answers.jsonl", "report.md"
 SIDES = ("base", "candidate")
 DIGITS = 4
 WARN = "⚠"
+DOWN = "↓"  # a drop in a metric the gate did not check
 
 
 def _round_scores(block: dict[str, Any]) -> None:
@@ -58,21 +61,30 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.2f}" if metric in ("judge", "perplexity") else f"{value:.3f}"
 
 
-def _pair(block: dict[str, Any], metric: str, higher_is_better: bool = True) -> tuple[str, bool]:
+def _pair(block: dict[str, Any], metric: str, higher_is_better: bool = True, gated: bool = True) -> tuple[str, bool]:
     base, cand = block["base"].get(metric), block["candidate"].get(metric)
     if base is None or cand is None:
         return f"{_fmt(base, metric)} → {_fmt(cand, metric)}", False
     worse = cand < base if higher_is_better else cand > base
     delta = cand - base
     cell = f"{_fmt(base, metric)} → {_fmt(cand, metric)} ({'+' if delta >= 0 else '−'}{_fmt(abs(delta), metric)})"
-    return (f"**{cell} {WARN}**" if worse else cell), worse
+    if not worse:
+        return cell, False
+    return (f"**{cell} {WARN}**" if gated else f"{cell} {DOWN}"), worse
 
 
-def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
+def markdown(report: dict[str, Any], notes: list[str] | None = None, decision: Any = None) -> str:
+    """report.md; with the gate's `decision` (a tasks.gate.Decision or its JSON), the headline comes first and
+    ⚠ marks drops only in what the gate checked."""
+    from labcycle.tasks.evaluate.headline import GateView, headline
+
     branch, suites = report["branch"], report["regression"]["suites"]
     models = report.get("models", {})
-    primary = "judge" if branch["judge_available"] else "rouge_l"
+    gate = GateView.of(decision)
+    primary = gate.metric if gate and gate.metric else "judge" if branch["judge_available"] else "rouge_l"
     lines = ["# Evaluation: candidate vs base", ""]
+    if gate:
+        lines += [*headline(report, decision).markdown(level=2)]
     if models:
         lines.append(f"Base `{models.get('base')}`, candidate `{models.get('candidate')}`, judge "
                      f"{'`' + str(models.get('judge')) + '`' if models.get('judge') else 'none'}.")
@@ -86,11 +98,19 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
     else:
         lines.append("Judge: none configured; judge-free metrics only (the gate uses its fallback metric).")
     lines += [f"- {n}" for n in notes or []]
-    lines += ["", f"## Branch: changed leaves ({WARN} = candidate below base; main metric: {primary})", "",
-              "| leaf | kind | questions | judge (1-10) | token F1 | ROUGE-L |", "|---|---|---:|---|---|---|"]
+    names = {"judge": "judge (1-10)", "token_f1": "token F1", "rouge_l": "ROUGE-L"}
+    if gate:
+        legend = (f"{WARN} = candidate below base in {names[primary] if primary in names else primary}, which the gate "
+                  f"checked; {DOWN} = below base in a metric shown for reference, not gated")
+        columns = " | ".join(f"{names[m]}{' (gated)' if m == primary else ' (not gated)'}" for m in names)
+    else:
+        legend = f"{WARN} = candidate below base; main metric: {primary}"
+        columns = " | ".join(names.values())
+    lines += ["", f"## Branch: changed leaves ({legend})", "",
+              f"| leaf | kind | questions | {columns} |", "|---|---|---:|---|---|---|"]
 
     def row(name: str, kind: str, questions: Any, block: dict[str, Any]) -> str:
-        cells = {m: _pair(block, m) for m in ("judge", "token_f1", "rouge_l")}
+        cells = {m: _pair(block, m, gated=gate is None or m == primary) for m in ("judge", "token_f1", "rouge_l")}
         label = f"**{name}** {WARN}" if cells[primary][1] else name
         return f"| {label} | {kind} | {questions} | " + " | ".join(cells[m][0] for m in ("judge", "token_f1", "rouge_l")) + " |"
 
@@ -108,8 +128,9 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None) -> str:
     else:
         lines += ["| suite | metric | items | base → candidate |", "|---|---|---:|---|"]
         for name, entry in suites.items():
-            cell, worse = _pair(entry_block(entry), entry["metric"], entry["higher_is_better"])
-            label = f"**{name}** {WARN}" if worse else name
+            gated = gate is None or f"regression/{name}" in gate.rules
+            cell, worse = _pair(entry_block(entry), entry["metric"], entry["higher_is_better"], gated)
+            label = (f"**{name}** {WARN}" if gated else f"{name} {DOWN} (not gated)") if worse else name
             lines.append(f"| {label} | {entry['metric']}{' (lower is better)' if not entry['higher_is_better'] else ''} "
                          f"| {entry['items']} | {cell} |")
     return "\n".join(lines) + "\n"
@@ -169,6 +190,14 @@ def entry_block(entry: dict[str, Any]) -> dict[str, Any]:
     return {side: {entry["metric"]: entry[side]} for side in SIDES}
 
 
+def write_gated(out_dir: Path, report: dict[str, Any], decision: Any) -> str:
+    """report.md again, once the gate has decided on it: the headline first, ⚠ only on what the gate checked
+    (decision None: as the evaluation wrote it)."""
+    md = markdown(report, report.get("notes") or [], decision)
+    write_text_atomic(Path(out_dir) / MARKDOWN, md)
+    return md
+
+
 def write(out_dir: Path, report: dict[str, Any], rows: list[dict[str, Any]], notes: list[str] | None = None) -> str:
     """Writes answers.jsonl, report.md, then report.json last (its presence marks a finished evaluation);
     returns the markdown."""
@@ -225,4 +254,4 @@ def summary(report: dict[str, Any], out_dir: Path, decision: Any = None) -> Summ
 
 
 __all__ = ["ANSWERS", "MARKDOWN", "REPORT", "Comparison", "Summary", "answer_rows", "build", "markdown",
-           "safety_markdown", "summary", "write"]
+           "safety_markdown", "summary", "write", "write_gated"]
