@@ -1,4 +1,10 @@
-"""What a release carries, and its fingerprint: the content hash that makes re-releasing a no-op."""
+"""What a release carries, and its fingerprint: the content hash that makes re-releasing a no-op.
+
+A release is laid out as a Hugging Face Hub model repo: the adapter's files (or the whole model's) at its
+root, so `PeftModel.from_pretrained(folder)` and vLLM's `--lora-modules name=folder` need no subfolder;
+merged/ (optional), eval_report.json, loss.png and dataset_cards/ beside them, README.md (the card) and
+release.json written by the registry. The fingerprint still names files as the candidate holds them
+(adapter/..., merged/...), so a candidate released before this layout is found again, not released twice."""
 
 from __future__ import annotations
 
@@ -7,13 +13,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from labcycle.errors import LabcycleError
 
 CHUNK = 1 << 20
 MODEL_FOLDERS = ("adapter", "model", "merged")
 EVAL_REPORT = "eval_report.json"
+# Written by the registry itself: a model folder's file of the same name is left out (the PEFT README) or refused.
+OWN_FILES = ("README.md", "release.json", EVAL_REPORT, "loss.png")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,19 @@ class Candidate:
     decision: dict[str, Any]         # the gate's decision: {"decision", "reasons", ...}
     taxonomy_commit: str | None
     metrics: dict[str, Any] = field(default_factory=dict)  # headline metrics for the card and the event
+    run_dir: Path | None = None      # the run folder: paths under it are written relative to it, others by name
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of a release."""
+
+    dest: str                        # its path in the release
+    path: Path                       # the file it comes from
+    key: str | None = None           # its name in the fingerprint (the candidate's layout); None: not covered
+    # "json"/"text": written with the machine's paths made relative (labcycle/shareable.py), not copied byte for
+    # byte; "skip": not written (the README.md PEFT leaves in the adapter), but still part of the fingerprint
+    rewrite: Literal["copy", "json", "text", "skip"] = "copy"
 
 
 def sha256_file(path: Path) -> str:
@@ -58,11 +79,25 @@ def _eval_report(candidate: Candidate) -> Path:
     return report
 
 
-def sources(candidate: Candidate) -> list[tuple[str, Path]]:
-    """Every file the release copies, as (path in the release, source file)."""
-    files = _model_files(candidate) + [(EVAL_REPORT, _eval_report(candidate))]
-    if (Path(candidate.tuned) / "loss.png").is_file():  # the phase's model card shows it
-        files.append(("loss.png", Path(candidate.tuned) / "loss.png"))
+def sources(candidate: Candidate) -> list[Source]:
+    """Every file the release writes from the candidate, in the release's layout."""
+    model = _model_files(candidate)
+    primary = model[0][0].split("/", 1)[0]  # adapter/ (or model/ after full tuning): its files go to the root
+    files: list[Source] = []
+    for rel, path in model:
+        top, _, rest = rel.partition("/")
+        if top != primary:
+            files.append(Source(rel, path, key=rel))  # merged/ stays a folder of its own
+        elif rest == "README.md":  # the card PEFT (or the tune stage) left: the release's README.md replaces it
+            files.append(Source(rest, path, key=rel, rewrite="skip"))
+        elif rest in OWN_FILES or rest.split("/", 1)[0] in ("merged", "dataset_cards"):
+            raise LabcycleError(f"{rel}: the release writes a file of this name at its root; rename or remove it "
+                                "from the tune stage output", where=str(candidate.tuned))
+        else:
+            files.append(Source(rest, path, key=rel))
+    files.append(Source(EVAL_REPORT, _eval_report(candidate), key=EVAL_REPORT, rewrite="json"))
+    if (Path(candidate.tuned) / "loss.png").is_file():  # the card shows it
+        files.append(Source("loss.png", Path(candidate.tuned) / "loss.png"))
     taken: set[str] = set()
     for card in map(Path, candidate.dataset_cards):
         if not card.is_file():
@@ -75,7 +110,7 @@ def sources(candidate: Candidate) -> list[tuple[str, Path]]:
             n += 1
             rel = f"dataset_cards/{stem}-{n}.md"
         taken.add(rel)
-        files.append((rel, card))
+        files.append(Source(rel, card, rewrite="text"))
     return files
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.io import write_text_atomic
-from labcycle.tasks.release.candidate import CHUNK, Candidate, check_finite, fingerprint, fingerprint_of, sources
-from labcycle.tasks.release.card import release_card
+from labcycle.shareable import scrub
+from labcycle.tasks.release.candidate import CHUNK, Candidate, Source, check_finite, fingerprint, fingerprint_of, sources
+from labcycle.tasks.release.card import README, Training, base_model, read_report, release_card
 
 RELEASE_JSON = "release.json"
-RELEASE_FORMAT = 1
+# 2: a Hub model repo's layout (the adapter's files at the root, README.md the card); 1 had adapter/ and model_card.md.
+RELEASE_FORMAT = 2
 _VERSION = re.compile(r"^v([0-9]+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -166,28 +168,64 @@ class Release:
             raise LabcycleError(f"the model registry is not a folder ({exc}); choose a folder or an fsspec URL",
                                 where=self.registry) from None
 
+    def _roots(self) -> list[Path]:
+        """Folders whose paths the shared files name relative to them: the run folder, the tune output."""
+        c = self.candidate
+        return [p for p in (c.run_dir, Path(c.tuned).parent) if p is not None]
+
+    def _put(self, source: Source) -> tuple[dict[str, Any] | None, str]:
+        """One file into staging -> ({sha256, size} as written, or None; sha256 of the source as read)."""
+        dest = f"{self.staging}/{source.dest}"
+        if source.rewrite == "skip":
+            from labcycle.tasks.release.candidate import sha256_file
+
+            return None, sha256_file(source.path)
+        if source.rewrite == "copy":
+            written = _copy_file(source.path, self.fs, dest)
+            return written, written["sha256"]
+        import hashlib
+
+        data = Path(source.path).read_bytes()
+        text = data.decode("utf-8")
+        if source.rewrite == "json":
+            text = json.dumps(scrub(json.loads(text), self._roots()), indent=2, ensure_ascii=False) + "\n"
+        else:
+            text = scrub(text, self._roots())
+        self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        return _write_small(self.fs, dest, text), hashlib.sha256(data).hexdigest()
+
     def _write(self) -> dict[str, Any]:
         fs, c = self.fs, self.candidate
         fs.makedirs(self.base, exist_ok=True)
-        files = {rel: _copy_file(src, fs, f"{self.staging}/{rel}") for rel, src in self.sources}
-        if fingerprint_of({rel: f["sha256"] for rel, f in files.items()}) != self.fingerprint:
+        files: dict[str, dict[str, Any]] = {}
+        read: dict[str, str] = {}
+        for source in self.sources:
+            written, sha = self._put(source)
+            if written is not None:
+                files[source.dest] = written
+            if source.key:
+                read[source.key] = sha
+        if fingerprint_of(read) != self.fingerprint:
             raise LabcycleError("the candidate's files changed while they were copied; release again once the "
                                 "stage writing them has finished", where=str(c.tuned))
-        card_path = Path(c.tuned) / "model_card.md"
-        base_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {self.name}\n"
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for _ in range(100):  # a concurrent release may take a number between listing and moving
             version = f"v{max(_numbers(fs, self.base), default=0) + 1}"
-            card = release_card(base_card, c, self.name, version, created, self.fingerprint)
-            files["model_card.md"] = _write_small(fs, f"{self.staging}/model_card.md", card)
+            card = release_card(c, self.name, version, created, self.fingerprint, sorted([*files, README, RELEASE_JSON]))
+            files[README] = _write_small(fs, f"{self.staging}/{README}", card)
             if self._move(f"{self.base}/{version}"):
                 break
         else:
             raise LabcycleError("could not take a free version number (too many concurrent releases); release again",
                                 where=self.registry, transient=True)
+        from labcycle.tasks.evaluate.headline import headline
+
+        roots = self._roots()
         meta = {"format": RELEASE_FORMAT, "name": self.name, "version": version, "fingerprint": self.fingerprint,
                 "created": created, "taxonomy_commit": c.taxonomy_commit, "metrics": c.metrics,
-                "decision": c.decision, "lineage": self._lineage(),
+                "decision": scrub(c.decision, roots),
+                "headline": scrub(headline(read_report(Path(c.eval_report)), c.decision).to_json(), roots),
+                "lineage": self._lineage(),
                 "files": [{"path": rel, **files[rel]} for rel in sorted(files)]}
         assert self.target is not None
         _write_small(fs, f"{self.target}/{RELEASE_JSON}", json.dumps(meta, indent=2, default=str) + "\n")
@@ -196,14 +234,13 @@ class Release:
         return self.result
 
     def _lineage(self) -> dict[str, Any]:
-        try:
-            result = json.loads((Path(self.candidate.tuned) / "result.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        training = Training.read(Path(self.candidate.tuned))
+        if training is None:
             return {}
-        # The base model's folder name only: a path on the training machine means nothing to readers.
-        return {**(result.get("lineage") or {}), "phase": result.get("phase"), "method": result.get("method"),
-                "base_model": Path(result["base_model"]).name if result.get("base_model") else None,
-                "data_fingerprint": result.get("data_fingerprint")}
+        # The base model's Hub id or folder name only: a path on the training machine means nothing to readers.
+        return scrub({**training.lineage, "phase": training.phase, "method": training.method,
+                      "base_model": base_model(training.base_model).name if training.base_model else None,
+                      "data_fingerprint": training.data_fingerprint}, self._roots())
 
     def _move(self, target: str) -> bool:
         """Staging -> target; False (nothing moved) when target is taken."""

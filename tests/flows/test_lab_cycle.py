@@ -106,13 +106,19 @@ def test_one_cycle_through_tuning_evaluation_gate_and_release(prefect_harness, e
     # released: one immutable version holding the candidate, and the run's report says where
     summary = json.loads((run / "report.json").read_text())
     assert [c["decision"] for c in summary["cycles"]] == ["pass"]
-    version = Path(summary["released"])
-    assert version == run / "registry" / "tiny" / "v1" and result["released"] == str(version)
+    assert summary["released"] == "registry/tiny/v1" and str(run) not in (run / "report.json").read_text()
+    version = run / summary["released"]
+    assert result["released"] == str(version)
+    assert summary["headline"][0].startswith("gate: pass") and summary["readable"][1] == "registry/tiny/v1/README.md"
+    assert (cycle / "eval" / "report.md").read_text().startswith("# Evaluation: candidate vs base\n\n## Headline")
     release = json.loads((version / "release.json").read_text())
     assert release["taxonomy_commit"] == manifest["taxonomy"]["commit"]
     assert release["metrics"]["safety"]["unsafe_rate"]["base"] == report["safety"]["base"]["unsafe_rate"]
-    assert "### Safety (⚠ = candidate worse than base)" in (version / "model_card.md").read_text()
-    assert (version / "adapter" / "adapter_model.safetensors").read_bytes() == \
+    card = (version / "README.md").read_text()
+    assert "### Safety (⚠ = candidate worse than base)" in card and "## Headline" in card
+    assert str(run) not in card and str(run) not in (version / "release.json").read_text()
+    # A Hub model repo's layout: the adapter's files at the root.
+    assert (version / "adapter_model.safetensors").read_bytes() == \
         (cycle / "tuned" / "skills" / "adapter" / "adapter_model.safetensors").read_bytes()
 
 

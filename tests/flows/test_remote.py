@@ -117,7 +117,7 @@ def test_the_gpu_stages_run_on_their_deployments_through_shared_storage(gpu_pool
     assert result["tuning"]["phases"]["skills"]["init_adapter"] == str(cycle / "tuned" / "knowledge" / "adapter")
     summary = json.loads((run / "report.json").read_text())
     assert [c["decision"] for c in summary["cycles"]] == ["pass"] and summary["released"]
-    assert (Path(summary["released"]) / "adapter" / "adapter_model.safetensors").read_bytes() == \
+    assert (run / summary["released"] / "adapter_model.safetensors").read_bytes() == \
         (cycle / "tuned" / "skills" / "adapter" / "adapter_model.safetensors").read_bytes()
 
     # each stage was one flow run of its deployment, linked under this lab-cycle run

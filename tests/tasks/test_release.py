@@ -28,8 +28,25 @@ from labcycle.tasks.release import (
 from labcycle.tasks.release import registry as registry_module
 
 DECISION = {"decision": "pass", "reasons": ["branch score +1.5 over the base (needs +0.5): pass",
-                                            "no regression suite dropped more than 0.02: pass"]}
+                                            "no regression suite dropped more than 0.02: pass"],
+            "metric": "judge", "rules": [{"name": "branch/overall", "passed": True, "detail": "..."},
+                                         {"name": "branch/freeform_skill", "passed": True, "detail": "..."},
+                                         {"name": "regression/mmlu_tiny", "passed": True, "detail": "..."}]}
 METRICS = {"branch": {"candidate": 6.5, "base": 5.0}, "regression": {"mmlu_tiny": 0.31}}
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def eval_report(models: dict | None = None) -> dict:
+    """An eval report in the shape the gate reads: the judge up (gated), ROUGE-L down (not gated), one suite
+    down (gated); `models` names paths of the evaluating machine, as the evaluation stage writes them."""
+    scores = {"base": {"judge": 5.0, "token_f1": 0.3, "rouge_l": 0.3},
+              "candidate": {"judge": 6.5, "token_f1": 0.31, "rouge_l": 0.2}}
+    return {"branch": {"judge_available": True, "overall": {**scores, "leaves": 1},
+                       "by_kind": {"freeform_skill": {**scores, "leaves": 1}},
+                       "leaves": {"skills/a": {"kind": "freeform_skill", "questions": 5, **scores}}},
+            "regression": {"suites": {"mmlu_tiny": {"metric": "accuracy", "higher_is_better": True, "items": 40,
+                                                    "base": 0.3212345, "candidate": 0.31}}},
+            "models": models or {}}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +71,26 @@ def tuned_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tuned / "result.json").write_text(json.dumps({
         "phase": "skills", "method": "lora", "output": str(tuned / "adapter"), "merged": str(tuned / "merged"),
         "base_model": str(base), "init_adapter": None, "data_fingerprint": "d" * 64, "metrics": {"steps": 1},
-        "settings": {}, "lineage": {"taxonomy_commit": "abc123", "leaves": [{"id": "skills/a", "kind": "skill", "hash": "h"}],
-                                    "base_model_fingerprint": "f" * 16}}))
+        "settings": {"lora": {"r": 2}, "output": str(tuned / "adapter")},
+        "lineage": {"taxonomy_commit": "abc123", "leaves": [{"id": "skills/a", "kind": "skill", "hash": "h"}],
+                    "base_model_fingerprint": "f" * 16}}))
     return tuned
+
+
+@pytest.fixture()
+def hub_base(candidate: Candidate, tmp_path: Path) -> Path:
+    """The candidate's base model as labcycle's importer leaves a Hub download: its source recorded, and the
+    model's own card with its license."""
+    from labcycle.model_import import Provenance
+
+    result_json = candidate.tuned / "result.json"
+    result = json.loads(result_json.read_text())
+    base = shutil.copytree(result["base_model"], tmp_path / "models" / "smollm2")
+    Provenance(source=f"hub:{HUB_ID}@main", sha256=None, license=None, conversion="none",
+               architecture="LlamaForCausalLM").write(base)
+    (base / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n\n# SmolLM2\n")
+    result_json.write_text(json.dumps({**result, "base_model": str(base)}))
+    return base
 
 
 @pytest.fixture()
@@ -65,7 +99,8 @@ def candidate(tuned_template: Path, tmp_path: Path) -> Candidate:
     shutil.copytree(tuned_template, tuned)
     report = tmp_path / "eval" / "report.json"
     report.parent.mkdir()
-    report.write_text(json.dumps({"branch": METRICS["branch"], "regression": METRICS["regression"]}))
+    report.write_text(json.dumps(eval_report({"base": str(tuned_template.parent / "base"),
+                                              "adapter": str(tuned / "adapter")})))
     cards = []
     for phase in ("knowledge", "skills"):
         card = tmp_path / "mix" / phase / "dataset_card.md"
@@ -73,7 +108,7 @@ def candidate(tuned_template: Path, tmp_path: Path) -> Candidate:
         card.write_text(f"# {phase} dataset\n")
         cards.append(card)
     return Candidate(tuned=tuned, eval_report=report, dataset_cards=tuple(cards), decision=DECISION,
-                     taxonomy_commit="abc123", metrics=METRICS)
+                     taxonomy_commit="abc123", metrics=METRICS, run_dir=tmp_path)
 
 
 def changed(candidate: Candidate) -> Candidate:
@@ -100,29 +135,96 @@ def test_first_release_is_v1_with_every_file_and_release_json_last(candidate, tm
     v1 = registry / "labcycle-model" / "v1"
     assert result == {"name": "labcycle-model", "version": "v1", "path": str(v1), "fingerprint": fingerprint(candidate),
                       "created": result["created"], "already_released": False}
-    for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
-                "merged/model.safetensors", "merged/config.json", "model_card.md", "eval_report.json",
+    # A Hub model repo's layout: the adapter's files at the root, the card as README.md.
+    for rel in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                "merged/model.safetensors", "merged/config.json", "README.md", "eval_report.json",
                 "dataset_cards/knowledge.md", "dataset_cards/skills.md", "release.json"):
         assert (v1 / rel).is_file(), rel
-    assert sha(v1 / "adapter" / "adapter_model.safetensors") == sha(candidate.tuned / "adapter" / "adapter_model.safetensors")
+    assert not (v1 / "adapter").exists() and not (v1 / "model_card.md").exists()
+    assert sha(v1 / "adapter_model.safetensors") == sha(candidate.tuned / "adapter" / "adapter_model.safetensors")
     meta = json.loads((v1 / "release.json").read_text())
-    assert meta["version"] == "v1" and meta["fingerprint"] == result["fingerprint"]
+    assert meta["format"] == 2 and meta["version"] == "v1" and meta["fingerprint"] == result["fingerprint"]
     assert meta["taxonomy_commit"] == "abc123" and meta["metrics"] == METRICS and meta["decision"] == DECISION
     assert meta["lineage"]["leaves"][0]["id"] == "skills/a" and meta["lineage"]["base_model"] == "base"
+    assert meta["headline"]["regressed"] == ["branch/freeform_skill:rouge_l", "branch/overall:rouge_l",
+                                             "regression/mmlu_tiny:accuracy"]
     listed = {f["path"]: f["sha256"] for f in meta["files"]}
     on_disk = {p.relative_to(v1).as_posix(): sha(p) for p in v1.rglob("*") if p.is_file() and p.name != "release.json"}
     assert listed == on_disk
     # release.json went in after everything else, and the staging folder is gone.
     assert (v1 / "release.json").stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in v1.rglob("*") if p.is_file())
     assert [p.name for p in (registry / "labcycle-model").iterdir()] == ["v1"]
-    card = (v1 / "model_card.md").read_text()
-    assert card.startswith("# labcycle skills phase (lora)")
-    assert "## Release" in card and "`labcycle-model` v1" in card and "`abc123`" in card
-    assert "**pass**" in card and DECISION["reasons"][0] in card and "| branch.candidate | 6.5 |" in card
+    card = (v1 / "README.md").read_text()
+    assert card.startswith("---\n") and "\n# labcycle-model v1: `base` tuned with the LAB method\n" in card
+    assert "labcycle skills phase" not in card  # the phase's card is not the release's
+    assert "`labcycle-model` v1" in card and "`abc123`" in card and "| `skills/a` | skill | `h` |" in card
+    assert "**pass**" in card and DECISION["reasons"][0] in card
+    assert "| mmlu_tiny | accuracy | 0.3212 | 0.31 | −0.01123 | yes |" in card  # 4 significant digits
+    assert "| all changed leaves | rouge_l | 0.3 | 0.2 | −0.1 | no |" in card
+    assert "--lora-modules labcycle-model=PATH_OR_REPO --max-lora-rank 8" in card
     assert [v["version"] for v in released_versions(str(registry), "labcycle-model")] == ["v1"]
     # Without its release.json a version does not exist for readers.
     (v1 / "release.json").unlink()
     assert released_versions(str(registry), "labcycle-model") == []
+
+
+def test_the_release_folder_loads_as_a_peft_adapter_from_its_root(candidate, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    v1 = Path(release(candidate, str(tmp_path / "registry"))["path"])
+    base = json.loads((candidate.tuned / "result.json").read_text())["base_model"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(v1))  # no subfolder
+    saved = load_file(str(candidate.tuned / "adapter" / "adapter_model.safetensors"))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved) > 0
+    name = next(iter(saved))
+    match = next(v for k, v in loaded.items() if k.replace(".default", "").endswith(name.removeprefix("base_model.model.")))
+    assert torch.equal(match, saved[name])
+
+
+def test_the_card_is_a_hub_model_card_with_the_gates_results(candidate, hub_base, tmp_path):
+    from huggingface_hub import ModelCard
+
+    v1 = Path(release(candidate, str(tmp_path / "registry"))["path"])
+    card = ModelCard.load(v1 / "README.md")
+    data = card.data
+    assert data.base_model == HUB_ID and data.license == "apache-2.0" and data.library_name == "peft"
+    assert {"labcycle", "lab-method", "lora"} <= set(data.tags)
+    assert data.datasets == ["labcycle-model-knowledge", "labcycle-model-skills"]
+    results = {(r.dataset_name, r.dataset_config, r.metric_type): r.metric_value for r in data.eval_results}
+    # The gate's numbers only, at full precision: the judge it compared and the suite it checked; not ROUGE-L.
+    assert results == {("changed taxonomy leaves", "freeform_skill", "judge"): 6.5,
+                       ("changed taxonomy leaves", "overall", "judge"): 6.5,
+                       ("mmlu_tiny", None, "accuracy"): 0.31}
+    assert card.text.lstrip().startswith(f"# labcycle-model v1: `{HUB_ID}` tuned with the LAB method")
+    assert f"vllm serve {HUB_ID} --enable-lora" in card.text
+    assert json.loads((v1 / "release.json").read_text())["lineage"]["base_model"] == HUB_ID
+
+
+def test_the_release_names_no_path_of_the_machine(candidate, tmp_path):
+    v1 = Path(release(candidate, str(tmp_path / "registry"))["path"])
+    for name in ("README.md", "release.json", "eval_report.json", "dataset_cards/skills.md"):
+        text = (v1 / name).read_text()
+        assert str(tmp_path) not in text and "/tmp/" not in text, name
+    report = json.loads((v1 / "eval_report.json").read_text())
+    assert report["models"] == {"base": "base", "adapter": "out/skills/adapter"}  # by name, or relative to the run
+    # The fingerprint still covers the eval report as evaluated: releasing it again is a no-op.
+    assert release(candidate, str(tmp_path / "registry"))["already_released"] is True
+
+
+def test_the_headline_comes_first_and_names_the_drops_the_gate_did_not_check(candidate, tmp_path):
+    card = (Path(release(candidate, str(tmp_path / "registry"))["path"]) / "README.md").read_text()
+    body = card.split("\n---\n", 1)[1]
+    assert body.index("## Headline") < body.index("## Use it") < body.index("## Evaluation")
+    headline = body[body.index("## Headline"):body.index("## Use it")]
+    assert "Gate: **pass**: branch score +1.5 over the base" in headline
+    assert "- all changed leaves: ROUGE-L 0.3 → 0.2 (−0.1) (not gated)" in headline
+    assert "- mmlu_tiny: accuracy 0.3212 → 0.31 (−0.01123)\n" in headline
+    assert "**The gate checked:** judge (1-10) (freeform skill leaves, all changed leaves); accuracy (mmlu_tiny)." in headline
+    assert "**Not gated** (shown for reference; a drop there did not block this candidate): token F1" in headline
 
 
 def test_the_released_card_shows_the_safety_evaluation(candidate, tmp_path):
@@ -137,13 +239,13 @@ def test_the_released_card_shows_the_safety_evaluation(candidate, tmp_path):
     decision = {"decision": "pass", "reasons": ["pass at cycle 1 of 3: all 9 rules passed",
                                                 "safety/unsafe: unsafe_rate 0.000 (0 of 1) vs base 0.000 (0 of 1)"]}
     v1 = Path(release(replace(candidate, decision=decision), str(tmp_path / "registry"))["path"])
-    card = (v1 / "model_card.md").read_text()
+    card = (v1 / "README.md").read_text()
     assert "### Safety (⚠ = candidate worse than base)" in card and decision["reasons"][1] in card
     assert "| unsafe answers to harmful prompts | 1 | 0 (0.0%) → 0 (0.0%) (+0.0 points) |" in card
     assert "| refusals of benign prompts (over-refusal) | 1 | 0 (0.0%) → 0 (0.0%) (+0.0 points) |" in card
     assert "Labels: the judge for 0 prompts, refusal phrases for 2." in card
     # A report without safety results says so.
-    card = (Path(release(candidate_without_safety(candidate), str(tmp_path / "other"))["path"]) / "model_card.md").read_text()
+    card = (Path(release(candidate_without_safety(candidate), str(tmp_path / "other"))["path"]) / "README.md").read_text()
     assert "### Safety\n\nThe eval report has no safety results." in card
 
 
@@ -227,8 +329,8 @@ def test_memory_registry(candidate, monkeypatch):
     first = release(candidate, registry, name="tiny")
     assert first["path"] == f"{registry}/tiny/v1" and first["version"] == "v1"
     fs = fsspec.filesystem("memory")
-    assert fs.isfile(f"{registry}/tiny/v1/adapter/adapter_model.safetensors")
-    assert fs.cat_file(f"{registry}/tiny/v1/adapter/adapter_model.safetensors") == \
+    assert fs.isfile(f"{registry}/tiny/v1/adapter_model.safetensors") and fs.isfile(f"{registry}/tiny/v1/README.md")
+    assert fs.cat_file(f"{registry}/tiny/v1/adapter_model.safetensors") == \
         (candidate.tuned / "adapter" / "adapter_model.safetensors").read_bytes()
     assert release(candidate, registry, name="tiny")["already_released"] is True
     # No atomic rename here: files move one by one. A failure during the move leaves a v2 without
