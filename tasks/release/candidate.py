@@ -45,8 +45,10 @@ class Source:
     path: Path                       # the file it comes from
     key: str | None = None           # its name in the fingerprint (the candidate's layout); None: not covered
     # "json"/"text": written with the machine's paths made relative (labcycle/shareable.py), not copied byte for
-    # byte; "skip": not written (the README.md PEFT leaves in the adapter), but still part of the fingerprint
-    rewrite: Literal["copy", "json", "text", "skip"] = "copy"
+    # byte; "adapter_config": its base_model_name_or_path (a folder of the training machine) becomes the base
+    # model's Hub id or name; "skip": not written (the README.md PEFT leaves in the adapter), but still part of
+    # the fingerprint
+    rewrite: Literal["copy", "json", "text", "adapter_config", "skip"] = "copy"
 
 
 def sha256_file(path: Path) -> str:
@@ -94,7 +96,7 @@ def sources(candidate: Candidate) -> list[Source]:
             raise LabcycleError(f"{rel}: the release writes a file of this name at its root; rename or remove it "
                                 "from the tune stage output", where=str(candidate.tuned))
         else:
-            files.append(Source(rest, path, key=rel))
+            files.append(Source(rest, path, key=rel, rewrite="adapter_config" if rest == "adapter_config.json" else "copy"))
     files.append(Source(EVAL_REPORT, _eval_report(candidate), key=EVAL_REPORT, rewrite="json"))
     if (Path(candidate.tuned) / "loss.png").is_file():  # the card shows it
         files.append(Source("loss.png", Path(candidate.tuned) / "loss.png"))

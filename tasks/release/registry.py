@@ -187,7 +187,14 @@ class Release:
 
         data = Path(source.path).read_bytes()
         text = data.decode("utf-8")
-        if source.rewrite == "json":
+        if source.rewrite == "adapter_config":
+            config = json.loads(text)
+            named = config.get("base_model_name_or_path")
+            if isinstance(named, str) and os.path.isabs(named):
+                # AutoPeftModelForCausalLM loads the base from here: a Hub id works anywhere, a path only there.
+                config["base_model_name_or_path"] = base_model(named).name
+            text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        elif source.rewrite == "json":
             text = json.dumps(scrub(json.loads(text), self._roots()), indent=2, ensure_ascii=False) + "\n"
         else:
             text = scrub(text, self._roots())

@@ -90,6 +90,8 @@ def hub_base(candidate: Candidate, tmp_path: Path) -> Path:
                architecture="LlamaForCausalLM").write(base)
     (base / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n\n# SmolLM2\n")
     result_json.write_text(json.dumps({**result, "base_model": str(base)}))
+    adapter_config = candidate.tuned / "adapter" / "adapter_config.json"
+    adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()), "base_model_name_or_path": str(base)}))
     return base
 
 
@@ -202,11 +204,13 @@ def test_the_card_is_a_hub_model_card_with_the_gates_results(candidate, hub_base
     assert card.text.lstrip().startswith(f"# labcycle-model v1: `{HUB_ID}` tuned with the LAB method")
     assert f"vllm serve {HUB_ID} --enable-lora" in card.text
     assert json.loads((v1 / "release.json").read_text())["lineage"]["base_model"] == HUB_ID
+    # AutoPeftModelForCausalLM finds the base by its Hub id, not by a folder of the training machine.
+    assert json.loads((v1 / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID
 
 
 def test_the_release_names_no_path_of_the_machine(candidate, tmp_path):
     v1 = Path(release(candidate, str(tmp_path / "registry"))["path"])
-    for name in ("README.md", "release.json", "eval_report.json", "dataset_cards/skills.md"):
+    for name in ("README.md", "release.json", "eval_report.json", "dataset_cards/skills.md", "adapter_config.json"):
         text = (v1 / name).read_text()
         assert str(tmp_path) not in text and "/tmp/" not in text, name
     report = json.loads((v1 / "eval_report.json").read_text())
