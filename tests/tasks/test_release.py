@@ -580,3 +580,22 @@ def test_approval_timeout_is_not_released_and_the_run_goes_on(prefect_harness):
     assert decision == {"approved": False, "comment": "", "by_timeout": True}
     assert after == "not released"  # the run was not failed by Prefect's own pause timeout
     assert time.monotonic() - started < 20
+
+
+def test_the_base_model_is_named_by_what_its_folder_says(tmp_path):
+    from labcycle.tasks.release.card import base_model
+
+    plain = tmp_path / "my-base"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    # Nothing says where it came from: its name, no Hub id (the Hub refuses a base_model it does not know), no license.
+    assert base_model(str(plain)) == base_model(str(plain)).__class__("my-base", None, None)
+    (plain / "config.json").write_text(json.dumps({"_name_or_path": "org/model"}))
+    (plain / "README.md").write_text("# no front matter\n")
+    assert (base_model(str(plain)).hub_id, base_model(str(plain)).license) == ("org/model", None)
+    (plain / "README.md").write_text("---\nlicense: mit\n---\n# card\n")
+    assert base_model(str(plain)).license == "mit"
+    snapshot = tmp_path / "hub" / "models--Org--Name" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    assert base_model(str(snapshot)).hub_id == "Org/Name"
+    assert base_model("Org/Other").hub_id == "Org/Other"  # a Hub id the tune stage loaded as is
