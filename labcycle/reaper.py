@@ -11,6 +11,7 @@ process that started it is still its parent; when it is not, it stops the server
 after a grace period, for the server's own children too). The watchdog ends by itself once the server
 has ended. vLLM's in-process engine (AsyncLLM) runs in child processes of ours, EngineCore and its
 workers, which vLLM does not stop when we die: `guard_children_started` guards those.
+Processes are read through psutil, so this works wherever psutil does (Linux, macOS), not only with /proc.
 
     python -m labcycle.reaper PARENT_PID TARGET_PID pid|group GRACE_S
 """
@@ -25,7 +26,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+
+import psutil
 
 
 def guard(pid: int, *, group: bool = False, grace_s: float = 10.0) -> subprocess.Popen[bytes]:
@@ -78,51 +80,51 @@ def collect(watchdogs: list[subprocess.Popen[bytes]], timeout_s: float = 3.0) ->
             watchdog.wait()
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command name (state, ppid, ...); None once the process is gone."""
+def _process(pid: int) -> psutil.Process | None:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
+        return psutil.Process(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-
-
-def _ppids() -> dict[int, int]:
-    out = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat(int(entry.name))
-        if fields is not None:
-            out[int(entry.name)] = int(fields[1])
-    return out
 
 
 def children(pid: int) -> set[int]:
-    return {child for child, parent in _ppids().items() if parent == pid}
+    return _below(pid, recursive=False)
 
 
 def descendants(pid: int) -> set[int]:
-    ppids, found, todo = _ppids(), set(), [pid]
-    while todo:
-        current = todo.pop()
-        for child, parent in ppids.items():
-            if parent == current and child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    return _below(pid, recursive=True)
+
+
+def _below(pid: int, recursive: bool) -> set[int]:
+    process = _process(pid)
+    if process is None:
+        return set()
+    try:
+        return {child.pid for child in process.children(recursive=recursive)}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
 
 
 def _cmdline(pid: int) -> bytes | None:
+    """The command line, NUL-separated as in /proc/PID/cmdline (a renamed process shows its new title); None
+    once the process is gone or cannot be read."""
+    process = _process(pid)
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return None if process is None else "\0".join(process.cmdline()).encode(errors="replace")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
         return None
 
 
-def _started(pid: int) -> int | None:
-    """When the process started (clock ticks since boot); None once it is gone or a zombie. A pid can be
-    reused after its process ends, but not with the same start time. (Not the command line: vLLM renames
-    its processes once they run.)"""
-    fields = _stat(pid)
-    return None if fields is None or fields[0] in ("Z", "X") else int(fields[19])
+def _started(pid: int) -> float | None:
+    """When the process started; None once it is gone or a zombie. A pid can be reused after its process
+    ends, but not with the same start time. (Not the command line: vLLM renames its processes once they run.)"""
+    process = _process(pid)
+    try:
+        if process is None or process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
 
 
 def _alive(pid: int, group: bool) -> bool:

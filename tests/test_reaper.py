@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,26 @@ def test_a_killed_in_process_engine_takes_its_engine_processes_along(when, tiny_
             except ProcessLookupError:
                 pass
 
+
+
+def test_processes_are_read_through_psutil_not_proc():
+    """children, descendants, command lines and start times come from psutil, so the reaper also works where
+    there is no /proc (macOS)."""
+    source = (Path(reaper.__file__)).read_text()
+    assert "/proc/" not in source.replace("/proc/PID/cmdline", "")
+    outer = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                              "p = subprocess.Popen(['sleep', '30']); print(p.pid, flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        inner = int(outer.stdout.readline())  # type: ignore[union-attr]
+        assert outer.pid in reaper.children(os.getpid())
+        assert reaper.children(outer.pid) == {inner} and inner in reaper.descendants(os.getpid())
+        assert b"sleep" in (reaper._cmdline(inner) or b"")
+        started = reaper._started(inner)
+        assert started is not None and reaper._started(inner) == started
+    finally:
+        outer.kill()
+        outer.wait()
+        os.kill(inner, signal.SIGKILL)
+    assert gone(outer.pid, 5) and reaper._cmdline(outer.pid) is None
+    assert reaper.children(outer.pid) == set()
