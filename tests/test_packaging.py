@@ -117,3 +117,38 @@ def test_shipped_configs_recipes_policies_and_pipelines_are_valid():
     from labcycle.tasks.evaluate.safety import load_safety_suite, shipped_safety_suite
 
     load_safety_suite(shipped_safety_suite())
+
+
+def test_every_third_party_package_the_code_imports_is_declared():
+    """A package labcycle/, flows/ or tasks/ imports is in pyproject.toml (dependencies, or an extra for an
+    optional one), not trusted to arrive through another package's requirements."""
+    import ast
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {normal(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in requirements}  # type: ignore[union-attr]
+    imported: dict[str, str] = {}
+    for folder in ("labcycle", "flows", "tasks"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+                for name in names:
+                    imported.setdefault(name.split(".")[0], str(path.relative_to(REPO_ROOT)))
+    third_party = {m: where for m, where in imported.items() if m not in sys.stdlib_module_names and m != "labcycle"}
+    distributions = packages_distributions()
+    undeclared = {}
+    for module, where in sorted(third_party.items()):
+        dists = {normal(d) for d in distributions.get(module, [module])}
+        if not dists & declared:
+            undeclared[module] = where
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    for needed in ("anyio", "fsspec", "httpx", "huggingface-hub", "numpy", "psutil", "pyarrow"):
+        assert needed in declared, needed
