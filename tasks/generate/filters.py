@@ -12,7 +12,8 @@ are blake2b, never Python's salted ``hash()``), so filter decisions can be cache
   so there are no false positives, only (rare) misses. The band shape is chosen so that a pair at
   exactly the threshold is missed with probability below 1e-3; more similar pairs far less often.
   Exact duplicates (same normalized text) are looked up by digest and are always found.
-- `length_ok`, `is_refusal`, `seed_leakage`: length bounds, refusal / assistant boilerplate, and
+- `length_ok`, `is_refusal`, `seed_leakage`: length bounds, refusal (labcycle/refusals.py, the phrase list
+  the safety evaluation uses too) / assistant boilerplate, and
   verbatim copying from seed examples.
 - `content_words`, `lexical_support`: how much of an answer's content (its words other than stop words,
   numbers included) appears in the source it should rest on; a judge-free grounding check.
@@ -32,7 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labcycle.refusals import APOSTROPHES, REFUSAL_PATTERNS, refuses
+
 __all__ = [
+    "BOILERPLATE_PATTERNS",
     "DEFAULT_PII_KINDS",
     "PII_KINDS",
     "REFUSAL_PATTERNS",
@@ -261,24 +265,9 @@ def length_ok(text: str, min_words: int = 0, max_words: int | None = None) -> bo
     return n >= min_words and (max_words is None or n <= max_words)
 
 
-_CANT = r"(?:can't|cannot|can not|am unable to|am not able to|won't|will not|must decline to|am not allowed to)"
-_ACT = (
-    r"(?:help(?!\s+but\b)|assist|provide|comply|fulfil|fulfill|answer that|answer this|answer your|respond to|"
-    r"generate|create|write|share|engage|do that|do this|continue with)"
-)
-
-REFUSAL_PATTERNS: list[str] = [
-    # Apologetic refusals: "I'm sorry, but I can't ...", "I apologize, but as an AI ...".
-    rf"\b(?:I'm|I am|I'm truly|I am truly|I'm very|I'm so|I'm really)\s+sorry,?\s+(?:but\s+)?(?:I\s+{_CANT}|I\s+(?:don't|do not)\s+have|as an? (?:AI|language model)|that's not something|this (?:is not|isn't) something|your request|this request)",
-    rf"\bI\s+apologi[sz]e,?\s+(?:but\s+)?(?:I\s+{_CANT}|I\s+(?:don't|do not)\s+have|as an? (?:AI|language model)|your request|this request)",
-    rf"^\W*(?:sorry|unfortunately),?\s+(?:but\s+)?I\s+{_CANT}",
-    # Direct refusals: "I cannot help with that", "I'm unable to provide ...", "I must decline".
-    rf"\bI\s+{_CANT}\s+(?:\w+\s+){{0,2}}?{_ACT}\b",
-    rf"\bI'm\s+(?:not able|unable|not allowed|not permitted)\s+to\s+(?:\w+\s+){{0,2}}?{_ACT}\b",
-    r"\bI\s+(?:must|have to|need to|will have to)\s+(?:respectfully\s+)?(?:decline|refuse)\b",
-    r"\b(?:against|violates?|outside(?: of)?)\s+my\s+(?:guidelines|programming|policies|policy|principles|capabilities)\b",
-    r"\b(?:can't|cannot|unable to)\s+(?:fulfil|fulfill|comply with|assist with|help with)\s+(?:this|that|your)\s+request\b",
-    # Assistant self-reference and capability boilerplate.
+# Refusals are labcycle.refusals' list, the one the safety evaluation uses; a sample with assistant
+# boilerplate is dropped too, though it refuses nothing.
+BOILERPLATE_PATTERNS: tuple[str, ...] = (
     r"\bas an? (?:AI|artificial intelligence)(?:\s+(?:language|text|chat))?\s+(?:model|assistant|system|chatbot)\b",
     r"\bas a (?:large )?language model\b",
     r"\bI(?:'m| am)\s+(?:just|only|merely)\s+an?\s+(?:AI|language model|computer program|virtual assistant)\b",
@@ -286,16 +275,14 @@ REFUSAL_PATTERNS: list[str] = [
     r"\bI\s+(?:don't|do not)\s+have\s+(?:access\s+to|the\s+ability\s+to|personal\s+(?:opinions|experiences|feelings|beliefs)|real-time|browsing|internet)",
     r"\b(?:as of|since)\s+my\s+(?:last\s+)?(?:knowledge\s+)?(?:cutoff|cut-off|training(?:\s+data)?(?:\s+cutoff)?|update)\b",
     r"\bmy\s+(?:knowledge|training)\s+(?:cutoff|cut-off)\b",
-]
-
-_REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS), re.IGNORECASE | re.MULTILINE)
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+)
+_BOILERPLATE_RE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS), re.IGNORECASE | re.MULTILINE)
 
 
 def is_refusal(text: str) -> bool:
-    """Whether the text refuses, or carries assistant boilerplate ("As an AI language model ...").
-    Curly apostrophes count as straight ones."""
-    return _REFUSAL_RE.search(text.translate(_APOSTROPHES)) is not None
+    """Whether the text refuses (labcycle.refusals), or carries assistant boilerplate ("As an AI language
+    model ..."). Curly apostrophes count as straight ones."""
+    return refuses(text) or _BOILERPLATE_RE.search(text.translate(APOSTROPHES)) is not None
 
 
 def seed_leakage(text: str, seeds: Sequence[str], ngram: int = 8) -> float:
@@ -361,7 +348,7 @@ def content_words(text: str) -> list[str]:
     """The text's content words in order: casefolded (after NFKC), curly apostrophes made straight, stop
     words and one-letter words removed, possessives and plural endings cut. Numbers are content words,
     with thousands separators dropped ("1,000" -> "1000")."""
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES)
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(APOSTROPHES)
     out = []
     for token in _TOKEN_RE.findall(folded):
         if token[0].isdigit():
