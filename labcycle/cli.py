@@ -32,6 +32,28 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("labcycle")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"labcycle {_version()}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print labcycle's version and exit.")] = False,
+) -> None:
+    """labcycle: the LAB method (taxonomy → synthetic data → two-phase QLoRA → eval gate) on Prefect."""
+
+
 class ValidateFormat(str, Enum):
     text = "text"
     json = "json"

@@ -1,7 +1,9 @@
 """Project-local defaults for Prefect and Hugging Face, applied before either is imported.
 
 A user who configured a Prefect server or profile keeps it: we only fill in what is unset, so
-`PREFECT_API_URL` from the environment or the active profile still wins.
+`PREFECT_API_URL` from the environment or the active profile still wins. Hugging Face's home is the
+user's (`HF_HOME`, else ~/.cache/huggingface): their `hf auth login` token and model cache are found
+there, so labcycle never moves it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ def apply_defaults() -> Path:
     os.environ.setdefault("PREFECT_SERVER_MEMO_STORE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "memo_store.toml"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("HF_HOME", str(home / "hf"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The embedded server migrates its database on first start; 20 s (the default) is short on a busy machine.
