@@ -191,6 +191,19 @@ def _print_imported(prov, dest: Path) -> None:  # type: ignore[no-untyped-def]
               + (f", license {escape(prov.license)}" if prov.license else ", license unknown (check it before you share the model)"))
 
 
+class SummaryFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+FormatOpt = Annotated[SummaryFormat, typer.Option("--format", help="Output: text, or json (the summary as one JSON object on stdout; logs and progress go to stderr).")]
+
+
+def _print_json(summary: object) -> None:
+    """The summary as one JSON object on stdout, nothing else there."""
+    sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
 TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1). Default: an in-process vLLM engine.")]
 TeacherModelOpt = Annotated[Optional[str], typer.Option("--teacher-model", help="Served model name, or a local model folder for the in-process engine.")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="Most teacher requests in flight at once.")]
@@ -239,7 +252,8 @@ def _tie_embedded_server() -> None:
 
 def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
               teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
-              profile: Profile | None = None, repo: dict | None = None) -> None:
+              profile: Profile | None = None, repo: dict | None = None,
+              fmt: SummaryFormat = SummaryFormat.text) -> None:
     repo = repo or {}
     from labcycle.urls import hold_teacher_login
 
@@ -259,9 +273,10 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
     if config is not None:
         load_config(config)  # a mistake in it is reported now, not after the Prefect server has started
 
-    _tie_embedded_server()
     tuning = until in (Until.tune, Until.evaluate, Until.cycle)
-    with _progress_bars(until is not Until.taxonomy), _tuning_progress(tuning):
+    as_json = fmt is SummaryFormat.json
+    with _stdout_to_stderr(as_json), _progress_bars(until is not Until.taxonomy), _tuning_progress(tuning):
+        _tie_embedded_server()
         state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
                           config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
                           teacher_model=teacher_model, max_concurrency=max_concurrency, student_model=student_model,
@@ -270,7 +285,10 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
         raise typer.Exit(1)
-    _print_summary(state.result(), teacher_model, profile)
+    if as_json:
+        _print_json(state.result())
+    else:
+        _print_summary(state.result(), teacher_model, profile)
 
 
 def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_model: str | None,
@@ -416,10 +434,12 @@ def run_cmd(
     branch: Annotated[Optional[str], typer.Option("--branch", help="With --taxonomy-repo: the branch to check out. Default: the repository's default branch.")] = None,
     commit: Annotated[Optional[str], typer.Option("--commit", help="With --taxonomy-repo: the commit to check out (wins over --branch).")] = None,
     max_cycles: Annotated[Optional[int], typer.Option("--max-cycles", min=1, help="The most cycles before giving up. Default: the gate policy's max_cycles.")] = None,
+    fmt: FormatOpt = SummaryFormat.text,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
     repo = {k: v for k, v in dict(taxonomy_repo=taxonomy_repo, branch=branch, commit=commit, max_cycles=max_cycles).items() if v is not None}
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile, repo)
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile, repo,
+              fmt)
 
 
 @app.command("generate")
@@ -431,11 +451,12 @@ def generate_cmd(
     teacher_model: TeacherModelOpt = None,
     max_concurrency: ConcurrencyOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = SummaryFormat.text,
 ) -> None:
     """Generate synthetic data for the changed leaves: the taxonomy stage, then generation."""
     if taxonomy.is_dir() and (config is None or config.is_file()):
         _check_teacher(config, teacher_endpoint, teacher_model, max_concurrency)
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate)
+    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate, fmt=fmt)
 
 
 @app.command("mix")
@@ -443,6 +464,7 @@ def mix_cmd(
     generated: Annotated[Path, typer.Option("--generated", help="The generation stage's output: <leaf-id>/samples.jsonl folders (RUN/generated).")],
     output: Annotated[Path, typer.Option("--output", help="Where knowledge/ and skills/ (HF dataset, data.jsonl, dataset card) go.")],
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A mixing recipe (see schemas/recipe.schema.json). Default: built-in defaults.")] = None,
+    fmt: FormatOpt = SummaryFormat.text,
 ) -> None:
     """Mix generated samples into the phase-1 knowledge set and the phase-2 skills set."""
     from labcycle.tasks.mix import load_recipe, mix
@@ -451,10 +473,14 @@ def mix_cmd(
         raise _usage_error(f"--generated {generated}: not a folder")
     if recipe is not None and not recipe.is_file():
         raise _usage_error(f"--recipe {recipe}: {_no_file(recipe)}")
-    summary = mix(generated, output, load_recipe(recipe))
-    for phase in ("knowledge", "skills"):
-        info = summary["phases"][phase]
-        out.print(f"{phase}: {info['samples']} samples in {escape(str(output / info['data']))} (card: {escape(str(output / info['card']))})")
+    with _stdout_to_stderr(fmt is SummaryFormat.json):
+        summary = mix(generated, output, load_recipe(recipe))
+    if fmt is SummaryFormat.json:
+        _print_json(summary)  # its warnings are in it, and on stderr too
+    else:
+        for phase in ("knowledge", "skills"):
+            info = summary["phases"][phase]
+            out.print(f"{phase}: {info['samples']} samples in {escape(str(output / info['data']))} (card: {escape(str(output / info['card']))})")
     for warning in summary.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", markup=True)
 
@@ -467,6 +493,7 @@ def tune_cmd(
     knowledge_data: Annotated[Optional[Path], typer.Option("--knowledge-data", help="Phase-1 data: JSONL in chat `messages` format or a saved HF dataset.")] = None,
     skills_data: Annotated[Optional[Path], typer.Option("--skills-data", help="Phase-2 data: JSONL in chat `messages` format or a saved HF dataset.")] = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = SummaryFormat.text,
 ) -> None:
     """Tune the student: QLoRA by default; resumes from the last checkpoint when started again after a kill."""
     if not base_model.is_dir():
@@ -481,8 +508,9 @@ def tune_cmd(
 
     if config is not None:
         load_config(config)  # a mistake in it is reported now, not after the Prefect server has started
-    _tie_embedded_server()
-    with _tuning_progress(True):
+    as_json = fmt is SummaryFormat.json
+    with _stdout_to_stderr(as_json), _tuning_progress(True):
+        _tie_embedded_server()
         state = tune(output=str(output), phase=phase.value, base_model=str(base_model),
                      knowledge_data=str(knowledge_data) if knowledge_data else None,
                      skills_data=str(skills_data) if skills_data else None, config=str(config) if config else None,
@@ -491,7 +519,10 @@ def tune_cmd(
         err.print("[red]tune failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
         raise typer.Exit(1)
-    _print_tuned(state.result())
+    if as_json:
+        _print_json(state.result())
+    else:
+        _print_tuned(state.result())
 
 
 def _print_tuned(summary: dict) -> None:
@@ -597,6 +628,34 @@ def _print_evaluation(summary) -> None:  # type: ignore[no-untyped-def]
         values = " → ".join("–" if v is None else f"{v:.4g}" for v in (c.base, c.candidate))
         out.print(f"  {escape(name)}: {escape(c.metric)} {values}")
     out.print(f"report: {escape(summary.report)}")
+
+
+@app.command("chat")
+def chat_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A local Hugging Face model folder, a release (its adapter on the base model it names), or a Hub id in your Hugging Face cache.")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A PEFT adapter on MODEL: a tuning phase's adapter/ folder, or a released version (REGISTRY/NAME/vN).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Ask this one question, print the answer and exit.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="A system message for the conversation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="The longest answer, in tokens.")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy (the same answer every time); above 0: sampled.")] = 0.0,
+) -> None:
+    """Chat with a model, an adapter or a release, through the model's chat template (transformers, on the GPU
+    when there is one). Interactive on a terminal; with --prompt one answer; with stdin piped, each line is a
+    turn of one conversation and each answer is printed on stdout."""
+    from labcycle.chat import Chat, interactive, prompts, resolve
+
+    target = resolve(model, adapter)
+    err.print(f"loading {target.base}" + (f" with the adapter in {target.adapter}" if target.adapter else "") + " ...",
+              markup=False)
+    chat = Chat(target, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+    if prompt is not None:
+        sys.stdout.write(chat.ask(prompt) + "\n")
+    elif not sys.stdin.isatty():
+        for line in prompts(sys.stdin):
+            sys.stdout.write(chat.ask(line) + "\n")
+            sys.stdout.flush()
+    else:
+        interactive(chat)
 
 
 webhook_app = typer.Typer(help="Receive git-push webhooks and turn them into taxonomy.push events on Prefect.", no_args_is_help=True)
