@@ -81,6 +81,9 @@ def render_card(card: dict[str, Any]) -> str:
     parts = [f"# labcycle training set ({title})", "",
              f"- samples: {card['samples']}", f"- fingerprint (sha256 of data.jsonl): `{card['fingerprint']}`",
              f"- seed: {card['seed']}", f"- recipe digest: `{card['recipe_digest']}`", ""]
+    if card["recipe"].get("system_prompt") is not None:
+        parts[-1:] = ["- system prompt, the first turn of every sample (as InstructLab's mixer puts one): "
+                      f"{json.dumps(card['recipe']['system_prompt'], ensure_ascii=False)}", ""]
     if card.get("unmask"):
         parts[-1:] = [f"- trained on every token, not only the answers (`unmask: true`, as InstructLab marks its "
                       f"phase-1 knowledge samples): {card['unmask']}", ""]
@@ -107,3 +110,28 @@ def render_card(card: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size_categories bucket of n samples."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M")):
+        if n < bound:
+            return name
+    return "10M<n<100M"
+
+
+def hub_card(card: dict[str, Any], body: str) -> str:
+    """README.md for the phase folder: the card's Markdown under Hugging Face Hub front matter (huggingface_hub's
+    DatasetCardData), with data.jsonl named as the train split so the Hub reads it and not dataset/."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        pretty_name=f"labcycle {card['phase']} training set", task_categories=["text-generation"],
+        size_categories=[_size_category(card["samples"])],
+        tags=["labcycle", "instructlab", "lab", "synthetic", f"phase-{1 if card['phase'] == 'knowledge' else 2}"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data.jsonl"}]}],
+        labcycle={"phase": card["phase"], "fingerprint": card["fingerprint"], "seed": card["seed"],
+                  "recipe_digest": card["recipe_digest"]},
+    )
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -12,13 +13,13 @@ from typing import Any
 from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl, write_text_atomic
-from labcycle.tasks.mix.card import length_counter, length_stats, render_card, sample_lengths
+from labcycle.tasks.mix.card import hub_card, length_counter, length_stats, render_card, sample_lengths
 from labcycle.tasks.mix.data import load_chat_dataset, read_generated, sample_files
-from labcycle.tasks.mix.phases import Fit, Row, phase_sets
+from labcycle.tasks.mix.phases import Fit, Row, phase_sets, with_system_prompt
 from labcycle.tasks.mix.recipe import PHASES, Recipe
 
 # Bumped whenever the same inputs and recipe would give different output, so older mixes are redone.
-MIX_FORMAT = 2  # 2: grounded copies fit max_length
+MIX_FORMAT = 3  # 2: grounded copies fit max_length; 3: rows keep `metadata`, knowledge Q&A unmask, system prompt
 HELD_OUT = "held_out.jsonl"
 MIX_JSON = "mix.json"
 
@@ -36,7 +37,8 @@ def _save_dataset(rows: list[Row], folder: Path) -> None:
     from datasets import Dataset, Features, List, Value
 
     features = Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")}),
-                         "source": Value("string"), "leaf_id": Value("string"), "unmask": Value("bool")})
+                         "source": Value("string"), "leaf_id": Value("string"), "unmask": Value("bool"),
+                         "metadata": Value("string")})
     tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -69,11 +71,16 @@ def input_key(generated: Path, recipe: Recipe) -> str:
 
 
 def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
-    """Write OUTPUT/{knowledge,skills}/ (data.jsonl, dataset/, card.json, dataset_card.md) and OUTPUT/mix.json;
-    returns mix.json's content."""
+    """Write OUTPUT/{knowledge,skills}/ (data.jsonl, dataset/, card.json, dataset_card.md, README.md: the card
+    with Hugging Face Hub front matter), OUTPUT/held_out.jsonl, InstructLab-named copies when the recipe asks,
+    and OUTPUT/mix.json; returns mix.json's content."""
     generated, output = Path(generated), Path(output)
-    records, held_out = hold_out(read_generated(generated), recipe)
-    user = [(d, load_chat_dataset(recipe.resolve(d.path))) for d in recipe.datasets]
+    # The system prompt goes in first, so lengths (and the grounded copies' fit) count it, and the held-out
+    # questions are asked as the training samples are shown.
+    records, held_out = hold_out([{**r, "messages": with_system_prompt(r["messages"], recipe.system_prompt)}
+                                  for r in read_generated(generated)], recipe)
+    user = [(d, [{**r, "messages": with_system_prompt(r["messages"], recipe.system_prompt)}
+                 for r in load_chat_dataset(recipe.resolve(d.path))]) for d in recipe.datasets]
     warnings: dict[str, list[str]] = {p: [] for p in PHASES}
     counter = length_counter(recipe)
     sets = phase_sets(records, user, recipe, warnings,
@@ -84,9 +91,14 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
                             "filters dropped and what to change", where=str(generated))
     unit, lengths = sample_lengths({p: s["shuffled"] for p, s in sets.items()}, recipe, counter)
     key = input_key(generated, recipe)
+    run = output.resolve().parent
+    shared_recipe = _shared_recipe(recipe, run)
     (output / MIX_JSON).unlink(missing_ok=True)  # written last: its absence marks an unfinished mix
-    summary: dict[str, Any] = {"format": MIX_FORMAT, "generated": str(generated.resolve()), "output": str(output.resolve()),
-                               "inputs": key, "seed": recipe.seed, "recipe_digest": recipe.digest(), "phases": {},
+    # What is meant to be shared (mix.json, the cards) names no absolute path: paths inside the run folder
+    # (OUTPUT's parent) are relative to it (shared_path).
+    summary: dict[str, Any] = {"format": MIX_FORMAT, "generated": shared_path(generated, run),
+                               "output": shared_path(output, run), "inputs": key, "seed": recipe.seed,
+                               "recipe_digest": recipe.digest(), "system_prompt": recipe.system_prompt, "phases": {},
                                "warnings": [f"{p}: {w}" for p in PHASES for w in warnings[p]]}
     for phase, s in sets.items():
         folder = output / phase
@@ -105,19 +117,23 @@ def mix(generated: Path, output: Path, recipe: Recipe) -> dict[str, Any]:
             "fingerprint": fingerprint, "seed": recipe.seed,
             "recipe_digest": recipe.digest(),
             "sources": {k: {"before": s["before"][k], "samples": final[k]} for k in s["before"]},
-            "upsampled": s["upsampled"], "datasets": s["datasets"], "leaves": dict(sorted(leaves.items())),
-            "lengths": {"unit": unit, "tokenizer": recipe.tokenizer, "max_length": recipe.max_length,
+            "upsampled": s["upsampled"], "leaves": dict(sorted(leaves.items())),
+            "datasets": [{**d, "path": shared_path(recipe.resolve(d["path"]), run, d["path"])} for d in s["datasets"]],
+            "lengths": {"unit": unit, "tokenizer": shared_recipe["tokenizer"], "max_length": recipe.max_length,
                         **length_stats(lengths[phase], recipe.max_length)},
             "warnings": warnings[phase],
             "empty_reason": None if rows else (f"no {phase} leaf has generated samples (or the recipe leaves them "
                                                "out) and no user dataset joins this phase"),
-            "recipe": recipe.to_json(),
+            "recipe": shared_recipe,
         }
         write_json(folder / "card.json", card)
-        write_text_atomic(folder / "dataset_card.md", render_card(card))
+        body = render_card(card)
+        write_text_atomic(folder / "dataset_card.md", body)
+        write_text_atomic(folder / "README.md", hub_card(card, body))
         summary["phases"][phase] = {"data": f"{phase}/data.jsonl", "dataset": f"{phase}/dataset",
-                                    "card": f"{phase}/dataset_card.md", "samples": len(rows), "fingerprint": fingerprint,
-                                    "sources": final}
+                                    "card": f"{phase}/dataset_card.md", "readme": f"{phase}/README.md",
+                                    "samples": len(rows), "fingerprint": fingerprint, "sources": final}
+    summary["instructlab"] = _write_instructlab_files(output, sets, key) if recipe.instructlab_files else {}
     write_jsonl(output / HELD_OUT, held_out)
     summary["held_out"] = {"data": HELD_OUT, "samples": len(held_out),
                            "leaves": {leaf: sum(1 for r in held_out if r["leaf_id"] == leaf) for leaf in sorted({r["leaf_id"] for r in held_out})}}
@@ -150,11 +166,60 @@ def read_complete(output: Path, key: str) -> dict[str, Any] | None:
         summary = json.loads((output / MIX_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if summary.get("inputs") != key or summary.get("output") != str(output.resolve()):
+    if summary.get("inputs") != key or summary.get("format") != MIX_FORMAT or summary.get("output") != output.resolve().name:
         return None
     for info in summary.get("phases", {}).values():
         data = output / info["data"]
         if not data.is_file() or not (output / info["dataset"]).is_dir() or _sha256_file(data) != info["fingerprint"]:
             return None
+    if not all((output / name).is_file() for name in summary.get("instructlab", {}).values()):
+        return None
     return summary
+
+
+def shared_path(path: Path | str, run: Path, as_written: str | None = None) -> str:
+    """`path` as it may be shared, never as an absolute path of this machine: relative to the run folder when it
+    lies inside it; else as the recipe wrote it when that is relative (to the recipe's folder); else its name."""
+    p = Path(path).resolve()
+    if p.is_relative_to(run):
+        return p.relative_to(run).as_posix()
+    if as_written is not None and not Path(as_written).expanduser().is_absolute():
+        return Path(as_written).as_posix()
+    return p.name
+
+
+def _shared_recipe(recipe: Recipe, run: Path) -> dict[str, Any]:
+    """The recipe as the cards show it: its tokenizer and dataset paths as shared_path gives them."""
+    data = recipe.to_json()
+    if recipe.tokenizer is not None:
+        data["tokenizer"] = shared_path(recipe.resolve(recipe.tokenizer), run, recipe.tokenizer)
+    data["datasets"] = [{**d, "path": shared_path(recipe.resolve(d["path"]), run, d["path"])} for d in data["datasets"]]
+    return data
+
+
+def instructlab_row(row: Row) -> dict[str, Any]:
+    """A mixed row in the shape InstructLab's mixer writes (id, messages, metadata as JSON text, unmask); the
+    row's source and leaf go into its metadata (keys it already has are kept)."""
+    meta = json.loads(row["metadata"]) if row.get("metadata") else {}
+    meta = {"source": row["source"], "leaf_id": row["leaf_id"], **meta}
+    return {"id": row["id"], "messages": row["messages"], "metadata": json.dumps(meta, ensure_ascii=False),
+            "unmask": row["unmask"]}
+
+
+def _write_instructlab_files(output: Path, sets: dict[str, dict[str, Any]], key: str) -> dict[str, str]:
+    """OUTPUT/{knowledge,skills}_train_msgs_<id>.jsonl for the non-empty phases (InstructLab's mixer writes no
+    file for a phase without data); <id> is the mix's input key, so the same mix has the same names. Files of
+    the same names from an earlier mix are removed."""
+    names = {}
+    for phase in PHASES:
+        name = f"{phase}_train_msgs_{key[:12]}.jsonl"
+        for old in output.glob(f"{phase}_train_msgs_*.jsonl"):
+            if old.name != name:
+                old.unlink()
+        if sets[phase]["shuffled"]:
+            write_jsonl(output / name, [instructlab_row(r) for r in sets[phase]["shuffled"]])
+            names[phase] = name
+        else:
+            (output / name).unlink(missing_ok=True)
+    return names
 

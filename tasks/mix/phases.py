@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import PurePath
 from typing import Any
 
 from labcycle.tasks.mix.recipe import PHASES, Grounded, Recipe, SkillsMix, UserDataset
@@ -39,10 +40,52 @@ def _half_up(x: Fraction) -> int:
     return math.floor(x + Fraction(1, 2))
 
 
+def _shared_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """A generated record's metadata as it may leave the machine: a teacher named by a local folder is named by
+    the folder's name alone."""
+    teacher = meta.get("teacher_model")
+    if isinstance(teacher, str) and PurePath(teacher).is_absolute():
+        meta = {**meta, "teacher_model": PurePath(teacher).name}
+    return meta
+
+
 def _row(rec: dict[str, Any], source: str, **changes: Any) -> Row:
+    """A generated record as a mixed row; `metadata` is kept as JSON text, the form InstructLab's mixer writes
+    (and the one type a dataset column can hold for every kind of sample)."""
     row = {"id": rec["id"], "messages": rec["messages"], "source": source, "leaf_id": rec["metadata"]["leaf_id"],
-           "unmask": False}
+           "unmask": False, "metadata": json.dumps(_shared_metadata(rec["metadata"]), ensure_ascii=False)}
     return {**row, **changes}
+
+
+# The columns of a user dataset row a mixed row keeps as its own; the others go into its metadata, as
+# InstructLab's mixer moves them (it keeps id, messages, metadata and unmask).
+_OWN_COLUMNS = ("messages", "unmask", "metadata")
+
+
+def user_metadata(row: dict[str, Any]) -> str:
+    """A user dataset row's metadata as JSON text: its `metadata` (an object, or JSON text of one) with the
+    row's other columns (its own id among them) added."""
+    meta = row.get("metadata")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = {"metadata": meta}
+    meta = dict(meta) if isinstance(meta, dict) else ({} if meta is None else {"metadata": meta})
+    for k, v in row.items():
+        if k not in _OWN_COLUMNS:
+            meta[k] = v
+    return json.dumps(meta, ensure_ascii=False, default=str)
+
+
+def with_system_prompt(messages: list[dict[str, Any]], prompt: str | None) -> list[dict[str, Any]]:
+    """The turns with `prompt` as the system turn, as InstructLab's mixer sets it: every system turn there is
+    gets the prompt's text, else one is put first. None: the turns as they are."""
+    if prompt is None:
+        return messages
+    if any(m["role"] == "system" for m in messages):
+        return [{**m, "content": prompt} if m["role"] == "system" else m for m in messages]
+    return [{"role": "system", "content": prompt}, *messages]
 
 
 def _copies(rows: list[Row], target: int, rng: random.Random, tag: str) -> list[Row]:
@@ -160,7 +203,8 @@ def phase_sets(records: list[dict[str, Any]], user: list[tuple[UserDataset, list
                    "max_length" if too_long else ""))
     sources: dict[str, dict[str, list[Row]]] = {
         "knowledge": {
-            "knowledge_qa": [_row(r, "knowledge_qa") for r in knowledge] if recipe.knowledge.qa else [],
+            "knowledge_qa": [_row(r, "knowledge_qa", unmask=recipe.knowledge.unmask) for r in knowledge]
+                            if recipe.knowledge.qa else [],
             "knowledge_grounded": grounded,
         },
         "skills": {"skills": _skills([r for r in records if r["metadata"]["kind"] in SKILL_KINDS], recipe.skills,
@@ -168,8 +212,7 @@ def phase_sets(records: list[dict[str, Any]], user: list[tuple[UserDataset, list
     }
     datasets = []
     for d, rows in user:
-        base = [{"id": f"{d.source}:{i}", "messages": r["messages"], "source": d.source, "leaf_id": None,
-                 "unmask": r["unmask"]}
+        base = [{"id": f"{d.source}:{i}", "messages": r["messages"], "source": d.source, "leaf_id": None, "unmask": r["unmask"], "metadata": user_metadata(r)}
                 for i, r in enumerate(rows)]
         target = _half_up(Fraction(repr(d.weight)) * len(base))
         sources[d.phase][d.source] = _copies(base, target, _rng(recipe.seed, "weight", d.phase, d.source), "w")

@@ -15,6 +15,11 @@ from typing import Any, Callable
 from labcycle.errors import LabcycleError
 
 PHASES = ("knowledge", "skills")
+# The system prompt instructlab-sdg (0.8) puts first in every mixed sample unless told otherwise: it names a
+# Red Hat/Granite model, so labcycle does not default to it (see Recipe.system_prompt).
+INSTRUCTLAB_SYSTEM_PROMPT = ("I am a Red Hat\u00ae Instruct Model, an AI language model developed by Red Hat and IBM "
+                             "Research based on the granite-3.0-8b-base model. My primary role is to serve as a chat "
+                             "assistant.")
 BUILTIN_SOURCES = {"knowledge": ("knowledge_qa", "knowledge_grounded"), "skills": ("skills", "replay")}
 
 
@@ -28,6 +33,9 @@ class Grounded:
 @dataclass(frozen=True)
 class KnowledgeMix:
     qa: bool = True
+    # The Q&A samples (not their grounded copies) carry loss on every token, the question as well as the
+    # answer, as InstructLab marks its phase-1 knowledge samples (`unmask: true`).
+    unmask: bool = True
     grounded: Grounded = field(default_factory=Grounded)
 
 
@@ -75,6 +83,13 @@ class Recipe:
     held_out: HeldOut = field(default_factory=HeldOut)
     tokenizer: str | None = None
     max_length: int = 4096
+    # Put first in every training sample as its system turn (replacing one it has), as InstructLab's mixer does.
+    # None: samples keep the turns they have. InstructLab's own text names a Red Hat/Granite model, and the
+    # evaluation stage asks the candidate without a system turn, so no prompt is the default here.
+    system_prompt: str | None = None
+    # Also write OUTPUT/knowledge_train_msgs_<id>.jsonl and skills_train_msgs_<id>.jsonl, the files (and the
+    # row shape: id, messages, metadata as JSON text, unmask) InstructLab's mixer writes and its training reads.
+    instructlab_files: bool = False
     # Where relative paths resolve (the recipe file's folder): not part of the recipe's meaning or digest,
     # so the same recipe checked out elsewhere is the same recipe.
     base_dir: Path | None = field(default=None, compare=False, repr=False)
@@ -106,13 +121,16 @@ def recipe_from_mapping(data: Any, source: str = "recipe", locate: Callable[[tup
     know, skills = data.get("knowledge", {}), data.get("skills", {})
     recipe = Recipe(
         seed=data.get("seed", 42),
-        knowledge=KnowledgeMix(qa=know.get("qa", True), grounded=Grounded(**know.get("grounded", {}))),
+        knowledge=KnowledgeMix(qa=know.get("qa", True), unmask=know.get("unmask", True),
+                               grounded=Grounded(**know.get("grounded", {}))),
         skills=SkillsMix(**skills),
         datasets=tuple(UserDataset(**d) for d in data.get("datasets", [])),
         min_share=data.get("min_share", 0.03),
         held_out=HeldOut(**data.get("held_out", {})),
         tokenizer=data.get("tokenizer"),
         max_length=data.get("max_length", 4096),
+        system_prompt=data.get("system_prompt"),
+        instructlab_files=data.get("instructlab_files", False),
         base_dir=Path(base_dir) if base_dir is not None else None,
     )
     taken: dict[str, set[str]] = {p: set(BUILTIN_SOURCES[p]) for p in PHASES}

@@ -104,7 +104,13 @@ def test_default_phase_sets(generated, tmp_path):
     assert summary["phases"]["skills"]["sources"] == {"skills": 32, "replay": 3} and len(skills) == 35
     for data in (know, skills):
         assert len({r["id"] for r in data}) == len(data)
-        assert all(list(r) == ["id", "messages", "source", "leaf_id", "unmask"] and not r["unmask"] for r in data)
+        assert all(list(r) == ["id", "messages", "source", "leaf_id", "unmask", "metadata"] for r in data)
+        # InstructLab's conventions: the Q&A samples train on every token, the grounded copies and skills on the
+        # answers; each row keeps its record's metadata as JSON text.
+        assert all(r["unmask"] == (r["source"] == "knowledge_qa" or r["id"].endswith("#replay")
+                                   and "#grounded" not in r["id"]) for r in data)
+        assert all(json.loads(r["metadata"])["leaf_id"] == r["leaf_id"] for r in data)
+        assert all(r["messages"][0]["role"] == "user" for r in data)  # no system prompt unless the recipe sets one
     by_id = {r["id"]: r for r in know}
     for r in (r for r in skills if r["source"] == "replay"):
         original = by_id[r["id"].removesuffix("#replay")]
@@ -328,8 +334,9 @@ def test_user_datasets_with_weights(generated, tmp_path, name, weight, expected)
     assert all(r["leaf_id"] is None for r in user)
     distinct = {r["id"].split("#")[0] for r in user}
     assert len(distinct) == min(20, expected)  # whole repeats first, then a part: never a row left out needlessly
-    assert card(out, "skills")["datasets"] == [{"name": source, "phase": "skills", "path": f"data/{name}", "rows": 20,
-                                                "weight": weight, "samples": expected}]
+    # The card names the file relative to the run folder (OUTPUT's parent), never by an absolute path.
+    assert card(out, "skills")["datasets"] == [{"name": source, "phase": "skills", "path": f"recipes/data/{name}",
+                                                "rows": 20, "weight": weight, "samples": expected}]
 
 
 def test_user_dataset_in_phase_one_is_named_and_replayed(generated, tmp_path):
@@ -393,12 +400,111 @@ def test_unmask_rows_keep_their_mark_through_the_mix(generated, tmp_path):
     path = write_dataset(tmp_path / "ilab.jsonl", instructlab_rows())
     out = tmp_path / "mixed"
     mix(generated, out, recipe(datasets=[{"path": str(path), "phase": "knowledge", "name": "ilab"}],
-                               skills={"replay_fraction": 1}, min_share=0))
+                               knowledge={"unmask": False}, skills={"replay_fraction": 1}, min_share=0))
     ilab = {r["id"]: r["unmask"] for r in rows(out, "knowledge") if r["source"] == "ilab"}
     assert ilab == {"ilab:0": True, "ilab:1": False, "ilab:2": True}
     assert sum(r["unmask"] for r in rows(out, "knowledge")) == 2 == card(out, "knowledge")["unmask"]
     assert sum(r["unmask"] for r in rows(out, "skills")) == 2  # replayed as they are
+    # Their metadata (JSON text) stays, with the row's other columns moved into it, as InstructLab's mixer does.
+    meta = {r["id"]: json.loads(r["metadata"]) for r in rows(out, "knowledge") if r["source"] == "ilab"}
+    assert meta["ilab:0"] == {"dataset": "document_knowledge_qa", "system_prompt": "You are helpful.", "id": "a"}
     assert "trained on every token" in (out / "knowledge" / "dataset_card.md").read_text()
+
+
+# --- InstructLab's conventions (tests/tasks/test_mix_instructlab.py holds them against sdg's own output) ------
+
+
+def test_system_prompt_goes_first_everywhere_and_replaces_one_there_is(tmp_path):
+    generated = write_generated(tmp_path / "generated", {
+        KNOW_A: knowledge_records(KNOW_A, 10, 5, system=True),  # these come with a system turn of their own
+        FREEFORM: [record(FREEFORM, "freeform_skill", i) for i in range(10)],
+    })
+    path = write_dataset(tmp_path / "general.jsonl", chat_rows(4, "general"))
+    out = tmp_path / "mixed"
+    prompt = "You are a careful assistant for the ACME knowledge base."
+    summary = mix(generated, out, recipe_from_mapping({"system_prompt": prompt, "held_out": {"per_leaf": 1},
+                                                       "datasets": [{"path": str(path), "phase": "skills"}]}))
+    held = [json.loads(line) for line in (out / "held_out.jsonl").read_text().splitlines()]
+    for data in (rows(out, "knowledge"), rows(out, "skills"), held):
+        assert data and all(r["messages"][0] == {"role": "system", "content": prompt} for r in data)
+        assert all(sum(m["role"] == "system" for m in r["messages"]) == 1 for r in data)
+    grounded = [r for r in rows(out, "knowledge") if r["source"] == "knowledge_grounded"]
+    assert all(r["messages"][1]["content"].startswith("Document 1:\n") for r in grounded)  # the user turn, not the system's
+    assert summary["system_prompt"] == prompt
+    assert json.dumps(prompt) in (out / "skills" / "dataset_card.md").read_text()
+
+
+def test_knowledge_unmask_can_be_turned_off(generated, tmp_path):
+    out = tmp_path / "mixed"
+    mix(generated, out, recipe(knowledge={"unmask": False}))
+    assert not any(r["unmask"] for phase in ("knowledge", "skills") for r in rows(out, phase))
+    assert card(out, "knowledge")["unmask"] == 0
+    mix(generated, out, recipe())
+    assert card(out, "knowledge")["unmask"] == 16  # the default: every knowledge Q&A, as InstructLab marks them
+    assert "trained on every token" in (out / "knowledge" / "dataset_card.md").read_text()
+
+
+def test_instructlab_files_on_request_and_named_by_the_mix(generated, tmp_path):
+    out = tmp_path / "mixed"
+    summary = mix(generated, out, recipe())
+    assert summary["instructlab"] == {} and not list(out.glob("*_train_msgs_*"))
+    summary = mix(generated, out, recipe(instructlab_files=True))
+    names = summary["instructlab"]
+    assert names == {p: f"{p}_train_msgs_{summary['inputs'][:12]}.jsonl" for p in ("knowledge", "skills")}
+    first = [json.loads(line) for line in (out / names["knowledge"]).read_text().splitlines()]
+    assert all(list(r) == ["id", "messages", "metadata", "unmask"] for r in first) and len(first) == 32
+    summary = mix(generated, out, recipe(instructlab_files=True, seed=3))  # another mix: the old files go
+    assert sorted(p.name for p in out.glob("*_train_msgs_*")) == sorted(summary["instructlab"].values())
+    from labcycle.tasks.mix.core import input_key, read_complete
+
+    key = input_key(generated, recipe(instructlab_files=True, seed=3))
+    assert read_complete(out, key) == summary
+    (out / summary["instructlab"]["skills"]).unlink()
+    assert read_complete(out, key) is None  # a missing InstructLab file is an unfinished mix
+
+
+def test_generated_metadata_is_kept_without_the_machines_paths(tmp_path):
+    recs = [record(FREEFORM, "freeform_skill", i) for i in range(6)]
+    for r in recs:
+        r["metadata"]["teacher_model"] = "/home/someone/models/Mixtral-8x7B-Instruct"
+    out = tmp_path / "mixed"
+    mix(write_generated(tmp_path / "generated", {FREEFORM: recs}), out, recipe())
+    meta = [json.loads(r["metadata"]) for r in rows(out, "skills")]
+    assert {m["teacher_model"] for m in meta} == {"Mixtral-8x7B-Instruct"}
+    assert meta[0]["judge_scores"] == {"faithful": 2} and meta[0]["leaf_id"] == FREEFORM
+
+
+def test_hub_card_and_no_absolute_paths_in_what_is_shared(generated, tmp_path):
+    """README.md with Hub front matter beside each phase's data; mix.json and the cards name paths relative to
+    the run folder."""
+    from huggingface_hub import DatasetCard
+
+    run = tmp_path / "run"
+    write_dataset(tmp_path / "recipes" / "general.jsonl", chat_rows(20, "general"))
+    build = __import__("labcycle.models", fromlist=["build_tokenizer"]).build_tokenizer
+    build(["Question Answer of knowledge in a few words."], vocab_size=300).save_pretrained(tmp_path / "recipes" / "tok")
+    recipe_file = tmp_path / "recipes" / "recipe.yaml"
+    recipe_file.write_text("datasets:\n  - {path: general.jsonl, phase: skills}\ntokenizer: tok\n")
+    summary = mix(generated, run / "mixed", load_recipe(recipe_file))
+    inside = mix(generated, tmp_path / "mixed", recipe(datasets=[{"path": str(tmp_path / "recipes" / "general.jsonl"),
+                                                                  "phase": "skills"}]))
+    assert inside["generated"] == "generated"  # inside the run folder: relative to it
+    assert card(tmp_path / "mixed", "skills")["datasets"][0]["path"] == "recipes/general.jsonl"
+    assert summary["generated"] == "generated" and summary["output"] == "mixed"  # outside the run: its name
+    for phase in ("knowledge", "skills"):
+        readme = DatasetCard.load(run / "mixed" / phase / "README.md")
+        assert readme.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data.jsonl"}]}]
+        assert "labcycle" in readme.data.tags and readme.data.task_categories == ["text-generation"]
+        assert readme.data.size_categories == ["n<1K"] and readme.data.labcycle["phase"] == phase
+        assert readme.text.strip() == (run / "mixed" / phase / "dataset_card.md").read_text().strip()
+        assert summary["phases"][phase]["readme"] == f"{phase}/README.md"
+    c = card(run / "mixed", "skills")
+    # Outside the run folder: as the recipe names them (relative to its folder).
+    assert c["recipe"]["tokenizer"] == "tok" and c["datasets"][0]["path"] == "general.jsonl"
+    shared = [run / "mixed" / "mix.json"] + [run / "mixed" / p / n for p in ("knowledge", "skills")
+                                             for n in ("card.json", "dataset_card.md", "README.md")]
+    for f in shared:
+        assert str(tmp_path) not in f.read_text(), f
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -481,8 +587,8 @@ def test_length_statistics_with_a_tokenizer(generated, tmp_path, template):
         else:
             lengths = [len(tok("\n\n".join(m["content"] for m in r["messages"]))["input_ids"]) for r in data]
         t = card(out, phase)["lengths"]
-        assert t == {"unit": "tokens", "tokenizer": "tokenizer", "max_length": 40, **length_stats(lengths, 40)}
-        assert "tokens of `tokenizer`" in (out / phase / "dataset_card.md").read_text()
+        assert t == {"unit": "tokens", "tokenizer": "recipes/tokenizer", "max_length": 40, **length_stats(lengths, 40)}
+        assert "tokens of `recipes/tokenizer`" in (out / phase / "dataset_card.md").read_text()
     assert card(out, "knowledge")["lengths"]["over_max_length"] > 0  # the grounded copies are long
 
 
