@@ -3,7 +3,8 @@
 A request goes: bounded body (size, time, memory) -> authentication -> event type -> payload ->
 repository, branch, tag and deletion filters -> replay check -> `taxonomy.push` on the Prefect API ->
 202. Answers: 401 bad or missing signature/token, 413 body over max_body_bytes, 408 body not complete
-body_timeout_seconds after the request's first byte, 400 unreadable payload, 200 with a reason for
+body_timeout_seconds after the request's first byte, 400 unreadable payload (or a clone URL, ref or
+commit id that may not be forwarded: payloads.clone_url_problem, ref_problem), 200 with a reason for
 anything deliberately ignored (ping included), 202 accepted with the event id, 503 when the Prefect API
 did not take the event (the delivery is then forgotten, so its redelivery is accepted) or when too many
 bodies are in memory at once.
@@ -220,10 +221,9 @@ class Receiver:
         finally:
             self.budget.give_back(len(body))
 
-    @staticmethod
-    def _read(reader, body: bytes, content_type: str) -> Push:  # type: ignore[no-untyped-def]
+    def _read(self, reader, body: bytes, content_type: str) -> Push:  # type: ignore[no-untyped-def]
         try:
-            return reader(parse_body(body, content_type))
+            return reader(parse_body(body, content_type), self.settings.allow_local_repositories)
         except PayloadError as exc:
             raise Rejected(400, f"not a push payload: {exc}") from None
 

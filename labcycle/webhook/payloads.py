@@ -2,6 +2,12 @@
 
 Pure functions: no I/O, no framework. A payload that is not a push this module can read raises
 PayloadError, which the receiver answers with 400.
+
+A push is forwarded to a worker that clones from its URL and checks out its ref, so both are checked
+here, signature or not: the clone URL as labcycle checks any remote (tasks/gitremote.py: https or ssh,
+no `ext::`/`fd::` remote helpers, nothing git or ssh would read as an option) and, unless the receiver
+allows local repositories, not a path or file:// URL on the worker; the ref as `git check-ref-format`
+would (and a little stricter); the commit ids as 40 or 64 hex digits.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ LEAF_FILE = "qna.yaml"
 # GitHub lists at most 2048 commits in a push payload; a push that reaches the cap may have more.
 GITHUB_MAX_COMMITS = 2048
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # SHA-1 and SHA-256 object names
+MAX_URL_CHARS = 2048
+MAX_REF_CHARS = 1024
+# What git check-ref-format refuses anywhere in a ref (besides control characters).
+_REF_BAD_CHARS = " ~^:?*[\\"
 
 
 class PayloadError(ValueError):
@@ -67,9 +77,83 @@ def _obj(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _sha(data: dict[str, Any], key: str) -> str:
     value = _str(data, key)
-    if not _SHA.match(value):
+    if not _SHA.fullmatch(value):
         raise PayloadError(f"{key} is not a commit id (40 or 64 lowercase hex digits)")
     return value
+
+
+def _shown(text: str, limit: int = 300) -> str:
+    """A message built from payload values, safe for a response and a log line: printable, bounded."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+def clone_url_problem(url: str, allow_local: bool = False) -> str | None:
+    """Why the worker must not clone from `url`, or None. Local paths and file:// URLs name something on
+    the worker, not the pushed repository: refused unless `allow_local` (tests, one-machine setups)."""
+    from labcycle.tasks.gitremote import is_local, remote_problem
+
+    if len(url) > MAX_URL_CHARS:
+        return f"is over {MAX_URL_CHARS} characters"
+    if url != url.strip():
+        return "has leading or trailing white space"
+    problem = remote_problem(url)
+    if problem is not None:
+        return problem.split("; give an https or ssh URL")[0]  # the advice is for a user, not for GitHub
+    if not allow_local and is_local(url):
+        return ("is a local path or file:// URL, not a remote a worker can clone from; the receiver accepts "
+                "those only with allow_local_repositories: true")
+    return None
+
+
+def ref_problem(ref: str) -> str | None:
+    """Why `ref` is not a full git ref name as `git check-ref-format` reads it (stricter on a few points:
+    no component may start with '-', and no character may be unprintable), or None."""
+    if len(ref) > MAX_REF_CHARS:
+        return f"is over {MAX_REF_CHARS} characters"
+    if not ref.startswith("refs/"):
+        return "does not start with refs/ (refs/heads/<branch> or refs/tags/<tag>)"
+    if any(ord(c) < 32 or c == "\x7f" for c in ref):
+        return "contains a control character"
+    if not ref.isprintable():
+        return "contains an unprintable character"
+    bad = sorted({c for c in ref if c in _REF_BAD_CHARS})
+    if bad:
+        return "contains " + " ".join("a space" if c == " " else f"'{c}'" for c in bad)
+    if ".." in ref:
+        return "contains '..'"
+    if "@{" in ref:
+        return "contains '@{'"
+    if ref.endswith("/"):
+        return "ends with '/'"
+    if ref.endswith("."):
+        return "ends with '.'"
+    for part in ref.split("/"):
+        if not part:
+            return "contains '//' (an empty component)"
+        if part.startswith("."):
+            return "has a component that starts with '.'"
+        if part.startswith("-"):
+            return "has a component that starts with '-'"
+        if part.endswith(".lock"):
+            return "has a component that ends with '.lock'"
+    return None
+
+
+def _clone_url(data: dict[str, Any], key: str, where: str, allow_local: bool) -> str:
+    url = _str(data, key, where)
+    problem = clone_url_problem(url, allow_local)
+    if problem is not None:
+        raise PayloadError(_shown(f"{where}{key} {problem}"))
+    return url
+
+
+def _ref(data: dict[str, Any]) -> str:
+    ref = _str(data, "ref")
+    problem = ref_problem(ref)
+    if problem is not None:
+        raise PayloadError(f"ref is not a valid git ref: it {problem}")
+    return ref
 
 
 def leaf_changes(commits: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -94,7 +178,7 @@ def leaf_changes(commits: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(sorted(p for p, present in state.items() if not present)))
 
 
-def github_push(data: Any) -> Push:
+def github_push(data: Any, allow_local_repositories: bool = False) -> Push:
     """A GitHub `push` webhook payload (docs.github.com: webhook events and payloads, push)."""
     if not isinstance(data, dict):
         raise PayloadError("the payload is not a JSON object")
@@ -105,9 +189,9 @@ def github_push(data: Any) -> Push:
     return Push(
         provider="github",
         repo_name=_str(repo, "full_name", "repository."),
-        repo_url=_str(repo, "clone_url", "repository."),
+        repo_url=_clone_url(repo, "clone_url", "repository.", allow_local_repositories),
         urls=tuple(u for k in ("clone_url", "html_url", "ssh_url", "git_url", "url") if isinstance(u := repo.get(k), str)),
-        ref=_str(data, "ref"),
+        ref=_ref(data),
         before=_sha(data, "before"),
         after=_sha(data, "after"),
         changed=changed,
@@ -118,7 +202,7 @@ def github_push(data: Any) -> Push:
     )
 
 
-def gitlab_push(data: Any) -> Push:
+def gitlab_push(data: Any, allow_local_repositories: bool = False) -> Push:
     """A GitLab `Push Hook` payload (docs.gitlab.com: webhook events, push events)."""
     if not isinstance(data, dict):
         raise PayloadError("the payload is not a JSON object")
@@ -133,10 +217,10 @@ def gitlab_push(data: Any) -> Push:
     return Push(
         provider="gitlab",
         repo_name=_str(project, "path_with_namespace", "project."),
-        repo_url=_str(project, "git_http_url", "project."),
+        repo_url=_clone_url(project, "git_http_url", "project.", allow_local_repositories),
         urls=tuple(u for k in ("git_http_url", "git_ssh_url", "web_url", "http_url", "ssh_url", "url")
                    if isinstance(u := project.get(k), str)),
-        ref=_str(data, "ref"),
+        ref=_ref(data),
         before=_sha(data, "before"),
         after=_sha(data, "after"),
         changed=changed,

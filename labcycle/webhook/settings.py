@@ -33,6 +33,7 @@ class ReceiverSettings:
     body_timeout_seconds: float = 10.0  # from a request's first byte to its complete body
     max_connections: int = 1000  # open client connections; lowered to what the open-files limit allows
     secret_block: str | None = None
+    allow_local_repositories: bool = False  # accept pushes whose clone URL is a local path or file://
     source: str = ""  # the settings file, for messages; empty: defaults and environment only
 
     @property
@@ -83,6 +84,7 @@ def from_mapping(data: Any, source: str = "webhook settings",
         body_timeout_seconds=float(data.get("body_timeout_seconds", ReceiverSettings.body_timeout_seconds)),
         max_connections=data.get("max_connections", ReceiverSettings.max_connections),
         secret_block=data.get("secret_block"),
+        allow_local_repositories=data.get("allow_local_repositories", False),
         source=source,
     )
 
