@@ -72,7 +72,7 @@ def main() -> None:
         deploy(stack, "lab-cycle/labcycle")
         stack.worker("cpu", poll_seconds=args.poll)
         config = home / "webhook.yaml"
-        config.write_text(f"delivery_store: {home / 'deliveries.sqlite'}\n")
+        config.write_text(f"delivery_store: {home / 'deliveries.sqlite'}\nallow_local_repositories: true\n")
         receiver = stack.receiver(config, SECRET)  # the webhook tests' secret: post_github signs with it
         with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client, \
                 httpx.Client(base_url=receiver, timeout=30) as http:
