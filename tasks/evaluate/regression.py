@@ -1,8 +1,9 @@
 """Regression evaluation: what the candidate must not forget, scored by log-likelihood, candidate vs base.
 
 multiple_choice: the answer is the choice whose continuation (target_delimiter + choice) has the highest
-summed log-likelihood after the context: `accuracy`; `acc_norm` divides each sum by the continuation's
-length in characters first (the harness's length normalisation), so long choices are not penalised.
+summed log-likelihood after the context: `accuracy`; `acc_norm` divides each sum by the choice's length in
+characters first (the harness's length normalisation: the choice alone, without target_delimiter), so long
+choices are not penalised.
 loglikelihood_rolling: `perplexity` = exp(total negative log-likelihood / tokens scored) over all documents
 (token-level; base and candidate share one tokenizer, so their perplexities compare), with word
 perplexity (per whitespace word) beside it.
@@ -55,7 +56,7 @@ async def _multiple_choice(clients: dict[str, LoglikClient], suite: Suite, model
         correct = correct_norm = 0
         for d, ll, row in zip(docs, lls, per_doc):
             pick = max(range(len(ll)), key=lambda i: ll[i])
-            lengths = [len(suite.target_delimiter + c) or 1 for c in d.choices]
+            lengths = [len(c) or 1 for c in d.choices]
             pick_norm = max(range(len(ll)), key=lambda i: ll[i] / lengths[i])
             correct += pick == d.gold
             correct_norm += pick_norm == d.gold

@@ -127,7 +127,8 @@ class _Renderer:
     def __init__(self) -> None:
         import jinja2
 
-        self.env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        # keep_trailing_newline as the harness: a template ending in a newline keeps it.
+        self.env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self.cache: dict[str, Any] = {}
 
     def __call__(self, spec: Any, doc: dict[str, Any], key: str, where: str) -> Any:
@@ -206,7 +207,9 @@ def load_suite(path: str | Path, max_items: int | None = None) -> Suite:
     docs = []
     for where, row in rows:
         if output_type == "multiple_choice":
-            context = description + str(render(data["doc_to_text"], row, "doc_to_text", where))
+            # As the harness: the description is a field name or a template too.
+            intro = str(render(description, row, "description", where)) if description else ""
+            context = intro + str(render(data["doc_to_text"], row, "doc_to_text", where))
             choices = _choices(render(data["doc_to_choice"], row, "doc_to_choice", where), where)
             target = data["doc_to_target"]
             templated = isinstance(target, str) and target not in row
