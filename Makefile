@@ -23,10 +23,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 ifeq ($(GPU),1)
-	$(BIN)/python -m pip install -e '.[test,gpu]'
+	$(BIN)/python -m pip install -e '.[test,lmeval,gpu]'
 else
 	$(BIN)/python -m pip install '$(TORCH)'
-	$(BIN)/python -m pip install -e '.[test,cpu]'
+	$(BIN)/python -m pip install -e '.[test,lmeval,cpu]'
 	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break importing transformers and vllm
 	# beside the CPU torch; text models need none of them.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec

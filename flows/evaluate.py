@@ -75,6 +75,8 @@ def _evaluate(manifest: str, candidate: str, base_model: str, output: str, held_
         return evaluate_task(Path(manifest), Path(candidate), Path(base_model), Path(output),
                              held_out=Path(held_out) if held_out else None,
                              taxonomy_root=Path(taxonomy_root) if taxonomy_root else None,
+                             regression_backend=cfg.evaluation.regression.backend,
+                             knowledge_mc=cfg.evaluation.knowledge_mc,
                              **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
     except LabcycleError as exc:
         return Failed(message=f"{exc} (finished work is kept: once that is fixed, a rerun resumes from it)")

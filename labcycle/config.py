@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from labcycle.errors import LabcycleError
 from labcycle.tasks.tune import settings as tune_settings
@@ -98,6 +98,11 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class RegressionConfig:
+    backend: Literal["labcycle", "lm-eval"] = "labcycle"  # lm-eval: lm-evaluation-harness (labcycle[lmeval])
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     endpoint: str | None = None  # a vLLM server on the student's base with runtime LoRA loading; None: start one
     served_base: str | None = None
@@ -109,6 +114,8 @@ class EvaluationConfig:
     held_out_per_leaf: int | None = 10
     max_items: int | None = None
     max_model_len: int = 4096
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    knowledge_mc: bool = False  # the knowledge leaves' seed questions as multiple choice, scored by log-likelihood
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -191,8 +198,13 @@ def _remote(data: dict[str, Any], source: str, locate: Callable[[tuple], tuple[i
 
 def _evaluation(data: dict[str, Any]) -> EvaluationConfig:
     suites = data.get("suites")
+    regression = RegressionConfig(**(data.get("regression") or {}))
+    if regression.backend == "lm-eval":
+        from labcycle.tasks.evaluate.lmeval import require
+
+        require()  # not installed: said now, not after the servers started
     return EvaluationConfig(**{**data, "suites": tuple(suites) if suites is not None else None,
-                               "safety": SafetyConfig(**(data.get("safety") or {}))})
+                               "regression": regression, "safety": SafetyConfig(**(data.get("safety") or {}))})
 
 
 def _generation(data: dict[str, Any]) -> GenerationConfig:

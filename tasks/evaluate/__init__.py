@@ -10,6 +10,9 @@ it must not forget), written as the report the gate reads.
   refusal phrases without one; unsafe-answer and over-refusal rates for the gate
 - suite.py, loglik.py, regression.py: lm-evaluation-harness style suites over local files, scored by
   log-likelihood (accuracy) or perplexity; suites/ holds a small general set of our own
+- lmeval.py: lm-evaluation-harness as the other regression backend (any single-task harness YAML, its
+  local-completions model on the same server), mapped into the same report entries
+- knowledge_mc.py: the knowledge leaves' seed questions as an MMLU-style multiple-choice suite (no judge)
 - report.py: report.json, answers.jsonl, report.md; stage.py: evaluate() and the Prefect task
 
 Nothing heavy is imported here; `evaluate`, `evaluate_async` and `evaluate_task` load stage.py (and Prefect)

@@ -133,6 +133,14 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None, decision: A
             label = (f"**{name}** {WARN}" if gated else f"{name} {DOWN} (not gated)") if worse else name
             lines.append(f"| {label} | {entry['metric']}{' (lower is better)' if not entry['higher_is_better'] else ''} "
                          f"| {entry['items']} | {cell} |")
+        for name, entry in suites.items():
+            if isinstance(entry.get("leaves"), dict) and entry["leaves"]:
+                # knowledge_mc: the changed knowledge leaves' seed questions as multiple choice, per leaf
+                lines += ["", f"### {name}: per leaf (accuracy, multiple choice from the leaf's seed answers)", "",
+                          "| leaf | items | base → candidate |", "|---|---:|---|"]
+                for leaf, score in entry["leaves"].items():
+                    cell, _ = _pair({side: {"accuracy": score[side]} for side in SIDES}, "accuracy", gated=False)
+                    lines.append(f"| `{leaf}` | {score['items']} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

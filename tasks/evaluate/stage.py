@@ -57,6 +57,10 @@ class EvalSettings:
     # Scoring requests in flight. None: `concurrency` on a GPU server the stage started, else 1, because vLLM's
     # CPU LoRA path crashes on batched prompt logprobs (see loglik.py); set it for a GPU endpoint.
     score_concurrency: int | None = None
+    # Who scores the regression suites: labcycle's own scorer (regression.py) or lm-evaluation-harness
+    # (lmeval.py, `pip install 'labcycle[lmeval]'`); both write the same report entries.
+    regression_backend: Literal["labcycle", "lm-eval"] = "labcycle"
+    knowledge_mc: bool = False  # the knowledge leaves' seed questions as multiple choice (knowledge_mc.py)
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,27 @@ def _cuda() -> bool:
     return _cuda_available()
 
 
+SIDES_ = ("base", "candidate")
+
+
+def _settings_digest(settings: EvalSettings) -> dict[str, Any]:
+    """The settings that change a report: not the concurrency, and the newer ones only when set, so a report
+    written before they existed is still reused."""
+    data = {**asdict(settings), "concurrency": None, "score_concurrency": None}
+    for key, default in (("regression_backend", "labcycle"), ("knowledge_mc", False)):
+        if data[key] == default:
+            del data[key]
+    return data
+
+
+async def served_max_len(base_url: str, model: str, default: int) -> int:
+    """The context of `model` at a vLLM server (its /v1/models card's max_model_len), else `default`."""
+    status, data = await _get_json(base_url + "/models")
+    cards = data.get("data", []) if status == 200 and isinstance(data, dict) else []
+    lens = [c.get("max_model_len") for c in cards if c.get("id") == model] + [c.get("max_model_len") for c in cards]
+    return next((int(n) for n in lens if isinstance(n, int) and n > 0), default)
+
+
 def _digest(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -258,6 +283,9 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
                          served_base: str | None = None, reuse: bool = True,
                          taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
     from labcycle.models import is_tiny
+    from labcycle.tasks.evaluate.knowledge_mc import NAME as MC_NAME
+    from labcycle.tasks.evaluate.knowledge_mc import build_items, per_leaf, write_suite
+    from labcycle.tasks.evaluate.lmeval import HarnessTask, load_task
     from labcycle.tasks.evaluate.loglik import LoglikClient
     from labcycle.tasks.evaluate.regression import evaluate_regression
     from labcycle.tasks.evaluate.safety import evaluate_safety
@@ -268,7 +296,12 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     started = time.monotonic()
     # Everything a user can get wrong is checked before a server starts.
     questions, kinds, counts = _questions(manifest, changed_leaves, held_out, settings.held_out_per_leaf, taxonomy_root)
-    loaded: list[Suite] = [load_suite(p, settings.max_items) for p in suites]
+    mc_items = build_items(questions) if settings.knowledge_mc else []
+    mc_suite = write_suite(mc_items, out_dir / MC_NAME) if mc_items else None
+    harness = settings.regression_backend == "lm-eval"
+    # The knowledge suite is scored whole: max_items cuts the general suites only.
+    limits = [(Path(p), settings.max_items) for p in suites] + ([(mc_suite, None)] if mc_suite else [])
+    loaded: list[Suite | HarnessTask] = [load_task(p, n) if harness else load_suite(p, n) for p, n in limits]
     names = [s.name for s in loaded]
     if len(set(names)) != len(names):
         twice = ", ".join(sorted({n for n in names if names.count(n) > 1}))
@@ -281,7 +314,7 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
                      base=model_fingerprint(base_model) if base_model.is_dir() else str(base_model),
                      judge=getattr(judge, "model", None),
                      safety=(safety_suite.digest, safety.judge) if safety is not None and safety_suite is not None else None,
-                     settings={**asdict(settings), "concurrency": None, "score_concurrency": None})
+                     settings=_settings_digest(settings))
     previous = out_dir / report_io.REPORT
     if reuse and previous.is_file():
         try:
@@ -353,10 +386,25 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
                 return LoglikClient(urls[side], served[side], max_concurrency=settings.concurrency,
                                     score_concurrency=score_concurrency)
 
-            base_scorer = await stack.enter_async_context(scorer("base"))
-            # An adapter is scored through the base's server (and tokenizer), a whole model through its own.
-            cand_scorer = await stack.enter_async_context(scorer("candidate")) if whole else base_scorer
-            regression = await evaluate_regression({"base": base_scorer, "candidate": cand_scorer}, loaded, served)
+            if harness:
+                from labcycle.tasks.evaluate import lmeval
+
+                own = {"base": servers[0], "candidate": servers[-1]} if servers else {}
+                lens = {side: own[side].max_model_len if own else
+                        await served_max_len(urls[side], served[side], settings.max_model_len) for side in SIDES_}
+                tokenizers = {"base": base_model, "candidate": candidate.path if whole else base_model}
+                endpoints = {side: lmeval.Endpoint(urls[side], served[side], tokenizers[side], lens[side]) for side in SIDES_}
+                regression = await asyncio.to_thread(lmeval.evaluate_regression, endpoints, loaded,  # type: ignore[arg-type]
+                                                     lmeval.HarnessSettings(concurrency=score_concurrency))
+            else:
+                base_scorer = await stack.enter_async_context(scorer("base"))
+                # An adapter is scored through the base's server (and tokenizer), a whole model through its own.
+                cand_scorer = await stack.enter_async_context(scorer("candidate")) if whole else base_scorer
+                regression = await evaluate_regression({"base": base_scorer, "candidate": cand_scorer},
+                                                       loaded, served)  # type: ignore[arg-type]
+        if mc_suite is not None:
+            entry = regression["suites"][MC_NAME]
+            entry["leaves"] = {leaf: asdict(score) for leaf, score in per_leaf(mc_items, entry["details"]).items()}
         t2 = time.monotonic()
     finally:
         for server in servers:
@@ -388,17 +436,21 @@ def evaluate(manifest: Path, candidate_adapter: Path, base_model: Path, out_dir:
              concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
              held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
              served_base: str | None = None, score_concurrency: int | None = None,
-             reuse: bool = True, taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
+             reuse: bool = True, taxonomy_root: Path | None = None, safety: SafetySpec | None = None,
+             regression_backend: Literal["labcycle", "lm-eval"] = "labcycle", knowledge_mc: bool = False) -> dict[str, Any]:
     """Evaluate the candidate against the base and write out_dir/report.json, answers.jsonl and report.md;
     returns the report. Runs its own event loop: from async code, await evaluate_async instead.
     `candidate_adapter`: a PEFT adapter folder, or a whole model folder (served by a second server; not with
     an endpoint).
     `taxonomy_root`: where the manifest's leaves are read, if not at the root the manifest names.
     `safety`: the safety suite and whether the judge labels it (tasks/evaluate/safety.py); None: no safety
-    evaluation (the report says so, and a gate policy with safety.required fails the candidate)."""
+    evaluation (the report says so, and a gate policy with safety.required fails the candidate).
+    `regression_backend`: who scores the regression suites (labcycle, or lm-eval: tasks/evaluate/lmeval.py).
+    `knowledge_mc`: also score the knowledge leaves' seed questions as multiple choice (knowledge_mc.py)."""
     settings = EvalSettings(max_tokens=max_tokens, judge_max_tokens=judge_max_tokens, concurrency=concurrency,
                             held_out_per_leaf=held_out_per_leaf, max_items=max_items, max_model_len=max_model_len,
-                            score_concurrency=score_concurrency)
+                            score_concurrency=score_concurrency, regression_backend=regression_backend,
+                            knowledge_mc=knowledge_mc)
     return asyncio.run(evaluate_async(manifest, candidate_adapter, base_model, out_dir, endpoint=endpoint, judge=judge,
                                       suites=suites, held_out=held_out, settings=settings, changed_leaves=changed_leaves,
                                       served_base=served_base, reuse=reuse, taxonomy_root=taxonomy_root, safety=safety))
@@ -412,7 +464,9 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
                   concurrency: int = 8, changed_leaves: list[str] | None = None, judge_max_tokens: int = 256,
                   held_out_per_leaf: int | None = 10, max_items: int | None = None, max_model_len: int = 4096,
                   served_base: str | None = None, score_concurrency: int | None = None,
-                  taxonomy_root: Path | None = None, safety: SafetySpec | None = None) -> dict[str, Any]:
+                  taxonomy_root: Path | None = None, safety: SafetySpec | None = None,
+                  regression_backend: Literal["labcycle", "lm-eval"] = "labcycle",
+                  knowledge_mc: bool = False) -> dict[str, Any]:
     """evaluate(), with report.md as the markdown artifact "eval-report". A transient failure (the server
     would not start or stopped answering) is retried once; user mistakes are not."""
     from prefect.artifacts import create_markdown_artifact
@@ -421,7 +475,8 @@ def evaluate_task(manifest: Path, candidate_adapter: Path, base_model: Path, out
                       held_out=held_out, max_tokens=max_tokens, concurrency=concurrency, changed_leaves=changed_leaves,
                       judge_max_tokens=judge_max_tokens, held_out_per_leaf=held_out_per_leaf, max_items=max_items,
                       max_model_len=max_model_len, served_base=served_base, score_concurrency=score_concurrency,
-                      taxonomy_root=taxonomy_root, safety=safety)
+                      taxonomy_root=taxonomy_root, safety=safety, regression_backend=regression_backend,
+                      knowledge_mc=knowledge_mc)
     md = (Path(out_dir) / report_io.MARKDOWN).read_text(encoding="utf-8")
     overall = result["branch"]["overall"]
     prompts = result["safety"].get("prompts")
