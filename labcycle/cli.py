@@ -47,9 +47,18 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+def _set_verbose(value: bool) -> None:
+    if value:
+        os.environ["LABCYCLE_VERBOSE"] = "1"  # vLLM's own output back on the console (else in the run folder's logs)
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", callback=_set_verbose, help="Show vLLM's own output (engine start, its core, shutdown) on the console; by default it goes to generated/teacher.log and eval/*.log.")]
+
+
 @app.callback()
 def _main_options(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print labcycle's version and exit.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """labcycle: the LAB method (taxonomy → synthetic data → two-phase QLoRA → eval gate) on Prefect."""
 
@@ -304,12 +313,26 @@ def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_mo
 
 @contextmanager
 def _live_progress(enabled: bool, listeners: list, make_listener, *columns):  # type: ignore[no-untyped-def]
-    """Rich progress bars on stderr, fed by a listener added to `listeners` while the block runs."""
+    """Rich progress bars on stderr, fed by a listener added to `listeners` while the block runs. Where
+    stderr is not a terminal (a log file, CI, a worker) rich would draw them only at the end: there, one
+    plain line per leaf or phase instead, every LABCYCLE_PROGRESS_SECONDS (30) and when it finishes."""
     if not enabled:
         yield
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not err.is_terminal:
+        from labcycle.progress import ProgressLines
+
+        interval = float(os.environ.get("LABCYCLE_PROGRESS_SECONDS") or 30)
+        with ProgressLines(lambda line: err.print(line, markup=False, highlight=False), interval) as lines:
+            listener = make_listener(lines, {})
+            listeners.append(listener)
+            try:
+                yield
+            finally:
+                listeners.remove(listener)
+        return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
                         console=err, transient=False)
     listener = make_listener(progress, {})
@@ -435,6 +458,7 @@ def run_cmd(
     commit: Annotated[Optional[str], typer.Option("--commit", help="With --taxonomy-repo: the commit to check out (wins over --branch).")] = None,
     max_cycles: Annotated[Optional[int], typer.Option("--max-cycles", min=1, help="The most cycles before giving up. Default: the gate policy's max_cycles.")] = None,
     fmt: FormatOpt = SummaryFormat.text,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
     repo = {k: v for k, v in dict(taxonomy_repo=taxonomy_repo, branch=branch, commit=commit, max_cycles=max_cycles).items() if v is not None}
@@ -452,6 +476,7 @@ def generate_cmd(
     max_concurrency: ConcurrencyOpt = None,
     config: ConfigOpt = None,
     fmt: FormatOpt = SummaryFormat.text,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Generate synthetic data for the changed leaves: the taxonomy stage, then generation."""
     if taxonomy.is_dir() and (config is None or config.is_file()):
@@ -548,6 +573,7 @@ def evaluate_cmd(
     config: ConfigOpt = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="A gate policy (see schemas/gate.schema.json): decides pass or fail; exit 3 on fail.")] = None,
     fmt: Annotated[EvaluateFormat, typer.Option("--format", help="Output: text, or json (one object: decision, reasons, metrics).")] = EvaluateFormat.text,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate a candidate against its base: the selected leaves' seed questions, the regression suites and the
     safety suite (the config's `evaluation` section); with --policy, the gate's decision."""

@@ -95,6 +95,9 @@ def test_run_and_generate_json(prefect_harness, example_taxonomy, tmp_path):
     gen = summary["generation"]
     assert gen["requests"] > 0 and set(gen["per_leaf"]) and gen["output"].startswith(str(tmp_path / "gen"))
     assert "lab-cycle completed" not in res.stdout
+    # stderr is no terminal here: progress comes as plain lines, one per leaf, not as bars drawn at the end.
+    for leaf in gen["per_leaf"]:
+        assert f"{leaf}: " in res.stderr, res.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -109,4 +112,4 @@ def test_tune_json(prefect_harness, tiny_model, tmp_path):
     summary = json.loads(res.stdout)
     info = summary["phases"]["knowledge"]
     assert info["metrics"]["steps"] == 6 and Path(info["output"]).is_dir()
-    assert "tune knowledge" in res.stderr  # the progress bar stays on stderr
+    assert "tune knowledge: 6/6" in res.stderr  # progress stays on stderr, as a line (no terminal here)
