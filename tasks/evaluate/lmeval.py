@@ -157,6 +157,8 @@ def load_task(path: str | Path, limit: int | None = None) -> HarnessTask:
     config = dict(config)
     if output_type == "loglikelihood_rolling":
         config.setdefault("doc_to_text", "")  # labcycle's suites leave it out: the text scored is doc_to_target
+    if "test_split" not in config and "validation_split" not in config:
+        config["test_split"] = "test"  # labcycle's suites' default; the harness has none
     kwargs = dict(config.get("dataset_kwargs") or {})
     files: list[Path] = []
     if "data_files" in kwargs:

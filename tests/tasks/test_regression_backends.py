@@ -122,6 +122,65 @@ def test_knowledge_mc_items_pit_each_answer_against_its_leafs_other_answers(tmp_
     assert knowledge_mc.per_leaf(items, details) == {"knowledge/science/water": knowledge_mc.LeafScore(6, 1.0, 0.5)}
 
 
+MMLU_LOCAL = """task: mmlu_local
+dataset_path: json
+dataset_kwargs: {data_files: {test: mmlu.jsonl}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+"""
+ARC_LOCAL = """task: arc_easy_local
+dataset_path: json
+dataset_kwargs: {data_files: {test: arc.jsonl}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices.text}}"
+doc_to_target: "{{choices.label.index(answerKey)}}"
+"""
+TRAILING = """task: trailing
+dataset_path: json
+dataset_kwargs: {data_files: {test: mmlu.jsonl}}
+output_type: multiple_choice
+description: "About {{subject}}:\\n"
+doc_to_text: "{{question}}\\n"
+doc_to_choice: choices
+doc_to_target: answer
+target_delimiter: ""
+"""
+
+
+def test_both_backends_render_the_same_prompts(tmp_path):
+    """The prompts, choices and right answers labcycle renders are the harness's own, for the shipped suite,
+    the MMLU and ARC YAMLs of docs/evaluation.md, and a description template with trailing newlines."""
+    from lm_eval.api.task import ConfigurableTask
+
+    from labcycle.tasks.evaluate.suite import load_suite
+
+    (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": " What is 2+2? ", "subject": "math", "choices": ["3", "4", "5", "22"], "answer": 1},
+        {"question": "Which is a gas?", "subject": "chemistry", "choices": ["Iron", "Salt", "Neon", "Gold"], "answer": 2}]))
+    (tmp_path / "arc.jsonl").write_text(json.dumps({"question": "Which is warmest?", "answerKey": "C",
+                                                     "choices": {"text": ["ice", "snow", "steam"], "label": ["A", "B", "C"]}}) + "\n")
+    paths = [SUITES / "general_mc.yaml"]
+    for name, text in (("mmlu.yaml", MMLU_LOCAL), ("arc.yaml", ARC_LOCAL), ("trailing.yaml", TRAILING)):
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    for path in paths:
+        ours = load_suite(path, 5)
+        task = ConfigurableTask(config=dict(lmeval.load_task(path).config))
+        theirs = list(task.test_docs())[:5]
+        assert len(ours.docs) == len(theirs), path
+        for mine, doc in zip(ours.docs, theirs):
+            choices = task.doc_to_choice(doc)
+            target = task.doc_to_target(doc)
+            gold = target if isinstance(target, int) else choices.index(target)
+            assert (mine.context, list(mine.choices), mine.gold) == (task.fewshot_context(doc, 0), choices, gold), path
+        assert ours.target_delimiter == task.config.target_delimiter
+
+
 def test_config_selects_the_backend_and_the_knowledge_suite():
     from labcycle.config import from_mapping
 
