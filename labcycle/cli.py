@@ -649,11 +649,25 @@ def _print_evaluation(summary) -> None:  # type: ignore[no-untyped-def]
         out.print(f"gate: [{style}]{summary.decision}[/{style}]")
         for reason in summary.reasons:
             out.print(f"  {escape(reason)}")
+    for line in _evaluation_headline(Path(summary.report).parent, summary.decision is not None)[1:]:
+        out.print(escape(line))  # what improved, what regressed, what the gate checked (its first line: the gate, above)
     out.print("metrics (base → candidate):")
     for name, c in summary.metrics.items():
         values = " → ".join("–" if v is None else f"{v:.4g}" for v in (c.base, c.candidate))
         out.print(f"  {escape(name)}: {escape(c.metric)} {values}")
     out.print(f"report: {escape(summary.report)}")
+
+
+def _evaluation_headline(folder: Path, gated: bool) -> list[str]:
+    """The headline of the evaluation in `folder` (report.json, and decision.json when a policy decided)."""
+    from labcycle.tasks.evaluate.headline import headline
+
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        decision = json.loads((folder / "decision.json").read_text(encoding="utf-8")) if gated else None
+    except (OSError, ValueError):
+        return []
+    return headline(report, decision).lines()
 
 
 @app.command("chat")

@@ -205,6 +205,7 @@ def test_an_adapter_on_the_changed_leaf_fails_then_passes_the_gate(prefect_harne
     res = _cli(*common, "--policy", str(files / "pass.yaml"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "gate: pass" in res.stdout and "easy_mc: accuracy" in res.stdout and str(out / "report.md") in res.stdout
+    assert "regressed against the base: " in res.stdout and "the gate checked: " in res.stdout  # the headline
     assert (out / "report.json").read_bytes() == before
 
     res = _cli(*common, "--format", "json", cwd=tmp_path)
