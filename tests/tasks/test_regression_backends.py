@@ -296,3 +296,15 @@ def test_lmeval_and_labcycle_agree_on_a_real_model(smollm2, smollm2_server, tmp_
     assert t["words"] == u["words"]
     for side in ("base", "candidate"):
         assert 1 < t[side] < 1000 and 1 < u[side] < 1000
+
+
+def test_the_evaluate_flow_passes_the_backend_and_knowledge_mc_to_the_stage(tmp_path, monkeypatch):
+    from labcycle.flows import evaluate as flow
+
+    seen = {}
+    monkeypatch.setattr(flow, "evaluate_task", lambda *args, **kwargs: seen.update(kwargs) or {"ok": True})
+    config = tmp_path / "labcycle.yaml"
+    config.write_text("evaluation:\n  judge: false\n  regression: {backend: lm-eval}\n  knowledge_mc: true\n")
+    result = flow._evaluate("m.json", "adapter", "base", "out", None, str(config), None, None, None, None)
+    assert result == {"ok": True}
+    assert (seen["regression_backend"], seen["knowledge_mc"]) == ("lm-eval", True)
