@@ -269,6 +269,36 @@ def test_unmask_samples_train_on_every_token(tiny_model, tmp_path):
     assert result["metrics"]["final_loss"] < result["metrics"]["first_loss"]
 
 
+def test_the_mix_stages_phase_set_trains_with_its_system_prompt_and_unmask(tiny_model, tmp_path):
+    """The mixed phase-1 set as the mix stage writes it (a system turn first, `unmask` on the knowledge Q&A,
+    metadata as JSON text): Q&A rows carry loss on every token, the system and user turns too; the grounded
+    copies on the answer only, as before."""
+    from transformers import AutoTokenizer
+
+    from labcycle.tasks.mix import mix, recipe_from_mapping
+    from labcycle.tasks.tune import data as tune_data
+    from tests.tasks.test_mix import KNOW_A, knowledge_records, write_generated
+
+    generated = write_generated(tmp_path / "generated", {KNOW_A: knowledge_records(KNOW_A, 6, 3)})
+    mix(generated, tmp_path / "mixed", recipe_from_mapping({"system_prompt": "Be brief.", "held_out": {"per_leaf": 0}}))
+    rows = tune_data.load_rows(tmp_path / "mixed" / "knowledge")
+    assert len(rows) == 12 and sum(bool(r.get("unmask")) for r in rows) == 6
+    assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in rows)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tok.apply_chat_template([{"role": "system", "content": "Be brief."}], tokenize=True)
+    prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
+    for row, labelled in zip(rows, tune_data.tokenize_rows(rows, tok, tune_data.uses_assistant_masks(tok))):
+        ids, labels = labelled["input_ids"], labelled["labels"]
+        if row.get("unmask"):
+            assert labels == ids  # every token: the system turn, the question and the answer
+        else:
+            assert all(label == -100 for label in labels[:len(prompt)]) and 0 < sum(x != -100 for x in labels) < len(ids)
+    result = trainer.train_phase("knowledge", tiny_model, tmp_path / "mixed" / "knowledge", tmp_path / "work",
+                                 settings(knowledge=phase(max_steps=4)))
+    assert result["samples"]["unmask"] == 6 and result["samples"]["train"] == 12
+    assert result["loss_on"].endswith("every token of the 6 samples marked unmask")
+
+
 @pytest.mark.parametrize("fault", [
     OSError(28, "No space left on device"),
     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 1024: file write failed"),
