@@ -397,9 +397,12 @@ def _print_summary(result: dict, teacher_model: str | None, profile: Profile | N
         line = f"  {leaf_id}: {info['kept']}/{info['target']}"
         out.print(escape(line) + (f" — {escape(info['advice'])}" if info.get("advice") else ""))
     if result.get("mix"):
+        # mix.json names its folder relative to the cycle folder (it is shared); the cycle knows where that is.
+        cycles = result.get("cycles") or []
+        mixed = Path(cycles[-1]["folder"]) / "mixed" if cycles else Path(result["mix"]["output"])
         for phase in ("knowledge", "skills"):
             info = result["mix"]["phases"][phase]
-            out.print(f"mixed {phase}: {info['samples']} samples in {escape(result['mix']['output'])}/{escape(info['data'])}")
+            out.print(f"mixed {phase}: {info['samples']} samples in {escape(str(mixed / info['data']))}")
     if result.get("tuning"):
         _print_tuned(result["tuning"])
     for step in result.get("cycles", []):
