@@ -50,17 +50,27 @@ def verbose() -> bool:
 class QuietVllm:
     """vLLM's output goes to `log_path` instead of the console.
 
-    While the engine starts (`starting()`), file descriptors 1 and 2 and sys.stdout/sys.stderr point at
-    the file: the engine core, a child process started then, inherits them and keeps writing there, and
-    what vLLM prints or logs at import goes there too. After the start, this process's `vllm` log handlers
-    (vLLM reconfigures them while an engine starts) keep writing to the file until restore()."""
+    While the engine starts (`starting()`), file descriptors 1 and 2, sys.stdout/sys.stderr and vLLM's
+    log handlers point at the file: the engine core, a child process started then, inherits them and
+    keeps writing there, and what vLLM prints or logs at import goes there too. After the start, this
+    process's `vllm` log handlers (vLLM reconfigures them while an engine starts) keep writing to the
+    file until restore() gives each its own stream back."""
 
     def __init__(self, log_path: Path):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed in restore)
-        self.swapped: list[tuple[logging.StreamHandler, Any]] = []  # type: ignore[type-arg]
+        self.original: dict[logging.StreamHandler, Any] = {}  # type: ignore[type-arg]
         self.logger = logging.getLogger("vllm")
         self.propagate = self.logger.propagate
+
+    def _to_file(self, console: Any) -> None:
+        """Every console handler of vLLM's logger writes to the file; `console` is what one made while the
+        file stood in for sys.stdout gets back."""
+        for handler in self.logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if handler not in self.original:
+                    self.original[handler] = console if handler.stream is self.file else handler.stream
+                handler.setStream(self.file)
 
     @contextmanager
     def starting(self) -> Iterator[None]:
@@ -70,6 +80,7 @@ class QuietVllm:
         saved = os.dup(1), os.dup(2)
         # Before vLLM configures its logger (at its first import), its early warnings stay off the console.
         early = logging.StreamHandler(self.file)
+        self._to_file(streams[0])
         self.logger.addHandler(early)
         self.logger.propagate = False
         try:
@@ -85,16 +96,13 @@ class QuietVllm:
             for fd in saved:
                 os.close(fd)
             self.logger.removeHandler(early)
-            for handler in self.logger.handlers:
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                    # A handler vLLM made during the start holds the file: back to the console after.
-                    previous = handler.setStream(self.file)
-                    self.swapped.append((handler, streams[0] if previous is self.file or previous is None else previous))
+            self.original.pop(early, None)
+            self._to_file(streams[0])  # the handlers vLLM made while it started, too
 
     def restore(self) -> None:
-        for handler, stream in self.swapped:
+        for handler, stream in self.original.items():
             handler.setStream(stream)
-        self.swapped = []
+        self.original = {}
         self.logger.propagate = self.propagate
         self.file.close()
 
