@@ -108,11 +108,11 @@ def test_a_key_in_the_teacher_url_reaches_the_teacher_and_nothing_else(prefect_h
     with AuthServer() as server:
         port = server.httpd.server_address[1]
         res = labcycle("run", "--until", "generate", "--taxonomy", str(example_taxonomy), "--base", "empty",
-                       "--output", str(run), "--config", str(config), "--teacher-model", "m",
+                       "--output", str(run), "--config", str(config), "--teacher-model", "m-with-login",
                        "--teacher-endpoint", f"http://user:{KEY}@127.0.0.1:{port}/v1", cwd=tmp_path, env=env, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert server.logins and all(server.logins)  # every request carried the credential
+    assert server.logins and all(server.logins)  # every request carried the credential (a model name no other test uses: no cache hit)
     assert KEY not in out
     for path in run.rglob("*"):
         if path.is_file():
