@@ -1,0 +1,132 @@
+"""Imports point down: base (labcycle/ shared modules) <- stages (tasks/, one package or module each) <- flows
+(flows/) <- application (CLI, webhook, deploy, profiles, demo, chat, model import).
+
+An import of a higher layer, or of another stage, fails this test unless it is in KNOWN: the imports that
+were there when the rule was written (issue 17 removes them). KNOWN may only shrink: an entry that no longer
+occurs fails too, so the list stays the truth.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+ROOTS = {"labcycle": REPO_ROOT / "labcycle", "labcycle.flows": REPO_ROOT / "flows", "labcycle.tasks": REPO_ROOT / "tasks"}
+APPLICATION = {"cli", "webhook", "deploy", "profiles", "demo", "model_import", "chat"}
+RANK = {"base": 0, "stage": 1, "flow": 2, "application": 3}
+
+KNOWN = {
+    ("labcycle.config", "labcycle.tasks.evaluate.lmeval"),
+    ("labcycle.config", "labcycle.tasks.generate.runner"),
+    ("labcycle.config", "labcycle.tasks.taxonomy.discover"),
+    ("labcycle.config", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.config", "labcycle.tasks.tune"),
+    ("labcycle.config", "labcycle.tasks.tune.settings"),
+    ("labcycle.tasks.checkout", "labcycle.tasks.gitremote"),
+    ("labcycle.tasks.checkout", "labcycle.tasks.taxonomy.diff"),
+    ("labcycle.tasks.chunk", "labcycle.tasks.documents"),
+    ("labcycle.tasks.cycle", "labcycle.tasks.evaluate"),
+    ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.headline"),
+    ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.report"),
+    ("labcycle.tasks.cycle", "labcycle.tasks.generate.inputs"),
+    ("labcycle.tasks.cycle", "labcycle.tasks.release"),
+    ("labcycle.tasks.documents", "labcycle.tasks.gitremote"),
+    ("labcycle.tasks.evaluate.branch", "labcycle.tasks.teacher.base"),
+    ("labcycle.tasks.evaluate.judge", "labcycle.tasks.teacher.base"),
+    ("labcycle.tasks.evaluate.lmeval", "labcycle.tasks.teacher.openai_client"),
+    ("labcycle.tasks.evaluate.loglik", "labcycle.tasks.teacher.openai_client"),
+    ("labcycle.tasks.evaluate.questions", "labcycle.tasks.generate.runner"),
+    ("labcycle.tasks.evaluate.report", "labcycle.tasks.cycle"),
+    ("labcycle.tasks.evaluate.safety", "labcycle.tasks.teacher.base"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.generate.inputs"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.teacher"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.teacher.base"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.teacher.openai_client"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.teacher.server"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.tune.data"),
+    ("labcycle.tasks.evaluate.suite", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.tasks.gate", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.tasks.generate.blocks", "labcycle.tasks.teacher.base"),
+    ("labcycle.tasks.generate.inputs", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.tasks.generate.spec", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.tasks.manifest", "labcycle.tasks.documents"),
+    ("labcycle.tasks.manifest", "labcycle.tasks.taxonomy.diff"),
+    ("labcycle.tasks.mix.recipe", "labcycle.tasks.taxonomy.reader"),
+    ("labcycle.tasks.release.card", "labcycle.model_import"),
+    ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.headline"),
+    ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.report"),
+    ("labcycle.tasks.release.card", "labcycle.tasks.teacher.server"),
+    ("labcycle.tasks.release.registry", "labcycle.tasks.evaluate.headline"),
+    ("labcycle.tasks.taxonomy.diff", "labcycle.tasks.gitremote"),
+    ("labcycle.tasks.tune.card", "labcycle.tasks.teacher.server"),
+    ("labcycle.tasks.tune.data", "labcycle.tasks.mix"),
+}
+
+
+def module_name(path: Path) -> str:
+    for prefix, root in sorted(ROOTS.items(), key=lambda item: -len(item[0])):
+        if path.is_relative_to(root):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            return ".".join([prefix, *parts])
+    raise AssertionError(path)
+
+
+def layer(module: str) -> tuple[str, str]:
+    """(layer, unit): the unit is the stage's package or module for stages, the module otherwise."""
+    parts = module.split(".")
+    if parts[:2] == ["labcycle", "tasks"]:
+        return "stage", parts[2] if len(parts) > 2 else ""
+    if parts[:2] == ["labcycle", "flows"]:
+        return "flow", ""
+    unit = parts[1] if len(parts) > 1 else ""
+    return ("application" if unit in APPLICATION else "base"), unit
+
+
+def imports() -> set[tuple[str, str]]:
+    found = set()
+    for root in ROOTS.values():
+        for path in root.rglob("*.py"):
+            here = module_name(path)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                found.update((here, name) for name in names if name.startswith("labcycle"))
+    return found
+
+
+def pointing_wrong(pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    wrong = set()
+    for here, there in pairs:
+        (a, unit_a), (b, unit_b) = layer(here), layer(there)
+        if RANK[b] > RANK[a] or (a == b == "stage" and unit_b and unit_a != unit_b):
+            wrong.add((here, there))
+    return wrong
+
+
+def test_no_new_import_points_up_or_across_stages():
+    new = pointing_wrong(imports()) - KNOWN
+    assert not new, "imports that point up or sideways across stages:\n" + "\n".join(f"  {a} -> {b}" for a, b in sorted(new))
+
+
+def test_the_known_list_is_the_truth():
+    gone = KNOWN - pointing_wrong(imports())
+    assert not gone, "no longer imported; remove from KNOWN:\n" + "\n".join(f"  {a} -> {b}" for a, b in sorted(gone))
+
+
+def test_the_rule_catches_what_it_should():
+    assert pointing_wrong({("labcycle.tasks.mix.core", "labcycle.flows.lab_cycle"),
+                           ("labcycle.tasks.mix.core", "labcycle.tasks.tune.data"),
+                           ("labcycle.io", "labcycle.tasks.mix"),
+                           ("labcycle.flows.tune", "labcycle.cli")}) == {
+        ("labcycle.tasks.mix.core", "labcycle.flows.lab_cycle"), ("labcycle.tasks.mix.core", "labcycle.tasks.tune.data"),
+        ("labcycle.io", "labcycle.tasks.mix"), ("labcycle.flows.tune", "labcycle.cli")}
+    assert not pointing_wrong({("labcycle.tasks.mix.core", "labcycle.tasks.mix.recipe"),
+                               ("labcycle.flows.tune", "labcycle.tasks.tune"), ("labcycle.cli", "labcycle.io")})
