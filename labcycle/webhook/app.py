@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from labcycle.errors import LabcycleError
 from labcycle.webhook.events import EVENT, Emitter, PrefectApiEmitter, push_event
-from labcycle.webhook.payloads import PayloadError, Push, PushFilter, github_push, gitlab_push
+from labcycle.webhook.payloads import PayloadError, Push, PushFilter, github_push, gitlab_push, printable
 from labcycle.webhook.settings import SECRET_ENV, ReceiverSettings
 from labcycle.webhook.store import DeliveryStore
 
@@ -69,10 +69,7 @@ class Outcome:
 
 def _printable(value: str | None, limit: int = 120) -> str:
     # Values from headers and payloads end up in a log line: no control characters, bounded length.
-    if not value:
-        return "-"
-    clean = "".join(c if c.isprintable() else "?" for c in value)
-    return clean if len(clean) <= limit else clean[:limit] + "…"
+    return printable(value, limit) if value else "-"
 
 
 class BodyBudget:

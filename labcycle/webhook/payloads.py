@@ -82,8 +82,9 @@ def _sha(data: dict[str, Any], key: str) -> str:
     return value
 
 
-def _shown(text: str, limit: int = 300) -> str:
-    """A message built from payload values, safe for a response and a log line: printable, bounded."""
+def printable(text: str, limit: int = 300) -> str:
+    """Text from a payload or a header, safe for a response and a log line: unprintable characters as '?',
+    at most `limit` characters (then '…')."""
     clean = "".join(c if c.isprintable() else "?" for c in text)
     return clean if len(clean) <= limit else clean[:limit] + "…"
 
@@ -144,7 +145,7 @@ def _clone_url(data: dict[str, Any], key: str, where: str, allow_local: bool) ->
     url = _str(data, key, where)
     problem = clone_url_problem(url, allow_local)
     if problem is not None:
-        raise PayloadError(_shown(f"{where}{key} {problem}"))
+        raise PayloadError(printable(f"{where}{key} {problem}"))
     return url
 
 
