@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl, write_text_atomic
+from labcycle.shareable import relative
 from labcycle.tasks.mix.card import hub_card, length_counter, length_stats, render_card, sample_lengths
 from labcycle.tasks.mix.data import load_chat_dataset, read_generated, sample_files
 from labcycle.tasks.mix.phases import Fit, Row, phase_sets, with_system_prompt
@@ -181,11 +181,9 @@ def shared_path(path: Path | str, run: Path, as_written: str | None = None) -> s
     """`path` as it may be shared, never as an absolute path of this machine: relative to the run folder when it
     lies inside it; else as the recipe wrote it when that is relative (to the recipe's folder); else its name."""
     p = Path(path).resolve()
-    if p.is_relative_to(run):
-        return p.relative_to(run).as_posix()
-    if as_written is not None and not Path(as_written).expanduser().is_absolute():
+    if not p.is_relative_to(run) and as_written is not None and not Path(as_written).expanduser().is_absolute():
         return Path(as_written).as_posix()
-    return p.name
+    return relative(p, [run])
 
 
 def _shared_recipe(recipe: Recipe, run: Path) -> dict[str, Any]:
