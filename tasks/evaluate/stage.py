@@ -173,9 +173,6 @@ def _cuda() -> bool:
     return _cuda_available()
 
 
-SIDES_ = ("base", "candidate")
-
-
 def _settings_digest(settings: EvalSettings) -> dict[str, Any]:
     """The settings that change a report: not the concurrency, and the newer ones only when set, so a report
     written before they existed is still reused."""
@@ -391,9 +388,9 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
 
                 own = {"base": servers[0], "candidate": servers[-1]} if servers else {}
                 lens = {side: own[side].max_model_len if own else
-                        await served_max_len(urls[side], served[side], settings.max_model_len) for side in SIDES_}
+                        await served_max_len(urls[side], served[side], settings.max_model_len) for side in report_io.SIDES}
                 tokenizers = {"base": base_model, "candidate": candidate.path if whole else base_model}
-                endpoints = {side: lmeval.Endpoint(urls[side], served[side], tokenizers[side], lens[side]) for side in SIDES_}
+                endpoints = {side: lmeval.Endpoint(urls[side], served[side], tokenizers[side], lens[side]) for side in report_io.SIDES}
                 regression = await asyncio.to_thread(lmeval.evaluate_regression, endpoints, loaded,  # type: ignore[arg-type]
                                                      lmeval.HarnessSettings(concurrency=score_concurrency))
             else:
