@@ -36,6 +36,11 @@ class Candidate:
     metrics: dict[str, Any] = field(default_factory=dict)  # headline metrics for the card and the event
     run_dir: Path | None = None      # the run folder: paths under it are written relative to it, others by name
 
+    @property
+    def share_roots(self) -> list[Path]:
+        """The folders whose paths the release's shared files name relative to them: the run, the tune output."""
+        return [p for p in (self.run_dir, Path(self.tuned).parent) if p is not None]
+
 
 @dataclass(frozen=True)
 class Source:

@@ -177,7 +177,7 @@ def release_card(candidate: Candidate, name: str, version: str, created: str, fi
     leaves = [leaf for leaf in lineage.get("leaves") or [] if isinstance(leaf, dict)]
     commit = candidate.taxonomy_commit or lineage.get("taxonomy_commit")
     adapter = method != "full"
-    roots = [p for p in (candidate.run_dir, Path(candidate.tuned).parent) if p is not None]
+    roots = candidate.share_roots
 
     data = ModelCardData(
         base_model=base.hub_id, license=base.license, library_name="peft" if adapter else "transformers",

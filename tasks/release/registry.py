@@ -24,7 +24,8 @@ from typing import Any
 from labcycle.errors import LabcycleError
 from labcycle.io import write_text_atomic
 from labcycle.shareable import scrub
-from labcycle.tasks.release.candidate import CHUNK, Candidate, Source, check_finite, fingerprint, fingerprint_of, sources
+from labcycle.tasks.release.candidate import (CHUNK, Candidate, Source, check_finite, fingerprint, fingerprint_of,
+                                               sha256_file, sources)
 from labcycle.tasks.release.card import README, Training, base_model, read_report, release_card
 
 RELEASE_JSON = "release.json"
@@ -168,17 +169,10 @@ class Release:
             raise LabcycleError(f"the model registry is not a folder ({exc}); choose a folder or an fsspec URL",
                                 where=self.registry) from None
 
-    def _roots(self) -> list[Path]:
-        """Folders whose paths the shared files name relative to them: the run folder, the tune output."""
-        c = self.candidate
-        return [p for p in (c.run_dir, Path(c.tuned).parent) if p is not None]
-
     def _put(self, source: Source) -> tuple[dict[str, Any] | None, str]:
         """One file into staging -> ({sha256, size} as written, or None; sha256 of the source as read)."""
         dest = f"{self.staging}/{source.dest}"
         if source.rewrite == "skip":
-            from labcycle.tasks.release.candidate import sha256_file
-
             return None, sha256_file(source.path)
         if source.rewrite == "copy":
             written = _copy_file(source.path, self.fs, dest)
@@ -195,9 +189,9 @@ class Release:
                 config["base_model_name_or_path"] = base_model(named).name
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         elif source.rewrite == "json":
-            text = json.dumps(scrub(json.loads(text), self._roots()), indent=2, ensure_ascii=False) + "\n"
+            text = json.dumps(scrub(json.loads(text), self.candidate.share_roots), indent=2, ensure_ascii=False) + "\n"
         else:
-            text = scrub(text, self._roots())
+            text = scrub(text, self.candidate.share_roots)
         self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
         return _write_small(self.fs, dest, text), hashlib.sha256(data).hexdigest()
 
@@ -227,7 +221,7 @@ class Release:
                                 where=self.registry, transient=True)
         from labcycle.tasks.evaluate.headline import headline
 
-        roots = self._roots()
+        roots = self.candidate.share_roots
         meta = {"format": RELEASE_FORMAT, "name": self.name, "version": version, "fingerprint": self.fingerprint,
                 "created": created, "taxonomy_commit": c.taxonomy_commit, "metrics": c.metrics,
                 "decision": scrub(c.decision, roots),
@@ -247,7 +241,7 @@ class Release:
         # The base model's Hub id or folder name only: a path on the training machine means nothing to readers.
         return scrub({**training.lineage, "phase": training.phase, "method": training.method,
                       "base_model": base_model(training.base_model).name if training.base_model else None,
-                      "data_fingerprint": training.data_fingerprint}, self._roots())
+                      "data_fingerprint": training.data_fingerprint}, self.candidate.share_roots)
 
     def _move(self, target: str) -> bool:
         """Staging -> target; False (nothing moved) when target is taken."""
