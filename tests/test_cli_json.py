@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.stubteacher import StubTeacher
 
 
 def labcycle(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,35 +46,6 @@ def test_mix_json(tmp_path):
         assert f"{phase}: {info['samples']} samples in {tmp_path / 'text' / info['data']}" in " ".join(text.stdout.split())
 
 
-class _Teacher:
-    """An OpenAI-compatible chat endpoint whose every answer is "no" (so the judges keep nothing)."""
-
-    def __enter__(self) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "no"},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.slow
 def test_run_and_generate_json(prefect_harness, example_taxonomy, tmp_path):
     env = _harness_env()
@@ -86,9 +57,9 @@ def test_run_and_generate_json(prefect_harness, example_taxonomy, tmp_path):
 
     config = tmp_path / "labcycle.yaml"
     config.write_text("generation:\n  samples_per_seed: 1\n  max_rounds: 1\n  max_units_per_round: 1\n")
-    with _Teacher() as endpoint:
+    with StubTeacher() as teacher:
         res = labcycle("generate", "--taxonomy", str(example_taxonomy), "--base", "empty", "--output", str(tmp_path / "gen"),
-                       "--config", str(config), "--teacher-endpoint", endpoint, "--teacher-model", "m", "--format", "json",
+                       "--config", str(config), "--teacher-endpoint", teacher.url, "--teacher-model", "m", "--format", "json",
                        cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)

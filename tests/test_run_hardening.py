@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stubteacher import StubTeacher
+
 
 def labcycle(*args: str, cwd: Path, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "labcycle.cli", *args], cwd=cwd, capture_output=True, text=True,
@@ -46,51 +48,11 @@ def test_a_taxonomy_with_nothing_changed_is_a_quick_no_op(example_taxonomy: Path
 KEY = "sk-url-secret-7c41d9e2"
 
 
-class AuthServer:
-    """An OpenAI-compatible chat endpoint that wants HTTP basic auth user:KEY; it records what arrived, and a
-    wrong login gets a 401 that (unwisely) echoes the Authorization header, so a leak would show."""
+def auth_teacher() -> StubTeacher:
+    """The stub teacher wanting HTTP basic auth user:KEY."""
+    import base64
 
-    def __init__(self) -> None:
-        import base64
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        expected = "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()
-        self.logins: list[bool] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                auth = self.headers.get("authorization", "")
-                server.logins.append(auth == expected)
-                if auth == expected:
-                    status, body = 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "no"},
-                                                      "finish_reason": "stop"}],
-                                         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
-                else:
-                    status, body = 401, {"error": {"message": f"bad login {auth}"}}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> AuthServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return StubTeacher(login="Basic " + base64.b64encode(f"user:{KEY}".encode()).decode())
 
 
 def test_a_key_in_the_teacher_url_reaches_the_teacher_and_nothing_else(prefect_harness, example_taxonomy: Path,
@@ -105,8 +67,8 @@ def test_a_key_in_the_teacher_url_reaches_the_teacher_and_nothing_else(prefect_h
     run = tmp_path / "run"
     with get_client(sync_client=True) as client:
         before = {r.id for r in client.read_flow_runs(limit=200)}
-    with AuthServer() as server:
-        port = server.httpd.server_address[1]
+    with auth_teacher() as server:
+        port = server.port
         res = labcycle("run", "--until", "generate", "--taxonomy", str(example_taxonomy), "--base", "empty",
                        "--output", str(run), "--config", str(config), "--teacher-model", "m-with-login",
                        "--teacher-endpoint", f"http://user:{KEY}@127.0.0.1:{port}/v1", cwd=tmp_path, env=env, timeout=300)
@@ -150,8 +112,8 @@ def test_a_flow_started_with_a_key_in_the_url_keeps_it_out_of_its_stage_runs(pre
     monkeypatch.delenv("LABCYCLE_TEACHER_API_KEY", raising=False)
     config = tmp_path / "labcycle.yaml"
     config.write_text("generation:\n  samples_per_seed: 1\n  max_rounds: 1\n  max_units_per_round: 1\n")
-    with AuthServer() as server:
-        port = server.httpd.server_address[1]
+    with auth_teacher() as server:
+        port = server.port
         state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(tmp_path / "run"), config=str(config),
                           teacher_endpoint=f"http://user:{KEY}@127.0.0.1:{port}/v1", teacher_model="m2", until="generate",
                           return_state=True)
