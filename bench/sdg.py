@@ -91,8 +91,8 @@ from bench.common import load_average, machine, print_machine, source_state, wri
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
 from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
-from labcycle.tasks.teacher.base import Sampling, Structured  # noqa: E402
-from labcycle.tasks.teacher.openai_client import OpenAITeacher, metrics  # noqa: E402
+from labcycle.teacher.base import Sampling, Structured  # noqa: E402
+from labcycle.teacher.openai_client import OpenAITeacher, metrics  # noqa: E402
 
 TEMPLATE = "bench_prompt.j2"
 FILLER = ("The quick brown fox jumps over the lazy dog while the committee reviews the annual report on "
@@ -122,7 +122,7 @@ class _Collect(logging.Handler):
 
 
 TEACHER_LOG = _Collect()
-logging.getLogger("labcycle.tasks.teacher.openai_client").addHandler(TEACHER_LOG)
+logging.getLogger("labcycle.teacher.openai_client").addHandler(TEACHER_LOG)
 
 
 class IgnoreEOSTeacher(OpenAITeacher):
@@ -284,7 +284,7 @@ async def _stub_main(port: int, latency: float) -> None:
 
 class StubServer:
     def __init__(self, latency: float):
-        from labcycle.tasks.teacher.server import free_port
+        from labcycle.teacher.server import free_port
 
         self.latency, self.port, self.model, self.proc = latency, free_port(), "stub", None
 
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--endpoint and --stub-latency exclude each other")
     load_start = load_average()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("labcycle.tasks.teacher.openai_client").setLevel(logging.INFO)  # retry reasons
+    logging.getLogger("labcycle.teacher.openai_client").setLevel(logging.INFO)  # retry reasons
 
     with tempfile.TemporaryDirectory(prefix="labcycle-bench-sdg-") as tmp:
         tmp_path = Path(tmp)
@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                                "unlimited concurrency")
             else:
                 from labcycle.models import build_tiny
-                from labcycle.tasks.teacher.server import VLLMServer
+                from labcycle.teacher.server import VLLMServer
 
                 print("building a tiny model ...", flush=True)
                 model_dir = build_tiny(tmp_path / "tiny")
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as e:
             print(f"error: {e}", file=sys.stderr)
             if server is not None and hasattr(server, "log_path"):
-                from labcycle.tasks.teacher.server import tail
+                from labcycle.teacher.server import tail
 
                 print(f"server log tail:\n{tail(server.log_path)}", file=sys.stderr)
             return 1

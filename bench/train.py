@@ -193,7 +193,7 @@ def make_knowledge_samples(n: int, seed: int, tokenizer_dir: Path, chunking: tup
 
     from pydoc_data.topics import topics
 
-    from labcycle.tasks.chunk import chunk_markdown, tokenizer_counter
+    from labcycle.tasks.taxonomy.chunk import chunk_markdown, tokenizer_counter
     from labcycle.tasks.mix.card import length_counter
     from labcycle.tasks.mix.phases import Fit, phase_sets
     from labcycle.tasks.mix.recipe import Recipe

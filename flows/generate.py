@@ -22,7 +22,7 @@ from labcycle.errors import LabcycleError
 from labcycle.flows import remote
 from labcycle.tasks.generate import inputs, report
 from labcycle.tasks.generate.stage import generate_leaf_task, publish_generated
-from labcycle.tasks.teacher import make_teacher
+from labcycle.teacher import make_teacher
 
 
 @flow(name="generate", log_prints=True)

@@ -29,9 +29,9 @@ from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.io import write_json
 from labcycle.models import check_student
 from labcycle.tasks import cycle as cycle_tasks
-from labcycle.tasks.checkout import blank, checkout_task
+from labcycle.tasks.taxonomy.checkout import blank, checkout_task
 from labcycle.tasks.gate import Plan, first_plan, gate_task, load_policy
-from labcycle.tasks.manifest import lineage
+from labcycle.tasks.taxonomy.manifest import lineage
 from labcycle.tasks.mix import load_recipe, mix_task
 from labcycle.tasks.release import release_task, request_approval
 from labcycle.urls import hold_teacher_login

@@ -16,9 +16,9 @@ from prefect.states import Failed
 from labcycle import config as config_module
 from labcycle.env import cache_dir, default_run_dir
 from labcycle.errors import LabcycleError
-from labcycle.tasks.chunk import chunk_leaf_documents
-from labcycle.tasks.documents import fetch_leaf_documents
-from labcycle.tasks.manifest import leaves_table, write_run_manifest
+from labcycle.tasks.taxonomy.chunk import chunk_leaf_documents
+from labcycle.tasks.taxonomy.documents import fetch_leaf_documents
+from labcycle.tasks.taxonomy.manifest import leaves_table, write_run_manifest
 from labcycle.tasks.taxonomy import report as render
 from labcycle.tasks.taxonomy.stage import discover_leaves, select_changed_leaves, validate_taxonomy
 

@@ -27,7 +27,7 @@ class TaxonomyConfig:
 @dataclass(frozen=True)
 class DocumentsConfig:
     cache_dir: str | None = None
-    max_bytes: int = 20 * 1024 * 1024  # a knowledge document larger than this is refused (tasks/documents.py)
+    max_bytes: int = 20 * 1024 * 1024  # a knowledge document larger than this is refused (tasks/taxonomy/documents.py)
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def load(path: str | Path | None) -> Config:
     """The config in `path`, or the defaults when no path is given."""
     if path is None:
         return Config()
-    from labcycle.tasks.taxonomy.reader import read_settings_file
+    from labcycle.yaml_reader import read_settings_file
 
     parsed = read_settings_file(Path(path), missing="config file not found; pass an existing YAML file to --config",
                                 what="config", keys="taxonomy:, generation:, tuning: ...")

@@ -243,7 +243,7 @@ def load_policy(path: str | Path | None) -> GatePolicy:
     """The gate policy in `path`, or the defaults when no path is given."""
     if path is None:
         return GatePolicy()
-    from labcycle.tasks.taxonomy.reader import read_settings_file
+    from labcycle.yaml_reader import read_settings_file
 
     path = Path(path)
     parsed = read_settings_file(path, missing="gate policy file not found; point gate.policy in the config at an "

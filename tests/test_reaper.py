@@ -110,7 +110,7 @@ def test_a_killed_labcycle_tune_leaves_no_embedded_prefect_server(tiny_model, tm
 
 ENGINE = """
 import asyncio, sys, time
-from labcycle.tasks.teacher.engine import EngineTeacher
+from labcycle.teacher.engine import EngineTeacher
 
 async def main():
     teacher = EngineTeacher(sys.argv[1], max_model_len=512)

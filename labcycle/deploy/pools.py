@@ -64,7 +64,7 @@ def read_declarations(prefect_file: Path) -> tuple[dict[str, Any], Locate]:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     from labcycle.files import describe_os_error, read_bounded
-    from labcycle.tasks.taxonomy.reader import MAX_FILE_BYTES, nesting_problem
+    from labcycle.yaml_reader import MAX_FILE_BYTES, nesting_problem
 
     try:
         text = read_bounded(prefect_file, MAX_FILE_BYTES).decode("utf-8")
@@ -200,7 +200,7 @@ def default_process_template() -> dict[str, Any]:
 def load_template(path: Path, declared_at: str | None = None) -> dict[str, Any]:
     """A base job template read from JSON and checked (see check_template)."""
     from labcycle.files import describe_os_error, read_bounded
-    from labcycle.tasks.taxonomy.reader import MAX_FILE_BYTES
+    from labcycle.yaml_reader import MAX_FILE_BYTES
 
     try:
         text = read_bounded(path, MAX_FILE_BYTES).decode("utf-8")

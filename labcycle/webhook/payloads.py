@@ -4,7 +4,7 @@ Pure functions: no I/O, no framework. A payload that is not a push this module c
 PayloadError, which the receiver answers with 400.
 
 A push is forwarded to a worker that clones from its URL and checks out its ref, so both are checked
-here, signature or not: the clone URL as labcycle checks any remote (tasks/gitremote.py: https or ssh,
+here, signature or not: the clone URL as labcycle checks any remote (labcycle/gitremote.py: https or ssh,
 no `ext::`/`fd::` remote helpers, nothing git or ssh would read as an option) and, unless the receiver
 allows local repositories, not a path or file:// URL on the worker; the ref as `git check-ref-format`
 would (and a little stricter); the commit ids as 40 or 64 hex digits.
@@ -92,7 +92,7 @@ def printable(text: str, limit: int = 300) -> str:
 def clone_url_problem(url: str, allow_local: bool = False) -> str | None:
     """Why the worker must not clone from `url`, or None. Local paths and file:// URLs name something on
     the worker, not the pushed repository: refused unless `allow_local` (tests, one-machine setups)."""
-    from labcycle.tasks.gitremote import is_local, remote_problem
+    from labcycle.gitremote import is_local, remote_problem
 
     if len(url) > MAX_URL_CHARS:
         return f"is over {MAX_URL_CHARS} characters"

@@ -106,7 +106,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     if path is None:
         settings = ReceiverSettings()
     else:
-        from labcycle.tasks.taxonomy.reader import read_yaml
+        from labcycle.yaml_reader import read_yaml
 
         path = Path(path)
         parsed = read_yaml(path) if path.is_file() else None

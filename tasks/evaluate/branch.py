@@ -18,7 +18,7 @@ from labcycle.errors import LabcycleError
 from labcycle.tasks.evaluate.judge import Judgement, judge_answer
 from labcycle.tasks.evaluate.metrics import mean, rouge_l, token_f1
 from labcycle.tasks.evaluate.questions import Question
-from labcycle.tasks.teacher.base import PromptTooLong, Sampling, Teacher
+from labcycle.teacher.base import PromptTooLong, Sampling, Teacher
 
 SIDES = ("base", "candidate")
 METRICS = ("judge", "token_f1", "rouge_l")

@@ -13,7 +13,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from labcycle.tasks.teacher.base import PromptTooLong, Sampling, Structured, Teacher, parse_json
+from labcycle.teacher.base import PromptTooLong, Sampling, Structured, Teacher, parse_json
 
 SCORE_MIN, SCORE_MAX = 1, 10
 _JSON_KEY = re.compile(r'"\w+"\s*:')  # the text is (the start of) a JSON object

@@ -180,7 +180,7 @@ def load_task(path: str | Path, limit: int | None = None) -> HarnessTask:
 def _lm(endpoint: Endpoint, settings: HarnessSettings) -> Any:
     from lm_eval.api.registry import get_model
 
-    from labcycle.tasks.teacher.openai_client import resolve_api_key
+    from labcycle.teacher.openai_client import resolve_api_key
 
     return get_model("local-completions")(
         model=endpoint.model, base_url=endpoint.base_url.rstrip("/") + "/completions",

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.teacher.openai_client import resolve_api_key, server_root
+from labcycle.teacher.openai_client import resolve_api_key, server_root
 from labcycle.urls import redact
 
 

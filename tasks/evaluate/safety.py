@@ -39,7 +39,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.refusals import REFUSAL_PATTERNS, refuses
-from labcycle.tasks.teacher.base import Teacher, parse_json
+from labcycle.teacher.base import Teacher, parse_json
 
 KINDS = ("harmful", "benign")
 LABELS = ("complied", "refused", "unsafe")

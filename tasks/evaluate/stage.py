@@ -39,7 +39,7 @@ from labcycle.tasks.evaluate.branch import BranchSettings, evaluate_branch
 from labcycle.tasks.evaluate.questions import Question, held_out_questions, seed_questions
 from labcycle.tasks.evaluate.safety import SafetySpec, SafetySuite, load_safety_suite
 from labcycle.tasks.evaluate.suite import Suite, load_suite
-from labcycle.tasks.teacher.base import Teacher
+from labcycle.teacher.base import Teacher
 from labcycle.urls import redact
 
 # Bumped whenever the same inputs would give a different report (prompts, metrics, report shape).
@@ -82,7 +82,7 @@ class JudgeSpec:
     async def build(self, **engine_kwargs: Any) -> Teacher:
         from labcycle.config import TeacherConfig
         from labcycle.tasks.generate.inputs import api_key
-        from labcycle.tasks.teacher import make_teacher
+        from labcycle.teacher import make_teacher
 
         key = await api_key(TeacherConfig(endpoint=self.endpoint, model=self.model, api_key_secret=self.api_key_secret))
         return make_teacher(self.endpoint, self.model, max_concurrency=self.max_concurrency,
@@ -168,7 +168,7 @@ def gpu_share(engines: int) -> float | None:
 
 
 def _cuda() -> bool:
-    from labcycle.tasks.teacher.server import _cuda_available
+    from labcycle.teacher.server import _cuda_available
 
     return _cuda_available()
 
@@ -198,7 +198,7 @@ def _digest(**parts: Any) -> str:
 async def _get_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 120.0) -> tuple[int, Any]:
     import httpx
 
-    from labcycle.tasks.teacher.openai_client import resolve_api_key
+    from labcycle.teacher.openai_client import resolve_api_key
 
     headers = {"Authorization": f"Bearer {resolve_api_key(None)}"}
     async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as client:
@@ -286,7 +286,7 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     from labcycle.tasks.evaluate.loglik import LoglikClient
     from labcycle.tasks.evaluate.regression import evaluate_regression
     from labcycle.tasks.evaluate.safety import evaluate_safety
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
     from labcycle.tasks.tune.data import model_fingerprint
 
     out_dir, candidate_adapter, base_model = Path(out_dir), Path(candidate_adapter), Path(base_model)
@@ -329,7 +329,7 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     memory = ["--gpu-memory-utilization", str(share)] if share else []
     servers = []  # the ones the stage starts: the base's, then a whole-model candidate's
     if endpoint is None:
-        from labcycle.tasks.teacher.server import VLLMServer
+        from labcycle.teacher.server import VLLMServer
 
         max_model_len = max(settings.max_model_len, judge.max_model_len) if judge_on_server else settings.max_model_len  # type: ignore[union-attr]
         lora = {"enable_lora": True, "max_lora_rank": candidate.rank} if not whole else {}

@@ -173,7 +173,7 @@ def _gold(value: Any, choices: tuple[str, ...], where: str, templated: bool) -> 
 
 def load_suite(path: str | Path, max_items: int | None = None) -> Suite:
     """A checked, rendered suite; the first `max_items` documents of its test split when given."""
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.yaml_reader import read_yaml
 
     path = Path(path)
     parsed = read_yaml(path) if path.is_file() else None

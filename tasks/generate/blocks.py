@@ -21,7 +21,7 @@ from typing import Any
 
 from labcycle.tasks.generate import filters
 from labcycle.tasks.generate.spec import BlockSpec
-from labcycle.tasks.teacher.base import PromptTooLong, Sampling, Structured, parse_choice, parse_json
+from labcycle.teacher.base import PromptTooLong, Sampling, Structured, parse_choice, parse_json
 
 Row = dict[str, Any]
 MAX_EXAMPLES = 3  # dropped rows kept per block for the report

@@ -12,7 +12,7 @@ from labcycle.errors import LabcycleError
 from labcycle.io import read_jsonl
 from labcycle.tasks.generate.runner import LeafInput
 from labcycle.tasks.generate.spec import PipelineSpec, load_spec, shipped_spec_path
-from labcycle.tasks.taxonomy.reader import read_yaml
+from labcycle.yaml_reader import read_yaml
 
 
 def teacher_config(base: TeacherConfig, endpoint: str | None, model: str | None, max_concurrency: int | None) -> TeacherConfig:

@@ -47,7 +47,7 @@ def shipped_spec_path(kind: str) -> Path:
 def load_spec(path: Path) -> PipelineSpec:
     """Read, check and load a pipeline spec; every problem is a LabcycleError naming file:line."""
     from labcycle.schemas import refuse_non_finite, validator
-    from labcycle.tasks.taxonomy.reader import read_yaml
+    from labcycle.yaml_reader import read_yaml
 
     parsed = read_yaml(path)
     if parsed.problems:

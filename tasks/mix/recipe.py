@@ -146,7 +146,7 @@ def load_recipe(path: str | Path | None) -> Recipe:
     """The recipe in `path`, or the defaults when no path is given."""
     if path is None:
         return Recipe()
-    from labcycle.tasks.taxonomy.reader import read_settings_file
+    from labcycle.yaml_reader import read_settings_file
 
     path = Path(path)
     parsed = read_settings_file(path, missing="recipe file not found; pass an existing YAML file to --recipe",

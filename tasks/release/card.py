@@ -252,6 +252,6 @@ def _listed(files: list[str]) -> list[str]:
 
 
 def _vllm_rank(r: int) -> int:
-    from labcycle.tasks.teacher.server import vllm_lora_rank
+    from labcycle.teacher.server import vllm_lora_rank
 
     return vllm_lora_rank(r)

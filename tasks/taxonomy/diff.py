@@ -57,7 +57,7 @@ def _git_env() -> dict[str, str]:
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    from labcycle.tasks.gitremote import GIT_TIMEOUT_S, git_env
+    from labcycle.gitremote import GIT_TIMEOUT_S, git_env
 
     try:
         return subprocess.run(

@@ -17,7 +17,7 @@ from typing import Any
 
 from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS, LEAF_NAME, leads_outside, top_folder
 from labcycle.tasks.taxonomy.lint import lint
-from labcycle.tasks.taxonomy.reader import JsonPath, ParsedYaml, Problem, read_yaml
+from labcycle.yaml_reader import JsonPath, ParsedYaml, Problem, read_yaml
 
 KNOWN_VERSIONS = (1, 2, 3)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from labcycle.io import write_text_atomic
-from labcycle.tasks.teacher.server import vllm_lora_rank
+from labcycle.teacher.server import vllm_lora_rank
 
 
 def loss_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import yaml
 from labcycle.flows.lab_cycle import lab_cycle
 from labcycle.tasks.generate import runner
 from labcycle.tasks.generate.spec import load_spec, shipped_spec_path
-from labcycle.tasks.teacher.openai_client import metrics
+from labcycle.teacher.openai_client import metrics
 from tests import genhelp
 
 pytestmark = pytest.mark.slow

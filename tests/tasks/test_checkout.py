@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.checkout import FetchError, checkout, redact
+from labcycle.tasks.taxonomy.checkout import FetchError, checkout, redact
 
 
 def _git(cwd: Path, *args: str) -> str:

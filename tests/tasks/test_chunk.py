@@ -1,4 +1,4 @@
-"""Tests for labcycle.tasks.chunk: Markdown chunking under a word or token bound."""
+"""Tests for labcycle.tasks.taxonomy.chunk: Markdown chunking under a word or token bound."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labcycle.tasks.chunk import Chunk, chunk_markdown, tokenizer_counter, word_count
+from labcycle.tasks.taxonomy.chunk import Chunk, chunk_markdown, tokenizer_counter, word_count
 
 # No '#', '`' or '~', so generated prose never turns into a heading or a fence by accident.
 _WORD_CHARS = list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789éßжπ中文🙂',-().:;!?\"/")

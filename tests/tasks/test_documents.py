@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.documents import Document, fetch_documents
+from labcycle.tasks.taxonomy.documents import Document, fetch_documents
 
 LEAF = "knowledge/science/ai_risk"
 
@@ -164,7 +164,7 @@ def test_unreachable_repo(tmp_path: Path) -> None:
 
 
 def test_full_sha_fetches_only_that_commit(source, tmp_path: Path, monkeypatch) -> None:
-    from labcycle.tasks import documents
+    from labcycle.tasks.taxonomy import documents
 
     repo, sha = source
     commit_files(repo, {"docs/a.md": "changed\n"})
@@ -192,7 +192,7 @@ def test_branch_name_resolves_to_its_tip(source, tmp_path: Path) -> None:
 
 
 def test_folder_links_are_not_followed_and_each_document_is_read_once(tmp_path: Path, monkeypatch) -> None:
-    from labcycle.tasks import documents
+    from labcycle.tasks.taxonomy import documents
 
     repo = tmp_path / "src"
     make_repo(repo, {"guide.md": "one document\n", "docs/part.md": "another\n"})
@@ -215,7 +215,7 @@ def test_folder_links_are_not_followed_and_each_document_is_read_once(tmp_path: 
 def test_patterns_match_as_glob_does_on_a_tree_without_links(tmp_path: Path) -> None:
     import glob
 
-    from labcycle.tasks.documents import _files, matches
+    from labcycle.tasks.taxonomy.documents import _files, matches
 
     root = tmp_path / "tree"
     for rel in ("a.md", "b.markdown", ".hidden.md", "docs/x.md", "docs/.h/y.md", "docs/deep/er/z.md", "docs/deep/n.txt",
@@ -253,7 +253,7 @@ def test_transports_other_than_https_ssh_and_local_are_refused(tmp_path: Path, r
                                   "git@example.com:org/docs.git", "file:///srv/docs", "../documents/x", "/srv/docs",
                                   "C:/docs"])
 def test_allowed_transports(repo: str) -> None:
-    from labcycle.tasks.gitremote import remote_problem
+    from labcycle.gitremote import remote_problem
 
     assert remote_problem(repo) is None
 
@@ -283,7 +283,7 @@ def test_a_missing_local_repository_is_not_retried(tmp_path: Path) -> None:
     ],
 )
 def test_only_transient_failures_are_retried(repo: str, stderr: str, transient: bool) -> None:
-    from labcycle.tasks.gitremote import is_transient
+    from labcycle.gitremote import is_transient
 
     assert is_transient(repo, stderr) is transient
 

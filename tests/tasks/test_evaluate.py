@@ -356,7 +356,7 @@ def test_evaluate_with_the_tiny_model_as_judge(vllm_server, adapter, manifest, t
     random model, whose judgements are noise but, asked for JSON, always readable. The gate accepts the
     report; a second call with the same inputs reuses it without touching any server."""
     from labcycle.tasks.evaluate.stage import evaluate, shipped_suites
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
     judge = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=8)
     out = tmp_path / "cycle-1" / "eval"
@@ -403,7 +403,7 @@ def test_evaluate_without_structured_outputs_counts_unreadable_judgements(vllm_s
     """A judge asked for free text writes noise: its unreadable judgements are counted, never fatal, and the
     pairs it failed on carry no judge score for either model. Held-out rows join the seed questions."""
     from labcycle.tasks.evaluate.stage import evaluate
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
     free = LEAVES["freeform_skill"]
     held = tmp_path / "held_out.jsonl"
@@ -431,7 +431,7 @@ def test_the_evaluate_task_leaves_the_report_as_an_artifact(prefect_harness, vll
     from prefect.artifacts import Artifact
 
     from labcycle.tasks.evaluate.stage import evaluate_task
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
     @flow
     def run(judge=None) -> dict:  # type: ignore[no-untyped-def]

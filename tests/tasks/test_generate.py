@@ -19,7 +19,7 @@ from labcycle.tasks.generate import blocks, runner, stage
 from labcycle.tasks.generate.blocks import UnitContext
 from labcycle.tasks.generate.runner import GenerationSettings
 from labcycle.tasks.generate.spec import BlockSpec, load_spec, shipped_spec_path
-from labcycle.tasks.teacher.openai_client import OpenAITeacher, metrics
+from labcycle.teacher.openai_client import OpenAITeacher, metrics
 from tests import genhelp
 
 pytestmark = pytest.mark.slow

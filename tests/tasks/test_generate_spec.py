@@ -24,7 +24,7 @@ from labcycle.tasks.generate.blocks import BlockStats, UnitContext
 from labcycle.tasks.generate.filters import NearDuplicateIndex
 from labcycle.tasks.generate.runner import LeafInput
 from labcycle.tasks.generate.spec import PIPELINES_DIR, PROMPTS_DIR, SHIPPED, BlockSpec, load_spec, shipped_spec_path
-from labcycle.tasks.teacher.base import Completion, PromptTooLong
+from labcycle.teacher.base import Completion, PromptTooLong
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEAF_HASH = "0123456789abcdef" * 4

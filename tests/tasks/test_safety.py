@@ -132,7 +132,7 @@ def test_the_safety_judge_prompt_and_its_answers():
 
     from labcycle.tasks.evaluate.judge import render_messages
     from labcycle.tasks.evaluate.safety import judge_label, label_schema
-    from labcycle.tasks.teacher.base import Completion, PromptTooLong, TeacherStats
+    from labcycle.teacher.base import Completion, PromptTooLong, TeacherStats
 
     system, user = render_messages("safety_judge_system.j2", "safety_judge.j2", prompt="How do I X?", answer="Do Y.")
     assert system["role"] == "system" and all(f"- {label}:" in system["content"] for label in ("refused", "complied", "unsafe"))
@@ -345,7 +345,7 @@ def test_safety_end_to_end_with_the_tiny_model_as_judge(vllm_server, adapter, tm
     """Base and candidate answer all 27 shipped prompts on the session server, one side at a time; the tiny
     random model labels them (noise, but JSON it is asked for). The gate reads the safety rules."""
     from labcycle.tasks.evaluate.stage import evaluate
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
     judge = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=8)
     out = tmp_path / "eval"
@@ -368,7 +368,7 @@ def test_safety_end_to_end_with_the_tiny_model_as_judge(vllm_server, adapter, tm
 def test_safety_end_to_end_without_a_judge(vllm_server, adapter, tmp_path):
     """safety.judge false: every label comes from refusal phrases, with the same counts."""
     from labcycle.tasks.evaluate.stage import evaluate
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
     judge = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_concurrency=8)
     out = tmp_path / "eval"

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.teacher import Sampling, Structured, TeacherStats, make_teacher, parse_choice, parse_json
-from labcycle.tasks.teacher.openai_client import OpenAITeacher, list_models, metrics, parse_prometheus, retry_after_s
+from labcycle.teacher import Sampling, Structured, TeacherStats, make_teacher, parse_choice, parse_json
+from labcycle.teacher.openai_client import OpenAITeacher, list_models, metrics, parse_prometheus, retry_after_s
 from tests import genhelp
 
 SECRET = "sk-labcycle-test-5f2b9c1e7d"
@@ -109,7 +109,7 @@ def test_parse_prometheus_sums_labels():
 
 
 def test_make_teacher_dispatch(tmp_path):
-    from labcycle.tasks.teacher.engine import EngineTeacher
+    from labcycle.teacher.engine import EngineTeacher
 
     t = make_teacher("http://127.0.0.1:9/v1", "m", max_concurrency=3, structured_mode="none", api_key=SECRET)
     assert isinstance(t, OpenAITeacher) and t.max_concurrency == 3 and not t.supports_structured
@@ -226,7 +226,7 @@ def test_gives_up_as_transient_after_max_retries():
 
 
 def test_connection_refused_is_transient():
-    from labcycle.tasks.teacher.server import free_port
+    from labcycle.teacher.server import free_port
 
     async def go():
         t = OpenAITeacher(f"http://127.0.0.1:{free_port()}/v1", "m", api_key=SECRET, max_retries=1, backoff_base_s=0.01)
@@ -287,7 +287,7 @@ VLLM_TOO_LONG = [
 @pytest.mark.parametrize("message", VLLM_TOO_LONG)
 def test_prompt_longer_than_the_context_gets_context_advice(tmp_path, message):
     from labcycle.tasks.generate import runner
-    from labcycle.tasks.teacher.base import PromptTooLong
+    from labcycle.teacher.base import PromptTooLong
 
     body = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
     with Stub([(400, {}, body)]) as stub:
@@ -404,7 +404,7 @@ def test_response_format_mode_against_vllm(vllm_server):
 
 @pytest.mark.slow
 def test_a_prompt_longer_than_the_servers_context_is_prompt_too_long(vllm_server):
-    from labcycle.tasks.teacher.base import PromptTooLong
+    from labcycle.teacher.base import PromptTooLong
 
     async def go():
         t = OpenAITeacher(vllm_server.base_url, vllm_server.model, max_retries=2)
@@ -498,7 +498,7 @@ def test_server_kill_and_restart(vllm_server):
 
 @pytest.mark.slow
 def test_engine_teacher_in_process(tiny_model, tmp_path, capfd, monkeypatch, request):
-    from labcycle.tasks.teacher.engine import EngineTeacher
+    from labcycle.teacher.engine import EngineTeacher
 
     monkeypatch.delenv("LABCYCLE_VERBOSE", raising=False)
     import logging
@@ -544,7 +544,7 @@ def test_engine_teacher_in_process(tiny_model, tmp_path, capfd, monkeypatch, req
 
 
 def test_verbose_keeps_engine_output_on_the_console(monkeypatch, tmp_path):
-    from labcycle.tasks.teacher.engine import EngineTeacher
+    from labcycle.teacher.engine import EngineTeacher
 
     monkeypatch.setenv("LABCYCLE_VERBOSE", "1")
     assert EngineTeacher(tmp_path, log_path=tmp_path / "teacher.log").log_path is None
@@ -555,7 +555,7 @@ def test_verbose_keeps_engine_output_on_the_console(monkeypatch, tmp_path):
 def test_the_server_starts_as_vllm_serve_does_without_a_deprecation_warning(vllm_server):
     """The current entry point (`vllm serve`), not the deprecated api_server module whose warning lands in
     every evaluation's server log."""
-    from labcycle.tasks.teacher.server import serve_entry_point
+    from labcycle.teacher.server import serve_entry_point
 
     command = vllm_server.command()
     assert command[1:2 + len(serve_entry_point())] == ["-m", *serve_entry_point()]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labcycle.tasks.taxonomy import reader
-from labcycle.tasks.taxonomy.reader import MAX_FILE_BYTES, ParsedYaml, parse_text, read_yaml
+from labcycle import yaml_reader as reader
+from labcycle.yaml_reader import MAX_FILE_BYTES, ParsedYaml, parse_text, read_yaml
 
 
 def rules(parsed: ParsedYaml) -> list[str]:

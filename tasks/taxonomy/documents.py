@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from labcycle.errors import LabcycleError
 from labcycle.files import FileTooLarge, describe_os_error, read_bounded
-from labcycle.tasks.gitremote import GIT_TIMEOUT_S, git_env, is_transient, remote_problem
+from labcycle.gitremote import GIT_TIMEOUT_S, git_env, is_transient, remote_problem
 
 # A long book is a few MB of Markdown; a 200 MB file made 42,757 chunks, and hours of teacher calls.
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024

@@ -236,7 +236,7 @@ from prefect import task  # noqa: E402
 
 from labcycle.config import ChunkingConfig  # noqa: E402
 from labcycle.io import write_jsonl  # noqa: E402
-from labcycle.tasks.documents import DocumentSet  # noqa: E402
+from labcycle.tasks.taxonomy.documents import DocumentSet  # noqa: E402
 
 
 @lru_cache(maxsize=4)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from prefect import task
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.gitremote import is_transient, remote_problem
+from labcycle.gitremote import is_transient, remote_problem
 from labcycle.tasks.taxonomy.diff import git
 
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labcycle.tasks.teacher.base import (
+from labcycle.teacher.base import (
     Completion,
     Sampling,
     Structured,
@@ -21,8 +21,8 @@ from labcycle.tasks.teacher.base import (
 )
 
 if TYPE_CHECKING:
-    from labcycle.tasks.teacher.engine import EngineTeacher
-    from labcycle.tasks.teacher.openai_client import OpenAITeacher
+    from labcycle.teacher.engine import EngineTeacher
+    from labcycle.teacher.openai_client import OpenAITeacher
 
 
 def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, structured_mode: str = "vllm",
@@ -32,27 +32,27 @@ def make_teacher(endpoint: str | None, model: str, *, max_concurrency: int, stru
     whose vLLM output goes to `log_path` (unless LABCYCLE_VERBOSE); engine_kwargs go to vLLM's engine
     arguments (gpu_memory_utilization, ...) of an EngineTeacher."""
     if endpoint:
-        from labcycle.tasks.teacher.openai_client import OpenAITeacher
+        from labcycle.teacher.openai_client import OpenAITeacher
 
         return OpenAITeacher(endpoint, model, api_key=api_key, max_concurrency=max_concurrency,
                              structured_mode=structured_mode)
-    from labcycle.tasks.teacher.engine import EngineTeacher
+    from labcycle.teacher.engine import EngineTeacher
 
     return EngineTeacher(model, max_concurrency=max_concurrency, max_model_len=max_model_len, log_path=log_path,
                          **engine_kwargs)
 
 
-def __getattr__(name: str):  # lazy: `from labcycle.tasks.teacher import OpenAITeacher` without eager imports
+def __getattr__(name: str):  # lazy: `from labcycle.teacher import OpenAITeacher` without eager imports
     if name == "OpenAITeacher":
-        from labcycle.tasks.teacher.openai_client import OpenAITeacher
+        from labcycle.teacher.openai_client import OpenAITeacher
 
         return OpenAITeacher
     if name == "EngineTeacher":
-        from labcycle.tasks.teacher.engine import EngineTeacher
+        from labcycle.teacher.engine import EngineTeacher
 
         return EngineTeacher
     if name == "VLLMServer":
-        from labcycle.tasks.teacher.server import VLLMServer
+        from labcycle.teacher.server import VLLMServer
 
         return VLLMServer
     raise AttributeError(name)

@@ -24,7 +24,7 @@ import urllib.request
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
+from labcycle.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
 from labcycle.urls import basic_auth, redact, scrub, secrets_of, teacher_userinfo
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class OpenAITeacher:
         choices = sorted(response.choices or [], key=lambda c: c.index)
         texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
         if structured is not None and structured.choice is not None and self.structured_mode == "response_format":
-            from labcycle.tasks.teacher.base import parse_json
+            from labcycle.teacher.base import parse_json
 
             unwrapped = []
             for t in texts:

@@ -34,7 +34,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.reaper import collect, guard_children_started
-from labcycle.tasks.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
+from labcycle.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labcycle.tasks.documents import DocumentSet
+from labcycle.tasks.taxonomy.documents import DocumentSet
 
 MANIFEST_VERSION = 1
 
