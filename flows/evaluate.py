@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle import config as config_module
+from labcycle.flows import config as config_module
 from labcycle.errors import LabcycleError
 from labcycle.flows import remote
 from labcycle.flows.taxonomy import prepare_taxonomy

@@ -17,12 +17,13 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle import config as config_module
+from labcycle.flows import config as config_module
 from labcycle.errors import LabcycleError
 from labcycle.flows import remote
 from labcycle.tasks.generate import inputs, report
 from labcycle.tasks.generate.stage import generate_leaf_task, publish_generated
 from labcycle.teacher import make_teacher
+from labcycle.teacher.settings import api_key, teacher_config
 
 
 @flow(name="generate", log_prints=True)
@@ -64,9 +65,9 @@ async def _generate(manifest: str, output: str, config: str | None, teacher_endp
                     taxonomy_root: str | None) -> Any:
     try:
         cfg = config_module.load(config).generation
-        teacher_cfg = inputs.teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
+        teacher_cfg = teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
         leaves, specs = inputs.load_leaves(Path(manifest), cfg, Path(taxonomy_root) if taxonomy_root else None)
-        api_key = await inputs.api_key(teacher_cfg)
+        api_key = await api_key(teacher_cfg)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     out = Path(output)

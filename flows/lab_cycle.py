@@ -20,7 +20,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle import config as config_module
+from labcycle.flows import config as config_module
 from labcycle import profiles
 from labcycle.env import default_run_dir
 from labcycle.errors import LabcycleError

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.states import Failed
 
-from labcycle import config as config_module
+from labcycle.flows import config as config_module
 from labcycle.env import cache_dir, default_run_dir
 from labcycle.errors import LabcycleError
 from labcycle.tasks.taxonomy.chunk import chunk_leaf_documents

@@ -276,7 +276,7 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
         raise _usage_error(f"--config {config}: {_no_file(config)}")
     if config is not None and profile is not None:
         raise _usage_error("give either --config or --profile, not both")
-    from labcycle.config import load as load_config
+    from labcycle.flows.config import load as load_config
     from labcycle.flows.lab_cycle import lab_cycle
 
     if config is not None:
@@ -304,8 +304,8 @@ def _check_teacher(config: Path | None, teacher_endpoint: str | None, teacher_mo
                    max_concurrency: int | None) -> None:
     """Before any stage runs: the config loads and names a usable teacher, else one line and exit 1
     (main prints the LabcycleError), not a failed flow after the taxonomy stage."""
-    from labcycle import config as config_module
-    from labcycle.tasks.generate.inputs import teacher_config
+    from labcycle.flows import config as config_module
+    from labcycle.teacher.settings import teacher_config
 
     cfg = config_module.load(config)
     teacher_config(cfg.generation.teacher, teacher_endpoint, teacher_model, max_concurrency)
@@ -531,7 +531,7 @@ def tune_cmd(
     for flag, path in (("--knowledge-data", knowledge_data), ("--skills-data", skills_data)):
         if path is not None and not path.exists():
             raise _usage_error(f"{flag} {path}: no such file or folder")
-    from labcycle.config import load as load_config
+    from labcycle.flows.config import load as load_config
     from labcycle.flows.tune import tune
 
     if config is not None:
@@ -586,7 +586,7 @@ def evaluate_cmd(
     for flag, path in (("--config", config), ("--policy", policy)):
         if path is not None and not path.is_file():
             raise _usage_error(f"{flag} {path}: {_no_file(path)}")
-    from labcycle.config import load as load_config
+    from labcycle.flows.config import load as load_config
     from labcycle.models import model_folder_problem
     from labcycle.tasks.cycle import evaluation_inputs
     from labcycle.tasks.evaluate.stage import candidate_model

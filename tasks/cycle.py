@@ -91,7 +91,7 @@ def evaluation_inputs(cfg: Any, teacher_endpoint: str | None, teacher_model: str
     evaluation), the suites the configured ones or the shipped general set, the safety suite the configured
     one or the shipped one (None when evaluation.safety.enabled is false)."""
     from labcycle.tasks.evaluate import JudgeSpec, SafetySpec, shipped_suites
-    from labcycle.tasks.generate.inputs import teacher_config
+    from labcycle.teacher.settings import teacher_config
 
     ev = cfg.evaluation
     judge = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labcycle import config
+from labcycle.flows import config
 from labcycle.errors import LabcycleError
 from tests.mistakes import assert_mistake
 

@@ -18,19 +18,14 @@ APPLICATION = {"cli", "webhook", "deploy", "profiles", "demo", "model_import", "
 RANK = {"base": 0, "stage": 1, "flow": 2, "application": 3}
 
 KNOWN = {
-    ("labcycle.config", "labcycle.tasks.evaluate.lmeval"),
-    ("labcycle.config", "labcycle.tasks.generate.runner"),
-    ("labcycle.config", "labcycle.tasks.taxonomy.discover"),
-    ("labcycle.config", "labcycle.tasks.tune"),
-    ("labcycle.config", "labcycle.tasks.tune.settings"),
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate"),
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.headline"),
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.report"),
-    ("labcycle.tasks.cycle", "labcycle.tasks.generate.inputs"),
     ("labcycle.tasks.cycle", "labcycle.tasks.release"),
     ("labcycle.tasks.evaluate.questions", "labcycle.tasks.generate.runner"),
     ("labcycle.tasks.evaluate.report", "labcycle.tasks.cycle"),
     ("labcycle.tasks.evaluate.stage", "labcycle.tasks.generate.inputs"),
+    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.generate.settings"),
     ("labcycle.tasks.evaluate.stage", "labcycle.tasks.tune.data"),
     ("labcycle.tasks.release.card", "labcycle.model_import"),
     ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.headline"),

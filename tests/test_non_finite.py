@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labcycle import config
+from labcycle.flows import config
 from tests.mistakes import assert_mistake
 from tests.test_hostile_inputs import assert_clean_failure, labcycle
 

@@ -32,7 +32,11 @@ def test_wheel_carries_packages_and_schemas(tmp_path):
         "labcycle/tasks/generate/prompts/knowledge/generate_qa.j2",
         "labcycle/teacher/openai_client.py",
         "labcycle/tasks/mix/stage.py",
-        "labcycle/tasks/gate.py",
+        "labcycle/tasks/gate/__init__.py",
+        "labcycle/tasks/gate/policy.py",
+        "labcycle/tasks/gate/plan.py",
+        "labcycle/tasks/gate/rules.py",
+        "labcycle/tasks/gate/report.py",
         "labcycle/tasks/release/registry.py",
         "labcycle/tasks/evaluate/stage.py",
         "labcycle/tasks/evaluate/prompts/judge.j2",
@@ -85,7 +89,7 @@ def test_validating_imports_neither_prefect_nor_torch(tmp_path):
 def test_shipped_configs_recipes_policies_and_pipelines_are_valid():
     """Every labcycle.yaml, recipe.yaml, gate.yaml and pipeline spec in the repository loads, checked
     against its schema."""
-    from labcycle import config
+    from labcycle.flows import config
     from labcycle.tasks.gate import load_policy
     from labcycle.tasks.generate.spec import load_spec
     from labcycle.tasks.mix import load_recipe

@@ -80,9 +80,8 @@ class JudgeSpec:
         return None if self.endpoint else Path(self.model).expanduser().resolve()
 
     async def build(self, **engine_kwargs: Any) -> Teacher:
-        from labcycle.config import TeacherConfig
-        from labcycle.tasks.generate.inputs import api_key
         from labcycle.teacher import make_teacher
+        from labcycle.teacher.settings import TeacherConfig, api_key
 
         key = await api_key(TeacherConfig(endpoint=self.endpoint, model=self.model, api_key_secret=self.api_key_secret))
         return make_teacher(self.endpoint, self.model, max_concurrency=self.max_concurrency,
@@ -256,7 +255,7 @@ async def _start(servers: list[Any], one_by_one: bool) -> None:
 
 def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None, per_leaf: int | None,
                taxonomy_root: Path | None = None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
-    from labcycle.config import GenerationConfig
+    from labcycle.tasks.generate.settings import GenerationConfig
     from labcycle.tasks.generate.inputs import load_leaves
 
     leaves, _ = load_leaves(Path(manifest), GenerationConfig(), taxonomy_root)

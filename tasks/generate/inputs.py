@@ -1,45 +1,17 @@
 """What generation reads: the run manifest's leaves with their qna.yaml and chunks, the pipeline spec
-for each leaf kind, and the teacher settings (config, overridden by command-line arguments)."""
+for each leaf kind, (the teacher's settings: labcycle/teacher/settings.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-from labcycle.config import GenerationConfig, TeacherConfig
 from labcycle.errors import LabcycleError
 from labcycle.io import read_jsonl
 from labcycle.tasks.generate.runner import LeafInput
+from labcycle.tasks.generate.settings import GenerationConfig
 from labcycle.tasks.generate.spec import PipelineSpec, load_spec, shipped_spec_path
 from labcycle.yaml_reader import read_yaml
-
-
-def teacher_config(base: TeacherConfig, endpoint: str | None, model: str | None, max_concurrency: int | None) -> TeacherConfig:
-    cfg = replace(base, endpoint=endpoint or base.endpoint, model=model or base.model,
-                  max_concurrency=max_concurrency or base.max_concurrency)
-    if not cfg.model:
-        raise LabcycleError("no teacher model: pass --teacher-model (a served model name, or a local model folder "
-                            "for the in-process engine) or set generation.teacher.model in the config")
-    if not cfg.endpoint and not Path(cfg.model).is_dir():
-        raise LabcycleError(f"teacher model folder {cfg.model!r} not found; with no --teacher-endpoint the teacher runs "
-                            "in-process and needs a local model folder (labcycle models build-tiny DIR makes one for smoke runs)")
-    return cfg
-
-
-async def api_key(cfg: TeacherConfig) -> str | None:
-    """The key from the named Prefect Secret block, if one is configured; else None (the teacher client
-    then reads LABCYCLE_TEACHER_API_KEY or OPENAI_API_KEY)."""
-    if not cfg.api_key_secret:
-        return None
-    from prefect.blocks.system import Secret
-
-    try:
-        secret = await Secret.aload(cfg.api_key_secret)
-    except ValueError as exc:
-        raise LabcycleError(f"Prefect Secret block {cfg.api_key_secret!r} not found; create it (prefect block create secret) "
-                            "or unset generation.teacher.api_key_secret") from exc
-    return secret.get()
 
 
 def load_leaves(manifest_path: Path, cfg: GenerationConfig,

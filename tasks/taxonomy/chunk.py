@@ -234,7 +234,7 @@ from functools import lru_cache  # noqa: E402
 
 from prefect import task  # noqa: E402
 
-from labcycle.config import ChunkingConfig  # noqa: E402
+from labcycle.tasks.taxonomy.settings import ChunkingConfig  # noqa: E402
 from labcycle.io import write_jsonl  # noqa: E402
 from labcycle.tasks.taxonomy.documents import DocumentSet  # noqa: E402
 

@@ -250,9 +250,9 @@ def test_teacher_api_key_from_a_prefect_secret_block(prefect_harness):
 
     from prefect.blocks.system import Secret
 
-    from labcycle.config import TeacherConfig
+    from labcycle.teacher.settings import TeacherConfig
     from labcycle.errors import LabcycleError
-    from labcycle.tasks.generate.inputs import api_key
+    from labcycle.teacher.settings import api_key
 
     Secret(value="sk-test-secret").save("labcycle-teacher-key", overwrite=True)
     assert asyncio.run(api_key(TeacherConfig(api_key_secret="labcycle-teacher-key"))) == "sk-test-secret"

@@ -182,7 +182,7 @@ def test_both_backends_render_the_same_prompts(tmp_path):
 
 
 def test_config_selects_the_backend_and_the_knowledge_suite():
-    from labcycle.config import from_mapping
+    from labcycle.flows.config import from_mapping
 
     cfg = from_mapping({"evaluation": {"regression": {"backend": "lm-eval"}, "knowledge_mc": True}})
     assert cfg.evaluation.regression.backend == "lm-eval" and cfg.evaluation.knowledge_mc is True

@@ -273,7 +273,7 @@ def test_answer_rows_carry_every_safety_record():
 
 
 def test_config_key_and_its_mistakes(tmp_path):
-    from labcycle import config
+    from labcycle.flows import config
     from labcycle.tasks.cycle import evaluation_inputs
 
     default = config.load(None)

@@ -1,7 +1,10 @@
 """labcycle's run configuration: a YAML file checked against schemas/config.schema.json, then typed.
 
-Unset keys take the defaults below; a bad key or value is reported with the file, line and the fix,
-before any work starts.
+Each stage owns the type of its own section (tasks/<stage>/settings.py; the teacher's, which generation
+and the evaluation's judge share: labcycle/teacher/settings.py); this module puts them together, with the
+sections only the flows read (the student, the recipe and policy files, remote execution). The flows
+parse it once per run and hand each stage its part. Unset keys take the defaults; a bad key or value is
+reported with the file, line and the fix, before any work starts.
 """
 
 from __future__ import annotations
@@ -10,74 +13,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from labcycle.errors import LabcycleError
+from labcycle.tasks.evaluate import settings as evaluate_settings
+from labcycle.tasks.evaluate.settings import EvaluationConfig
+from labcycle.tasks.generate import settings as generate_settings
+from labcycle.tasks.generate.settings import GenerationConfig
+from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS
+from labcycle.tasks.taxonomy.settings import ChunkingConfig, DocumentsConfig, TaxonomyConfig
 from labcycle.tasks.tune import settings as tune_settings
 from labcycle.tasks.tune.settings import TuneSettings
-from labcycle.tasks.taxonomy.discover import DEFAULT_FOLDERS
-
-
-@dataclass(frozen=True)
-class TaxonomyConfig:
-    folders: tuple[str, ...] = DEFAULT_FOLDERS
-    strict: bool = False
-
-
-@dataclass(frozen=True)
-class DocumentsConfig:
-    cache_dir: str | None = None
-    max_bytes: int = 20 * 1024 * 1024  # a knowledge document larger than this is refused (tasks/taxonomy/documents.py)
-
-
-@dataclass(frozen=True)
-class ChunkingConfig:
-    tokenizer: str | None = None
-    max_words: int = 1000
-    overlap_words: int = 100
-    max_tokens: int = 500
-    overlap_tokens: int = 50
-
-    @property
-    def bound(self) -> tuple[int, int]:
-        """(max size, overlap) in the unit the chunker counts: tokens with a tokenizer, else words."""
-        return (self.max_tokens, self.overlap_tokens) if self.tokenizer else (self.max_words, self.overlap_words)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    endpoint: str | None = None
-    model: str | None = None
-    max_concurrency: int = 32
-    structured_mode: str = "vllm"
-    max_model_len: int = 4096
-    api_key_secret: str | None = None  # a Prefect Secret block's name
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    samples_per_seed: int = 30
-    max_rounds: int = 3
-    max_units_per_round: int = 64
-    max_tokens_cap: int | None = None
-    pipelines: dict[str, str] = field(default_factory=dict)
-    leaves: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def settings_for(self, leaf_id: str, plan: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-        """A leaf's settings; `plan` is a later cycle's Plan (tasks/gate.py) as JSON."""
-        import math
-
-        from labcycle.tasks.generate.runner import GenerationSettings
-
-        plan = plan or {}
-        per_leaf = self.leaves.get(leaf_id, {})
-        samples = per_leaf.get("samples_per_seed", self.samples_per_seed)
-        factor = plan.get("samples_per_seed_factor", 1.0)
-        return GenerationSettings(samples_per_seed=samples if factor == 1 else math.ceil(samples * factor),
-                                  max_rounds=self.max_rounds, max_units_per_round=self.max_units_per_round,
-                                  max_tokens_cap=self.max_tokens_cap, seed_offset=plan.get("sampling_seed_offset", 0),
-                                  judge_strictness=plan.get("judge_strictness", 0))
 
 
 @dataclass(frozen=True)
@@ -88,35 +34,6 @@ class StudentConfig:
 @dataclass(frozen=True)
 class MixingConfig:
     recipe: str | None = None  # a mixing recipe; None: the built-in defaults
-
-
-@dataclass(frozen=True)
-class SafetyConfig:
-    enabled: bool = True  # base and candidate answer a safety suite; the gate's safety rules read it
-    suite: str | None = None  # a safety suite JSONL (schemas/safety-suite.schema.json); None: the shipped one
-    judge: bool = True  # the evaluation's judge labels the answers; False (or no judge): refusal phrases only
-
-
-@dataclass(frozen=True)
-class RegressionConfig:
-    backend: Literal["labcycle", "lm-eval"] = "labcycle"  # lm-eval: lm-evaluation-harness (labcycle[lmeval])
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    endpoint: str | None = None  # a vLLM server on the student's base with runtime LoRA loading; None: start one
-    served_base: str | None = None
-    judge: bool = True
-    suites: tuple[str, ...] | None = None  # None: the shipped general suites
-    max_tokens: int = 256
-    judge_max_tokens: int = 256
-    concurrency: int = 8
-    held_out_per_leaf: int | None = 10
-    max_items: int | None = None
-    max_model_len: int = 4096
-    regression: RegressionConfig = field(default_factory=RegressionConfig)
-    knowledge_mc: bool = False  # the knowledge leaves' seed questions as multiple choice, scored by log-likelihood
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 @dataclass(frozen=True)
@@ -166,11 +83,11 @@ def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tu
         taxonomy=TaxonomyConfig(folders=tuple(tax.get("folders", DEFAULT_FOLDERS)), strict=tax.get("strict", False)),
         documents=DocumentsConfig(**data.get("documents", {})),
         chunking=ChunkingConfig(**chunk),
-        generation=_generation(data.get("generation", {})),
+        generation=generate_settings.from_mapping(data.get("generation", {})),
         student=StudentConfig(**data.get("student", {})),
         mixing=MixingConfig(**data.get("mixing", {})),
         tuning=tune_settings.from_mapping(data.get("tuning", {})),
-        evaluation=_evaluation(data.get("evaluation", {})),
+        evaluation=evaluate_settings.from_mapping(data.get("evaluation", {})),
         gate=GateConfig(**data.get("gate", {})),
         remote=_remote(data.get("remote", {}), source, locate),
     )
@@ -194,22 +111,6 @@ def _remote(data: dict[str, Any], source: str, locate: Callable[[tuple], tuple[i
                             "remote.storage (an fsspec URL such as s3://bucket/labcycle, or a folder the GPU workers "
                             "share), or remove the deployment to run the stage in-process", where=where)
     return RemoteConfig(storage=data.get("storage"), deployments=deployments, timeout_s=data.get("timeout_s"))
-
-
-def _evaluation(data: dict[str, Any]) -> EvaluationConfig:
-    suites = data.get("suites")
-    regression = RegressionConfig(**(data.get("regression") or {}))
-    if regression.backend == "lm-eval":
-        from labcycle.tasks.evaluate.lmeval import require
-
-        require()  # not installed: said now, not after the servers started
-    return EvaluationConfig(**{**data, "suites": tuple(suites) if suites is not None else None,
-                               "regression": regression, "safety": SafetyConfig(**(data.get("safety") or {}))})
-
-
-def _generation(data: dict[str, Any]) -> GenerationConfig:
-    rest = {k: v for k, v in data.items() if k != "teacher"}
-    return GenerationConfig(teacher=TeacherConfig(**data.get("teacher", {})), **rest)
 
 
 def load(path: str | Path | None) -> Config:
