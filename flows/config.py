@@ -10,12 +10,12 @@ reported with the file, line and the fix, before any work starts.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from labcycle.errors import LabcycleError
+from labcycle.io import digest_json
 from labcycle.tasks.evaluate import settings as evaluate_settings
 from labcycle.tasks.evaluate.settings import EvaluationConfig
 from labcycle.tasks.generate import settings as generate_settings
@@ -69,7 +69,7 @@ class Config:
     def digest(self) -> str:
         # Where stages run changes no result: remote settings stay out of the digest.
         data = {k: v for k, v in self.to_json().items() if k != "remote"}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(digest_json(data).encode()).hexdigest()[:16]
 
 
 def from_mapping(data: Any, source: str = "config", locate: Callable[[tuple], tuple[int, int]] | None = None) -> Config:
@@ -122,3 +122,9 @@ def load(path: str | Path | None) -> Config:
     parsed = read_settings_file(Path(path), missing="config file not found; pass an existing YAML file to --config",
                                 what="config", keys="taxonomy:, generation:, tuning: ...")
     return from_mapping(parsed.data or {}, source=str(path), locate=parsed.where)
+
+
+def settings(config: Config | str | Path | None) -> Config:
+    """A stage flow's `config` parameter, typed: the Config lab_cycle parsed once and handed down, or a
+    labcycle.yaml when the stage runs on its own (the CLI, its deployment started from the UI)."""
+    return config if isinstance(config, Config) else load(config)

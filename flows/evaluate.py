@@ -20,20 +20,22 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle.flows import config as config_module
 from labcycle.errors import LabcycleError
+from labcycle.flows import config as config_module
 from labcycle.flows import remote
+from labcycle.flows.config import Config
 from labcycle.flows.taxonomy import prepare_taxonomy
 from labcycle.io import write_json
-from labcycle.tasks import cycle as cycle_tasks
 from labcycle.tasks import gate
 from labcycle.tasks.evaluate import evaluate_task
+from labcycle.tasks.evaluate.settings import evaluation_inputs
 from labcycle.tasks.evaluate import report as report_io
 
 
 @flow(name="evaluate", log_prints=True)
+@remote.portable("evaluate")
 def evaluate(manifest: str, candidate: str, base_model: str, output: str, held_out: str | None = None,
-             config: str | None = None, teacher_endpoint: str | None = None, teacher_model: str | None = None,
+             config: Config | str | None = None, teacher_endpoint: str | None = None, teacher_model: str | None = None,
              max_concurrency: int | None = None, taxonomy_root: str | None = None, storage: str | None = None) -> Any:
     """Evaluate a candidate adapter against its base model; returns the report (OUTPUT/report.json).
 
@@ -43,41 +45,23 @@ def evaluate(manifest: str, candidate: str, base_model: str, output: str, held_o
         base_model: the model the adapter was trained on.
         output: where report.json, report.md and answers.jsonl go.
         held_out: held-out generated samples (the mix stage's held_out.jsonl), asked besides the seeds.
-        config: a labcycle.yaml; its `evaluation` section, and the teacher that judges.
+        config: a labcycle.yaml, or the config lab_cycle parsed; its `evaluation` section, and the teacher
+            that judges.
         teacher_endpoint: the judge's OpenAI-compatible base URL; unset: an in-process vLLM engine.
         teacher_model: the judge's served model name, or a local model folder for the in-process engine.
-        max_concurrency: most judge requests in flight at once.
+        max_concurrency: most judge requests in flight at once (evaluation.concurrency caps it too).
         taxonomy_root: where the leaves' qna.yaml files are; default: the root the manifest names.
-        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
-            manifest, candidate, output, held_out, config and taxonomy_root are then relative to it
+        storage: set by lab_cycle for a remote run (flows/remote.py, `portable`): the run's mirror in shared
+            storage. manifest, candidate, output, held_out and taxonomy_root are then relative to it
             (base_model too when it is in the mirror); the inputs are fetched first and the output sent back after.
     """
-    if not storage:
-        return _evaluate(manifest, candidate, base_model, output, held_out, config, teacher_endpoint, teacher_model,
-                         max_concurrency, taxonomy_root)
-    mirror = remote.worker_mirror(storage)
     try:
-        mirror.pull(manifest, candidate, held_out, taxonomy_root, config)
-        base_model = remote.model_path(mirror, base_model) or base_model
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    result = _evaluate(mirror.local(manifest), mirror.local(candidate), base_model, mirror.local(output),  # type: ignore[arg-type]
-                       mirror.local(held_out), mirror.local(config), teacher_endpoint, teacher_model, max_concurrency,
-                       mirror.local(taxonomy_root))
-    return remote.hand_back(mirror, output, result)
-
-
-def _evaluate(manifest: str, candidate: str, base_model: str, output: str, held_out: str | None, config: str | None,
-              teacher_endpoint: str | None, teacher_model: str | None, max_concurrency: int | None,
-              taxonomy_root: str | None) -> Any:
-    try:
-        cfg = config_module.load(config)
+        cfg = config_module.settings(config)
         return evaluate_task(Path(manifest), Path(candidate), Path(base_model), Path(output),
                              held_out=Path(held_out) if held_out else None,
                              taxonomy_root=Path(taxonomy_root) if taxonomy_root else None,
-                             regression_backend=cfg.evaluation.regression.backend,
-                             knowledge_mc=cfg.evaluation.knowledge_mc,
-                             **cycle_tasks.evaluation_inputs(cfg, teacher_endpoint, teacher_model, max_concurrency))
+                             **evaluation_inputs(cfg.evaluation, cfg.generation.teacher, teacher_endpoint, teacher_model,
+                                                 max_concurrency))
     except LabcycleError as exc:
         return Failed(message=f"{exc} (finished work is kept: once that is fixed, a rerun resumes from it)")
 

@@ -17,9 +17,10 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle.flows import config as config_module
 from labcycle.errors import LabcycleError
+from labcycle.flows import config as config_module
 from labcycle.flows import remote
+from labcycle.flows.config import Config
 from labcycle.tasks.generate import inputs, report
 from labcycle.tasks.generate.stage import generate_leaf_task, publish_generated
 from labcycle.teacher import make_teacher
@@ -27,7 +28,8 @@ from labcycle.teacher.settings import api_key, teacher_config
 
 
 @flow(name="generate", log_prints=True)
-async def generate(manifest: str, output: str, config: str | None = None, teacher_endpoint: str | None = None,
+@remote.portable("generate")
+async def generate(manifest: str, output: str, config: Config | str | None = None, teacher_endpoint: str | None = None,
                    teacher_model: str | None = None, max_concurrency: int | None = None,
                    plan: dict[str, Any] | None = None, taxonomy_root: str | None = None,
                    storage: str | None = None) -> Any:
@@ -36,44 +38,28 @@ async def generate(manifest: str, output: str, config: str | None = None, teache
     Args:
         manifest: the run's manifest.json (from the taxonomy stage).
         output: where samples.jsonl and yield.json go, one folder per leaf.
-        config: a labcycle.yaml; its `generation` section, overridden by the arguments below.
+        config: a labcycle.yaml, or the config lab_cycle parsed; its `generation` section, overridden by the
+            arguments below.
         teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
         teacher_model: the served model name, or a local model folder for the in-process engine.
         max_concurrency: most teacher requests in flight at once, across all leaves.
         plan: a later cycle's changes (tasks/gate.Plan as JSON): more samples, other seeds, stricter judges.
         taxonomy_root: where the leaves' qna.yaml files are; default: the root the manifest names.
-        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
-            manifest, output, config and taxonomy_root are then relative to it; the inputs are fetched
+        storage: set by lab_cycle for a remote run (flows/remote.py, `portable`): the run's mirror in shared
+            storage. manifest, output and taxonomy_root are then relative to it; the inputs are fetched
             first and the output sent back after.
     """
-    if not storage:
-        return await _generate(manifest, output, config, teacher_endpoint, teacher_model, max_concurrency, plan,
-                               taxonomy_root)
-    mirror = remote.worker_mirror(storage)
     try:
-        mirror.pull(manifest, taxonomy_root, config)
-        mirror.pull("documents", missing_ok=True)  # none without knowledge leaves
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    result = await _generate(mirror.local(manifest), mirror.local(output), mirror.local(config), teacher_endpoint,
-                             teacher_model, max_concurrency, plan, mirror.local(taxonomy_root))
-    return remote.hand_back(mirror, output, result)
-
-
-async def _generate(manifest: str, output: str, config: str | None, teacher_endpoint: str | None,
-                    teacher_model: str | None, max_concurrency: int | None, plan: dict[str, Any] | None,
-                    taxonomy_root: str | None) -> Any:
-    try:
-        cfg = config_module.load(config).generation
+        cfg = config_module.settings(config).generation
         teacher_cfg = teacher_config(cfg.teacher, teacher_endpoint, teacher_model, max_concurrency)
         leaves, specs = inputs.load_leaves(Path(manifest), cfg, Path(taxonomy_root) if taxonomy_root else None)
-        api_key = await api_key(teacher_cfg)
+        key = await api_key(teacher_cfg)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     out = Path(output)
     teacher = make_teacher(teacher_cfg.endpoint, teacher_cfg.model, max_concurrency=teacher_cfg.max_concurrency,
                            structured_mode=teacher_cfg.structured_mode, max_model_len=teacher_cfg.max_model_len,
-                           api_key=api_key, log_path=out / "teacher.log")
+                           api_key=key, log_path=out / "teacher.log")
     tracker = await report.ProgressTracker.start(leaves, cfg, plan)
     try:
         # Every leaf runs to its end even when another fails, so whatever finished is kept and published.

@@ -13,27 +13,32 @@ cycle's decision and the released version.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle.flows import config as config_module
 from labcycle import profiles
-from labcycle.env import default_run_dir
 from labcycle.errors import LabcycleError
+from labcycle.flows import config as config_module
+from labcycle.flows import records
+from labcycle.flows.config import Config
+from labcycle.flows.evaluate import evaluate
+from labcycle.flows.generate import generate
+from labcycle.flows.records import CycleRecord, Mixed, StageFailed, Tuned, completed
 from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
+from labcycle.flows.tune import tune
 from labcycle.io import write_json
 from labcycle.models import check_student
-from labcycle.tasks import cycle as cycle_tasks
-from labcycle.tasks.taxonomy.checkout import blank, checkout_task
+from labcycle.run_folder import CycleFolder, RunFolder
 from labcycle.tasks.gate import Plan, first_plan, gate_task, load_policy
-from labcycle.tasks.taxonomy.manifest import lineage
 from labcycle.tasks.mix import load_recipe, mix_task
 from labcycle.tasks.release import release_task, request_approval
+from labcycle.tasks.taxonomy.checkout import blank, checkout_task
+from labcycle.tasks.taxonomy.manifest import lineage
 from labcycle.urls import hold_teacher_login
 
 Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]
@@ -104,143 +109,144 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         commit: the commit to check out (a push's head commit).
         max_cycles: the most cycles before giving up; default: the gate policy's max_cycles.
     """
-    run_dir = Path(output).resolve() if output else default_run_dir()
+    run = RunFolder.at(output)
+    try:
+        setup = _setup(run, taxonomy, config, profile, taxonomy_repo, branch, commit, teacher_endpoint, teacher_model,
+                       student_model)
+        result = {"run_dir": str(run.root), **completed(prepare_taxonomy(taxonomy=setup.taxonomy, base=base,
+                                                                          output=str(run.root), config=setup.cfg,
+                                                                          return_state=True))}
+        if until == "taxonomy":
+            return result
+        if result["leaves"] == 0:  # a push or a schedule that changed no leaf: a successful no-op, no teacher started
+            message = records.nothing_changed(run.manifest)
+            print(message)
+            records.write_report(run.root, [], released=None)
+            return {**result, "cycles": [], "released": None, "nothing_changed": message}
+        policy, recipe = _loop_settings(setup, until, max_cycles)
+        teacher = dict(teacher_endpoint=setup.teacher_endpoint, teacher_model=setup.teacher_model,
+                       max_concurrency=max_concurrency)
+        cycles: list[CycleRecord] = []
+        plan = first_plan()
+        while True:
+            folder = run.cycle(plan.cycle)
+            write_json(folder.plan, {**plan.to_json(), "changes": plan.describe()})
+            cycle = CycleRecord(folder, plan.to_json())
+            cycles.append(cycle)
+            # generate → mix → tune → evaluate → gate; a GPU stage runs here or through its deployment (remote:)
+            cycle.generation = completed(run_stage(generate, setup.cfg.remote, run.root, manifest=str(run.manifest),
+                                                   output=str(folder.generated), config=setup.cfg, plan=plan.to_json(),
+                                                   **teacher))
+            if until == "generate":
+                break
+            cycle.mix = mix_task(folder.generated, folder.mixed, recipe)
+            mixed = Mixed.read(folder.mixed, cycle.mix)
+            if until == "mix":
+                break
+            cycle.tuning = completed(run_stage(tune, setup.cfg.remote, run.root, output=str(folder.tuned),
+                                               phase=mixed.phase, base_model=setup.student,
+                                               knowledge_data=_str(mixed.data.get("knowledge")),
+                                               skills_data=_str(mixed.data.get("skills")), config=setup.cfg,
+                                               lineage=lineage(run.manifest), plan=plan.to_json()))
+            tuned = Tuned.read(cycle.tuning)
+            if until == "tune":
+                break
+            report = completed(run_stage(evaluate, setup.cfg.remote, run.root, manifest=str(run.manifest),
+                                         candidate=str(tuned.candidate), base_model=tuned.base_model,
+                                         output=str(folder.eval), held_out=str(mixed.held_out), config=setup.cfg,
+                                         **teacher))
+            cycle.eval = str(folder.eval_report)
+            if until == "evaluate":
+                break
+            decision = gate_task(report, policy, plan.cycle, plan)
+            write_json(folder.decision, decision.to_json())
+            cycle.decision, cycle.reasons = decision.decision, list(decision.reasons)
+            cycle.headline = records.gated_report(folder.eval, report, decision)
+            records.write_report(run.root, [c.to_json() for c in cycles], released=None)
+            if decision.decision == "pass":
+                cycle.release = _release(policy, run, folder, tuned.candidate.parent, decision)
+                break
+            if decision.final:
+                break
+            plan = Plan.from_json(decision.next_plan)  # the gate's plan: a safety failure has its own on_fail steps
+    except (LabcycleError, StageFailed) as exc:
+        return Failed(message=str(exc))
+    released = next((c.release.get("path") for c in cycles if c.release), None)
+    records.write_report(run.root, [c.to_json() for c in cycles], released=released)
+    steps = [c.to_json() for c in cycles]
+    return {**result, "cycles": steps, "released": released,
+            # The last cycle's stages, where the CLI's summary looks for them.
+            **{k: steps[-1][k] for k in ("generation", "mix", "tuning") if k in steps[-1]}}
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run works on, settled before any stage: the taxonomy folder, the config (parsed once, here),
+    the models, and the teacher's URL without its login."""
+
+    taxonomy: str
+    cfg: Config
+    student: str | None
+    teacher_endpoint: str | None
+    teacher_model: str | None
+
+
+def _setup(run: RunFolder, taxonomy: str, config: str | None, profile: str | None, taxonomy_repo: str | None,
+           branch: str | None, commit: str | None, teacher_endpoint: str | None, teacher_model: str | None,
+           student_model: str | None) -> Setup:
     # A login in the URL (a run started from the UI or an API) stays out of the stage runs' parameters and
     # messages; the teachers made in this process still send it.
     teacher_endpoint = hold_teacher_login(teacher_endpoint)
     taxonomy_repo, branch, commit = blank(taxonomy_repo), blank(branch), blank(commit)
     config, profile = blank(config), blank(profile)
-    try:
-        config, taxonomy_repo = deployment_settings(config, profile, taxonomy_repo)
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
+    config, taxonomy_repo = deployment_settings(config, profile, taxonomy_repo)
     if (branch or commit) and not taxonomy_repo:
-        return Failed(message="branch and commit name what to check out of taxonomy_repo: give the repository's URL too")
+        raise LabcycleError("branch and commit name what to check out of taxonomy_repo: give the repository's URL too")
     if taxonomy_repo:
-        try:
-            taxonomy = str(checkout_task(taxonomy_repo, run_dir / "taxonomy", branch, commit).root)
-        except LabcycleError as exc:
-            return Failed(message=str(exc))
+        taxonomy = str(checkout_task(taxonomy_repo, run.taxonomy, branch, commit).root)
     elif not Path(taxonomy).is_dir():
         variable = f", or set the Prefect Variable {TAXONOMY_REPO_VARIABLE}" if _deployment_id() else ""
-        return Failed(message=f"taxonomy folder {taxonomy!r} not found here: give taxonomy_repo (the taxonomy's git URL) "
-                              f"or a taxonomy folder this worker can read{variable}")
+        raise LabcycleError(f"taxonomy folder {taxonomy!r} not found here: give taxonomy_repo (the taxonomy's git URL) "
+                            f"or a taxonomy folder this worker can read{variable}")
     if profile:
         if config:
-            return Failed(message="give either a profile or a config, not both")
-        try:
-            chosen = profiles.apply(profile, run_dir, Path(taxonomy))
-        except LabcycleError as exc:
-            return Failed(message=str(exc))
+            raise LabcycleError("give either a profile or a config, not both")
+        chosen = profiles.apply(profile, run.root, Path(taxonomy))
         config = chosen["config"]
         teacher_model, student_model = teacher_model or chosen["teacher_model"], student_model or chosen["student_model"]
-
-    prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(run_dir), config=config, return_state=True)
-    if not prepared.is_completed():
-        return Failed(message=prepared.message)
-    result: dict[str, Any] = {"run_dir": str(run_dir), **prepared.result()}
-    if until == "taxonomy":
-        return result
-    if result["leaves"] == 0:
-        # A push or a schedule that changed no leaf lands here too: a successful no-op, no teacher started.
-        message = cycle_tasks.nothing_changed(Path(result["manifest"]))
-        print(message)
-        cycle_tasks.write_report(run_dir, [], released=None)
-        return {**result, "cycles": [], "released": None, "nothing_changed": message}
-    cfg = config_module.load(config)  # the taxonomy stage has loaded it already: it is valid
-    student = student_model or cfg.student.model
-    try:
-        if until not in ("generate", "mix") and not student:
-            # Found out now, not after hours of generation.
-            raise LabcycleError("no student model to tune: pass --student-model DIR or set student.model in the "
-                                "config (or stop earlier with --until mix)")
-        if until not in ("generate", "mix") and not cfg.remote.deployments.get("tune"):
-            check_student(student)  # a remote tune stage reads it on its GPU worker, not here
-        policy = load_policy(cfg.gate.policy)
-        if max_cycles is not None:
-            if max_cycles < 1:
-                raise LabcycleError(f"max_cycles must be 1 or more, not {max_cycles}")
-            policy = replace(policy, max_cycles=max_cycles)
-        recipe = load_recipe(cfg.mixing.recipe)
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    if recipe.tokenizer is None and student:  # the dataset card counts tokens as the student will see them
-        recipe = replace(recipe, tokenizer=str(Path(student).resolve()))
-    manifest = Path(result["manifest"])
-
-    cycles: list[dict[str, Any]] = []
-    plan = first_plan()
-    while True:
-        folder = run_dir / f"cycle-{plan.cycle}"
-        write_json(folder / "plan.json", {**plan.to_json(), "changes": plan.describe()})
-        step: dict[str, Any] = {"cycle": plan.cycle, "plan": plan.to_json(), "folder": str(folder)}
-        cycles.append(step)
-
-        # Each GPU stage runs in-process, or through its deployment when the config's remote section names one.
-        generated = run_stage("generate", cfg, run_dir, manifest=str(manifest), output=str(folder / "generated"),
-                              config=config, teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
-                              max_concurrency=max_concurrency, plan=plan.to_json())
-        if not generated.is_completed():
-            return Failed(message=generated.message)
-        step["generation"] = generated.result()
-        if until == "generate":
-            break
-        try:
-            mixed = mix_task(folder / "generated", folder / "mixed", recipe)
-        except LabcycleError as exc:
-            return Failed(message=str(exc))
-        step["mix"] = mixed
-        if until == "mix":
-            break
-        phases = [p for p in ("knowledge", "skills") if mixed["phases"][p]["samples"] > 0]
-        data = {p: str(folder / "mixed" / mixed["phases"][p]["data"]) for p in phases}
-        tuned = run_stage("tune", cfg, run_dir, output=str(folder / "tuned"),
-                          phase="both" if len(phases) == 2 else phases[0], base_model=student,
-                          knowledge_data=data.get("knowledge"), skills_data=data.get("skills"), config=config,
-                          lineage=lineage(manifest), plan=plan.to_json())
-        if not tuned.is_completed():
-            return Failed(message=tuned.message)
-        step["tuning"] = tuned.result()
-        if until == "tune":
-            break
-        last = step["tuning"]["phases"][phases[-1]]
-        candidate = Path(last["output"])
-        evaluated = run_stage("evaluate", cfg, run_dir, manifest=str(manifest), candidate=str(candidate),
-                              base_model=last["base_model"], output=str(folder / "eval"),
-                              held_out=str(folder / "mixed" / mixed["held_out"]["data"]), config=config,
-                              teacher_endpoint=teacher_endpoint, teacher_model=teacher_model,
-                              max_concurrency=max_concurrency)
-        if not evaluated.is_completed():
-            return Failed(message=evaluated.message)
-        report = evaluated.result()
-        step["eval"] = str(folder / "eval" / "report.json")
-        if until == "evaluate":
-            break
-        decision = gate_task(report, policy, plan.cycle, plan)
-        write_json(folder / "eval" / "decision.json", decision.to_json())
-        step.update(decision=decision.decision, reasons=list(decision.reasons),
-                    headline=cycle_tasks.gated_report(folder / "eval", report, decision))
-        cycle_tasks.write_report(run_dir, cycles, released=None)
-        if decision.decision == "pass":
-            step["release"] = _release(policy, run_dir, folder, candidate.parent, decision, manifest)
-            break
-        if decision.final:
-            break
-        plan = Plan.from_json(decision.next_plan)  # the gate's plan: a safety failure has its own on_fail steps
-
-    released = next((c["release"].get("path") for c in cycles if c.get("release")), None)
-    cycle_tasks.write_report(run_dir, cycles, released=released)
-    return {**result, "cycles": cycles, "released": released,
-            # The last cycle's stages, where the CLI's summary looks for them.
-            **{k: cycles[-1][k] for k in ("generation", "mix", "tuning") if k in cycles[-1]}}
+    cfg = config_module.load(config)
+    return Setup(taxonomy=taxonomy, cfg=cfg, student=student_model or cfg.student.model,
+                 teacher_endpoint=teacher_endpoint, teacher_model=teacher_model)
 
 
-def _release(policy: Any, run_dir: Path, folder: Path, tuned: Path, decision: Any, manifest: Path) -> dict[str, Any]:
-    candidate = cycle_tasks.candidate(tuned, folder, decision.to_json(), manifest)
+def _loop_settings(setup: Setup, until: Stage, max_cycles: int | None) -> tuple[Any, Any]:
+    """(gate policy, mixing recipe): every mistake in them, and a missing student, found before generation."""
+    if until not in ("generate", "mix") and not setup.student:
+        raise LabcycleError("no student model to tune: pass --student-model DIR or set student.model in the "
+                            "config (or stop earlier with --until mix)")
+    if until not in ("generate", "mix") and not setup.cfg.remote.deployments.get("tune"):
+        check_student(setup.student)  # a remote tune stage reads it on its GPU worker, not here
+    policy = load_policy(setup.cfg.gate.policy)
+    if max_cycles is not None:
+        if max_cycles < 1:
+            raise LabcycleError(f"max_cycles must be 1 or more, not {max_cycles}")
+        policy = replace(policy, max_cycles=max_cycles)
+    recipe = load_recipe(setup.cfg.mixing.recipe)
+    if recipe.tokenizer is None and setup.student:  # the dataset card counts tokens as the student will see them
+        recipe = replace(recipe, tokenizer=str(Path(setup.student).resolve()))
+    return policy, recipe
+
+
+def _release(policy: Any, run: RunFolder, folder: CycleFolder, tuned: Path, decision: Any) -> dict[str, Any]:
+    candidate = records.candidate(tuned, folder, decision.to_json(), run.manifest)
     if policy.approval.required:
-        answer = request_approval(cycle_tasks.summary(candidate, decision), policy.approval.timeout_s)
+        answer = request_approval(records.approval_summary(candidate, decision), policy.approval.timeout_s)
         if not answer["approved"]:
             return {"approved": False, **answer}
         candidate = replace(candidate, decision={**candidate.decision, "approval": answer})
     rel = policy.release
-    return release_task(candidate, rel.registry_location(run_dir), rel.name, rel.hub_repo)
+    return release_task(candidate, rel.registry_location(run.root), rel.name, rel.hub_repo)

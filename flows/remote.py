@@ -7,13 +7,14 @@ work pool) when the config names one; the data goes through shared storage, not 
       timeout_s: null
 
 The run folder RUN has a mirror STORAGE/<run name>/ with the same layout, plus taxonomy/ (the manifest's
-leaves, whose root is a path of this machine) and config/ (a config file from outside RUN). Before a
-remote stage lab_cycle uploads what the stage reads and starts the deployment with those paths relative
-to the mirror and `storage` set to the mirror's URL. The stage flow downloads them into its worker's copy
-of the mirror ($LABCYCLE_HOME/work/<run name>), runs as it does in-process, uploads its output folder and
-writes its result to STORAGE/<run name>/.stages/<flow run id>.json, every path in it pointing into the
-mirror. lab_cycle then downloads the output folder into RUN and carries on as if the stage had run here.
-Only changed files travel (labcycle/storage.py).
+leaves, whose root is a path of this machine). Before a remote stage lab_cycle uploads what the stage
+reads and starts the deployment with those paths relative to the mirror, `storage` set to the mirror's
+URL and the parsed config as JSON. `@portable` (around each stage flow's body) downloads them into its
+worker's copy of the mirror ($LABCYCLE_HOME/work/<run name>), runs the body as it runs in-process, uploads
+its output folder and writes its result to STORAGE/<run name>/.stages/<flow run id>.json, every path in
+it pointing into the mirror. lab_cycle then downloads the output folder into RUN and carries on as if the
+stage had run here. Only changed files travel (labcycle/storage.py). So local or remote is one wrapper on
+each side (`run_stage` here, `portable` on the worker), not a prologue in each stage flow.
 
 Models outside RUN (the student, a teacher folder) and the files a config names (pipelines, recipe,
 suites, gate policy) are passed as they are: a GPU worker must see them at the same path, or a model
@@ -23,24 +24,27 @@ phase was trained); only the results lab_cycle uses are mapped back to RUN.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import re
 import socket
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from labcycle import storage
 from labcycle.errors import LabcycleError
 
 # The parameters of each stage flow that name files or folders lab_cycle hands over (the output aside).
 INPUTS = {
-    "generate": ("manifest", "config"),
-    "tune": ("knowledge_data", "skills_data", "base_model", "config"),
-    "evaluate": ("manifest", "candidate", "base_model", "held_out", "config"),
+    "generate": ("manifest",),
+    "tune": ("knowledge_data", "skills_data", "base_model"),
+    "evaluate": ("manifest", "candidate", "base_model", "held_out"),
 }
 MODELS = ("base_model", "teacher_model")  # outside RUN: a local folder (by its absolute path) or a Hugging Face id
+FOLDERS = {"generate": ("documents",)}  # RUN's folders a stage reads besides its parameters (when they exist)
 RESULTS = ".stages"  # STORAGE/<run name>/.stages/<flow run id>.json: a remote stage's result
 
 
@@ -76,14 +80,17 @@ class Mirror:
         return _rebase(obj, self.url, str(self.root))
 
 
-def run_stage(stage: str, cfg: Any, run_dir: Path, **params: Any) -> Any:
+def run_stage(stage_flow: Any, settings: Any, run_dir: Path, **params: Any) -> Any:
     """Run a stage flow (generate, tune, evaluate) with these parameters and return its final state:
-    in-process, or through the deployment remote.deployments names for it. Either way the stage's files
-    end up in run_dir and the state's result is what the in-process flow returns."""
-    deployment = cfg.remote.deployments.get(stage)
+    in-process, or through the deployment the config's remote section (`settings`) names for it. Either
+    way the stage's files end up in run_dir and the state's result is what the in-process flow returns."""
+    deployment = settings.deployments.get(stage_flow.name)
     if not deployment:
-        return _in_process(stage, params)
-    return _remote(stage, deployment, cfg.remote, Path(run_dir).resolve(), params)
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        call = stage_flow(**params, return_state=True)
+        return run_coro_as_sync(call) if inspect.isawaitable(call) else call
+    return _remote(stage_flow.name, deployment, settings, Path(run_dir).resolve(), params)
 
 
 def run_name(run_dir: Path) -> str:
@@ -133,28 +140,71 @@ def hand_back(mirror: Mirror, output: str, result: Any) -> Any:
     return shared
 
 
+Body = TypeVar("Body", bound=Callable[..., Any])
+
+
+def portable(stage: str) -> Callable[[Body], Body]:
+    """Around a stage flow's body, under @flow: the body always runs on local paths. With `storage` set (a
+    run lab_cycle started through the stage's deployment) its file parameters are relative to the run's
+    mirror: they are fetched into this worker's copy and given to the body as local paths, and the output
+    folder and the result are handed back after (a failed stage's finished work too)."""
+
+    def wrap(body: Body) -> Body:
+        signature = inspect.signature(body)
+
+        def arrive(args: tuple, kwargs: dict[str, Any]) -> tuple[Mirror | None, str, dict[str, Any]]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            params = dict(bound.arguments)
+            url, params["storage"] = params.get("storage"), None
+            if not url:
+                return None, params["output"], params
+            mirror = worker_mirror(url)
+            files = [k for k in (*INPUTS[stage], "taxonomy_root") if k in params and k not in MODELS]
+            mirror.pull(*(params[k] for k in files))
+            for folder in FOLDERS.get(stage, ()):
+                mirror.pull(folder, missing_ok=True)
+            output = params["output"]
+            params.update({k: mirror.local(params[k]) for k in (*files, "output")})
+            params.update({k: model_path(mirror, params[k]) for k in MODELS if k in params and k in INPUTS[stage]})
+            return mirror, output, params
+
+        def failed(exc: LabcycleError) -> Any:
+            from prefect.states import Failed
+
+            return Failed(message=str(exc))
+
+        if inspect.iscoroutinefunction(body):
+            @functools.wraps(body)
+            async def run(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    mirror, output, params = arrive(args, kwargs)
+                except LabcycleError as exc:
+                    return failed(exc)
+                result = await body(**params)
+                return hand_back(mirror, output, result) if mirror else result
+        else:
+            @functools.wraps(body)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    mirror, output, params = arrive(args, kwargs)
+                except LabcycleError as exc:
+                    return failed(exc)
+                result = body(**params)
+                return hand_back(mirror, output, result) if mirror else result
+
+        # Prefect types the parameters from the signature; the body's annotations are names in its own module.
+        hints = typing.get_type_hints(body)
+        run.__annotations__ = hints
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()],
+            return_annotation=hints.get("return", signature.return_annotation))
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 # --- on the orchestrator ----------------------------------------------------------------------------
-
-
-def _in_process(stage: str, params: dict[str, Any]) -> Any:
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    call = _flow(stage)(**params, return_state=True)
-    return run_coro_as_sync(call) if inspect.isawaitable(call) else call
-
-
-def _flow(stage: str) -> Any:
-    if stage == "generate":
-        from labcycle.flows.generate import generate
-
-        return generate
-    if stage == "tune":
-        from labcycle.flows.tune import tune
-
-        return tune
-    from labcycle.flows.evaluate import evaluate
-
-    return evaluate
 
 
 def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: dict[str, Any]) -> Any:
@@ -210,10 +260,6 @@ def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
         if rel is not None:
             mirror.push(rel)
             sent[key] = rel
-        elif key == "config":
-            path = Path(value)
-            storage.upload(path.parent, mirror.url, [path.name], into="config")
-            sent[key] = f"config/{path.name}"
     for key in MODELS:
         value = params.get(key)
         if value and sent.get(key) == value and Path(value).exists():
@@ -224,8 +270,11 @@ def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
     sent["output"] = output
     if "manifest" in params:
         sent["taxonomy_root"] = _send_taxonomy(mirror, Path(params["manifest"]))
-    if stage == "generate" and (mirror.root / "documents").is_dir():
-        mirror.push("documents")
+    for folder in FOLDERS.get(stage, ()):
+        if (mirror.root / folder).is_dir():
+            mirror.push(folder)
+    if hasattr(sent.get("config"), "to_json"):
+        sent["config"] = sent["config"].to_json()  # the parsed config travels as JSON; the worker types it again
     sent["storage"] = mirror.url
     return sent
 

@@ -14,8 +14,10 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 
 from labcycle.flows import config as config_module
-from labcycle.env import cache_dir, default_run_dir
+from labcycle.env import cache_dir
 from labcycle.errors import LabcycleError
+from labcycle.flows.config import Config
+from labcycle.run_folder import RunFolder
 from labcycle.tasks.taxonomy.chunk import chunk_leaf_documents
 from labcycle.tasks.taxonomy.documents import fetch_leaf_documents
 from labcycle.tasks.taxonomy.manifest import leaves_table, write_run_manifest
@@ -39,7 +41,8 @@ def _failure(futures: dict[str, PrefectFuture]) -> str | None:
 
 
 @flow(name="taxonomy", log_prints=True)
-def prepare_taxonomy(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None, config: str | None = None) -> Any:
+def prepare_taxonomy(taxonomy: str = "taxonomy", base: str | None = None, output: str | None = None,
+                     config: Config | str | None = None) -> Any:
     """Read a qna.yaml taxonomy into a run folder: validation report, chunks, manifest.
 
     Args:
@@ -47,14 +50,15 @@ def prepare_taxonomy(taxonomy: str = "taxonomy", base: str | None = None, output
         base: the git ref the changed leaves are selected against; "empty" selects every leaf;
             default origin/main, else main.
         output: the run folder; default runs/<timestamp>.
-        config: a labcycle.yaml; default: built-in defaults.
+        config: a labcycle.yaml, or the config lab_cycle parsed; default: built-in defaults.
     """
     try:
-        cfg = config_module.load(config)
+        cfg = config_module.settings(config)
     except LabcycleError as exc:
         return Failed(message=str(exc))
     root = Path(taxonomy).resolve()
-    run_dir = Path(output).resolve() if output else default_run_dir()
+    run = RunFolder.at(output)
+    run_dir = run.root
     folders = cfg.taxonomy.folders
 
     files = discover_leaves(root, folders)
@@ -97,4 +101,4 @@ def prepare_taxonomy(taxonomy: str = "taxonomy", base: str | None = None, output
         config_digest=cfg.digest(),
     )
     leaves_table(manifest)
-    return {"run_dir": str(run_dir), "manifest": str(run_dir / "manifest.json"), "leaves": len(manifest["leaves"])}
+    return {"run_dir": str(run_dir), "manifest": str(run.manifest), "leaves": len(manifest["leaves"])}

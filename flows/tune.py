@@ -19,9 +19,10 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.states import Failed
 
-from labcycle.flows import config as config_module
 from labcycle.errors import LabcycleError
+from labcycle.flows import config as config_module
 from labcycle.flows import remote
+from labcycle.flows.config import Config
 from labcycle.io import write_json
 from labcycle.tasks.tune import trainer
 from labcycle.tasks.tune.settings import with_plan
@@ -29,8 +30,9 @@ from labcycle.tasks.tune.stage import phase2_start, plan_phases, publish_tuned, 
 
 
 @flow(name="tune", log_prints=False)
+@remote.portable("tune")
 def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", base_model: str | None = None,
-         knowledge_data: str | None = None, skills_data: str | None = None, config: str | None = None,
+         knowledge_data: str | None = None, skills_data: str | None = None, config: Config | str | None = None,
          lineage: dict[str, Any] | None = None, plan: dict[str, Any] | None = None, storage: str | None = None) -> Any:
     """Tune the student on the mixed phase data.
 
@@ -40,30 +42,15 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
         base_model: a local Hugging Face model folder; default: the config's student.model.
         knowledge_data: phase-1 data: JSONL in chat `messages` format or a saved HF dataset folder.
         skills_data: phase-2 data, likewise.
-        config: a labcycle.yaml; its `tuning` section.
+        config: a labcycle.yaml, or the config lab_cycle parsed; its `tuning` section.
         lineage: what the model cards record about the data (taxonomy commit, leaves); set by lab_cycle.
         plan: a later cycle's changes (tasks/gate.Plan as JSON): epochs_add adds epochs to both phases.
-        storage: set by lab_cycle for a remote run (flows/remote.py): the run's mirror in shared storage.
-            output, the data and config are then relative to it (base_model too when it is in the
+        storage: set by lab_cycle for a remote run (flows/remote.py, `portable`): the run's mirror in shared
+            storage. output and the data are then relative to it (base_model too when it is in the
             mirror); the inputs are fetched first and the output sent back after.
     """
-    if not storage:
-        return _tune(output, phase, base_model, knowledge_data, skills_data, config, lineage, plan)
-    mirror = remote.worker_mirror(storage)
     try:
-        mirror.pull(knowledge_data, skills_data, config)
-        base_model = remote.model_path(mirror, base_model)
-    except LabcycleError as exc:
-        return Failed(message=str(exc))
-    result = _tune(mirror.local(output), phase, base_model, mirror.local(knowledge_data), mirror.local(skills_data),
-                   mirror.local(config), lineage, plan)
-    return remote.hand_back(mirror, output, result)
-
-
-def _tune(output: str, phase: str, base_model: str | None, knowledge_data: str | None, skills_data: str | None,
-          config: str | None, lineage: dict[str, Any] | None, plan: dict[str, Any] | None) -> Any:
-    try:
-        cfg = config_module.load(config)
+        cfg = config_module.settings(config)
         chosen = plan_phases(phase, base_model or cfg.student.model, knowledge_data, skills_data)
     except LabcycleError as exc:
         return Failed(message=str(exc))

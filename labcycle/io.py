@@ -48,3 +48,20 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
 def read_jsonl(path: Path) -> list[Any]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def digest_json(obj: Any) -> str:
+    """A stable text of settings for a digest: sorted keys, and a whole-number float written as the int it
+    equals, so 7 and 7.0 (a YAML int, or the same value after a trip through JSON into a float field) give
+    the same digest."""
+
+    def canonical(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        return value
+
+    return json.dumps(canonical(obj), sort_keys=True)

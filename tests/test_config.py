@@ -109,3 +109,31 @@ def test_document_size_cap(tmp_path):
 def test_a_config_nested_too_deeply_is_one_line(tmp_path, text, where):
     # 30,000 levels killed `run` and `tune` with SIGSEGV in libyaml's composer.
     assert_mistake(config.load, tmp_path / "labcycle.yaml", text, where, "nested more than 100 levels deep")
+
+
+def test_max_concurrency_reaches_the_evaluation_judge(tmp_path):
+    """--max-concurrency caps the judge as it caps generation; evaluation.concurrency caps it too."""
+    from labcycle.tasks.evaluate.settings import evaluation_inputs
+
+    cfg = config.load(None)
+    endpoint = "http://127.0.0.1:9/v1"  # never reached: only named
+    judge = lambda c, n: evaluation_inputs(c.evaluation, c.generation.teacher, endpoint, "teacher", n)["judge"]  # noqa: E731
+    assert judge(cfg, None).max_concurrency == 8  # min(the teacher's 32, evaluation.concurrency 8)
+    assert judge(cfg, 3).max_concurrency == 3
+    assert judge(cfg, 64).max_concurrency == 8
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("generation:\n  teacher:\n    max_concurrency: 2\nevaluation:\n  concurrency: 16\n")
+    assert judge(config.load(f), None).max_concurrency == 2
+
+
+def test_a_parsed_config_round_trips_through_json_as_a_remote_stage_receives_it(tmp_path):
+    """lab_cycle hands a remote stage the config it parsed, as JSON; the stage flow types it again."""
+    from pydantic import TypeAdapter
+
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("taxonomy:\n  folders: [knowledge]\ngeneration:\n  leaves: {a: {samples_per_seed: 2}}\n"
+                 "tuning:\n  lora: {target_modules: [q_proj, v_proj]}\nevaluation:\n  suites: [x.yaml]\n")
+    cfg = config.load(f)
+    again = TypeAdapter(config.Config).validate_python(cfg.to_json())
+    assert again == cfg and again.digest() == cfg.digest()
+    assert config.settings(cfg) is cfg and config.settings(str(f)) == cfg

@@ -236,6 +236,7 @@ from prefect import task  # noqa: E402
 
 from labcycle.tasks.taxonomy.settings import ChunkingConfig  # noqa: E402
 from labcycle.io import write_jsonl  # noqa: E402
+from labcycle.run_folder import RunFolder  # noqa: E402
 from labcycle.tasks.taxonomy.documents import DocumentSet  # noqa: E402
 
 
@@ -255,5 +256,5 @@ def chunk_documents(docs: DocumentSet, chunking: ChunkingConfig) -> list[Chunk]:
 def chunk_leaf_documents(docs: DocumentSet, chunking: ChunkingConfig, run_dir: Path) -> int:
     """RUN/documents/<leaf-id>/chunks.jsonl, one chunk per line; returns the chunk count."""
     chunks = chunk_documents(docs, chunking)
-    write_jsonl(run_dir / "documents" / docs.leaf_id / "chunks.jsonl", [c.to_json() for c in chunks])
+    write_jsonl(RunFolder(run_dir).documents / docs.leaf_id / "chunks.jsonl", [c.to_json() for c in chunks])
     return len(chunks)

@@ -93,6 +93,7 @@ def write_run_manifest(*, root: Path, run_dir: Path, base: str, selected: list, 
                        chunk_counts: dict[str, int], all_leaves: int, config_digest: str) -> dict[str, Any]:
     """RUN/manifest.json: the selected leaves with kinds, hashes, documents and chunk counts."""
     from labcycle.io import write_json
+    from labcycle.run_folder import RunFolder
 
     entries = []
     for leaf, leaf_report in selected:
@@ -110,7 +111,7 @@ def write_run_manifest(*, root: Path, run_dir: Path, base: str, selected: list, 
     manifest = build_manifest(taxonomy_root=str(root), taxonomy_commit=taxonomy_commit(root), base=base,
                               config_digest=config_digest, leaves=entries, all_leaves=all_leaves)
     validate_manifest(manifest)
-    write_json(run_dir / "manifest.json", manifest)
+    write_json(RunFolder(run_dir).manifest, manifest)
     return manifest
 
 

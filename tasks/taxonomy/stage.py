@@ -11,6 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from labcycle.io import write_json
+from labcycle.run_folder import RunFolder
 from labcycle.tasks.taxonomy import report as render
 from labcycle.tasks.taxonomy.diff import DiffResult, changed_leaves
 from labcycle.tasks.taxonomy.discover import find_leaf_files
@@ -26,7 +27,7 @@ def discover_leaves(root: Path, folders: tuple[str, ...]) -> list[Path]:
 def validate_taxonomy(root: Path, files: list[Path], folders: tuple[str, ...], strict: bool, run_dir: Path) -> ValidationReport:
     """Validate every leaf; the report goes to RUN/validation.json and, when invalid, to a Markdown artifact."""
     report = validate_files(files, root=root, folders=folders, strict=strict)
-    write_json(run_dir / "validation.json", report.to_json())
+    write_json(RunFolder(run_dir).validation, report.to_json())
     if not report.valid:
         create_markdown_artifact(markdown=render.markdown(report), key="taxonomy-validation", description=render.summary(report))
     return report

@@ -13,9 +13,10 @@ No torch import here: the config module loads these without the heavy stack.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from labcycle.io import digest_json
 
 PHASES = ("knowledge", "skills")
 
@@ -92,7 +93,7 @@ class TuneSettings:
         The attention implementation is how, not what: the same weights come out, to rounding."""
         data = {k: v for k, v in self.to_json().items() if k not in (*PHASES, "attention")}
         data["phase"] = asdict(self.phase(phase))
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(digest_json(data).encode()).hexdigest()[:16]
 
 
 def from_mapping(data: dict[str, Any]) -> TuneSettings:

@@ -305,6 +305,6 @@ def test_the_evaluate_flow_passes_the_backend_and_knowledge_mc_to_the_stage(tmp_
     monkeypatch.setattr(flow, "evaluate_task", lambda *args, **kwargs: seen.update(kwargs) or {"ok": True})
     config = tmp_path / "labcycle.yaml"
     config.write_text("evaluation:\n  judge: false\n  regression: {backend: lm-eval}\n  knowledge_mc: true\n")
-    result = flow._evaluate("m.json", "adapter", "base", "out", None, str(config), None, None, None, None)
+    result = flow.evaluate.fn("m.json", "adapter", "base", "out", config=str(config))  # the body, without a flow run
     assert result == {"ok": True}
     assert (seen["regression_backend"], seen["knowledge_mc"]) == ("lm-eval", True)
