@@ -88,8 +88,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for bench/common.py
 
 from bench.common import load_average, machine, print_machine, source_state, write_results  # noqa: E402
+from labcycle.leaves import LeafInput  # noqa: E402
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
-from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf, make_renderer  # noqa: E402
+from labcycle.tasks.generate.runner import GenerationSettings, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
 from labcycle.teacher.base import Sampling, Structured  # noqa: E402
 from labcycle.teacher.openai_client import OpenAITeacher, metrics  # noqa: E402

@@ -18,7 +18,7 @@ def train_adapter(tiny_model: Path, folder: Path) -> Path:
     from labcycle.tasks.tune.settings import LoraSettings, PhaseSettings, TuneSettings
 
     from labcycle.tasks.evaluate.questions import seed_questions
-    from labcycle.tasks.generate.runner import LeafInput
+    from labcycle.leaves import LeafInput
     from labcycle.yaml_reader import read_yaml
 
     # The evaluation's own questions (the example leaves' seeds, as the stage asks them) and a few others:

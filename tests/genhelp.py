@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
+from labcycle.leaves import LeafInput
 from labcycle.schemas import validator
 from labcycle.tasks.taxonomy.chunk import chunk_markdown
 from labcycle.tasks.generate import blocks as block_types
 from labcycle.tasks.generate import runner
-from labcycle.tasks.generate.runner import LeafInput
 from labcycle.tasks.generate.spec import PipelineSpec, load_spec, shipped_spec_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

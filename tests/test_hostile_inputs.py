@@ -209,7 +209,7 @@ def _call(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("code", "words"),
     [
-        ("from labcycle.tasks.mix.data import load_chat_dataset as f; f('{p}')", "not a regular file"),
+        ("from labcycle.chat_data import load_chat_dataset as f; f('{p}')", "not a regular file"),
         ("from labcycle.tasks.evaluate.safety import load_safety_suite as f; f('{p}')", "not a regular file"),
         ("from labcycle.tasks.mix.recipe import load_recipe as f; f('{p}')", "it is a FIFO"),
         ("from labcycle.tasks.gate import load_policy as f; f('{p}')", "it is a FIFO"),

@@ -22,16 +22,11 @@ KNOWN = {
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.headline"),
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.report"),
     ("labcycle.tasks.cycle", "labcycle.tasks.release"),
-    ("labcycle.tasks.evaluate.questions", "labcycle.tasks.generate.runner"),
     ("labcycle.tasks.evaluate.report", "labcycle.tasks.cycle"),
-    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.generate.inputs"),
-    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.generate.settings"),
-    ("labcycle.tasks.evaluate.stage", "labcycle.tasks.tune.data"),
     ("labcycle.tasks.release.card", "labcycle.model_import"),
     ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.headline"),
     ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.report"),
     ("labcycle.tasks.release.registry", "labcycle.tasks.evaluate.headline"),
-    ("labcycle.tasks.tune.data", "labcycle.tasks.mix"),
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.tasks.generate.runner import LeafInput, seed_examples
+from labcycle.leaves import LeafInput, seed_examples
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def shipped_suites() -> list[Path]:
 
 def _adapter(path: Path) -> tuple[str, int]:
     """(content fingerprint, LoRA rank) of a PEFT adapter folder."""
-    from labcycle.tasks.tune.data import fingerprint_path
+    from labcycle.fingerprint import fingerprint_path
 
     config = path / "adapter_config.json"
     try:
@@ -126,7 +126,7 @@ class Candidate:
 def candidate_model(path: Path, endpoint: str | None = None) -> Candidate:
     """What `path` holds, checked before any server starts. `endpoint`: the user's evaluation server, which
     can load an adapter but not a second whole model."""
-    from labcycle.tasks.tune.data import model_fingerprint
+    from labcycle.fingerprint import model_fingerprint
 
     path = Path(path)
     if (path / "adapter_config.json").is_file():
@@ -255,10 +255,9 @@ async def _start(servers: list[Any], one_by_one: bool) -> None:
 
 def _questions(manifest: Path, changed: list[str] | None, held_out: Path | None, per_leaf: int | None,
                taxonomy_root: Path | None = None) -> tuple[list[Question], dict[str, str], dict[str, Any]]:
-    from labcycle.tasks.generate.settings import GenerationConfig
-    from labcycle.tasks.generate.inputs import load_leaves
+    from labcycle.leaves import read_leaves
 
-    leaves, _ = load_leaves(Path(manifest), GenerationConfig(), taxonomy_root)
+    leaves = read_leaves(Path(manifest), taxonomy_root)
     if changed is not None:
         unknown = sorted(set(changed) - {leaf.id for leaf in leaves})
         if unknown:
@@ -286,7 +285,7 @@ async def evaluate_async(manifest: Path, candidate_adapter: Path, base_model: Pa
     from labcycle.tasks.evaluate.regression import evaluate_regression
     from labcycle.tasks.evaluate.safety import evaluate_safety
     from labcycle.teacher.openai_client import OpenAITeacher
-    from labcycle.tasks.tune.data import model_fingerprint
+    from labcycle.fingerprint import model_fingerprint
 
     out_dir, candidate_adapter, base_model = Path(out_dir), Path(candidate_adapter), Path(base_model)
     started = time.monotonic()

@@ -22,11 +22,12 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labcycle.io import write_json, write_jsonl
+from labcycle.leaves import LeafInput, seed_examples
 from labcycle.tasks.generate import blocks as block_types
 from labcycle.tasks.generate.blocks import BlockStats, UnitContext
 from labcycle.tasks.generate.spec import BlockSpec, PipelineSpec
@@ -55,15 +56,6 @@ class GenerationSettings:
         if self.judge_strictness:
             data["judge_strictness"] = self.judge_strictness
         return data
-
-
-@dataclass
-class LeafInput:
-    id: str
-    kind: str  # knowledge | freeform_skill | grounded_skill
-    hash: str  # the leaf's content hash (qna.yaml + documents), from the manifest
-    qna: dict[str, Any]
-    chunks: list[dict[str, Any]] = field(default_factory=list)  # knowledge: {source, start, end, text}
 
 
 @dataclass
@@ -118,18 +110,6 @@ def append_journal(path: Path, entry: dict[str, Any]) -> None:
 
 
 # --- seeds and templates ------------------------------------------------------------------------------
-
-
-def seed_examples(leaf: LeafInput) -> list[dict[str, str]]:
-    """The leaf's seed Q&A as {context, question, answer} (knowledge: one entry per Q&A of a context)."""
-    out = []
-    for seed in leaf.qna.get("seed_examples", []):
-        if leaf.kind == "knowledge":
-            for qa in seed.get("questions_and_answers", []):
-                out.append({"context": seed["context"], "question": qa["question"], "answer": qa["answer"]})
-        else:
-            out.append({"context": seed.get("context", ""), "question": seed["question"], "answer": seed["answer"]})
-    return out
 
 
 def leaf_variables(leaf: LeafInput) -> dict[str, Any]:

@@ -9,7 +9,8 @@ tuning on skills does not wash out the knowledge. User datasets join either phas
 to matter in its phase is repeated until it reaches the recipe's min_share.
 
 - recipe.py: the recipe (YAML, schemas/recipe.schema.json) as typed objects
-- data.py: reading samples.jsonl files and user chat datasets (JSONL, Parquet, save_to_disk folders)
+- data.py: reading samples.jsonl files (user chat datasets: labcycle/chat_data.py, JSONL, Parquet, save_to_disk
+  folders)
 - phases.py: building the phase sets (grounded copies, per-leaf sampling, replay, weights, upsampling)
 - card.py: sample lengths and the dataset cards
 - core.py: mix(), the pure core that writes OUTPUT/
@@ -21,10 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from labcycle.tasks.mix.core import mix
-from labcycle.tasks.mix.data import load_chat_dataset
 from labcycle.tasks.mix.recipe import Recipe, load_recipe, recipe_from_mapping
 
-__all__ = ["Recipe", "load_chat_dataset", "load_recipe", "mix", "mix_task", "recipe_from_mapping"]
+__all__ = ["Recipe", "load_recipe", "mix", "mix_task", "recipe_from_mapping"]
 
 
 def __getattr__(name: str) -> Any:

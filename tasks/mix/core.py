@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from labcycle.chat_data import load_chat_dataset
 from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl, write_text_atomic
 from labcycle.shareable import relative
 from labcycle.tasks.mix.card import hub_card, length_counter, length_stats, render_card, sample_lengths
-from labcycle.tasks.mix.data import load_chat_dataset, read_generated, sample_files
+from labcycle.tasks.mix.data import read_generated, sample_files
 from labcycle.tasks.mix.phases import Fit, Row, phase_sets, with_system_prompt
 from labcycle.tasks.mix.recipe import PHASES, Recipe
 

@@ -12,46 +12,17 @@ its own labels (-100 where no loss falls), by the same rules TRL applies to the 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from pathlib import Path
 from typing import Any
 
+from labcycle.chat_data import load_chat_dataset
 from labcycle.errors import LabcycleError
-
-
-def fingerprint_path(path: Path, *, edge_bytes: int | None = None) -> str:
-    """A content fingerprint of a file or a folder's files.
-
-    With edge_bytes, each file contributes its size and its first and last edge_bytes only: model
-    weights run to many GB, and a changed checkpoint changes its size or its safetensors header.
-    """
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            if edge_bytes is None or size <= 2 * edge_bytes:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            else:
-                h.update(fh.read(edge_bytes))
-                fh.seek(size - edge_bytes)
-                h.update(fh.read(edge_bytes))
-    return h.hexdigest()
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    return fingerprint_path(model_dir, edge_bytes=1 << 20)
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
     """Chat samples (rows with a valid `messages` list) from JSONL, Parquet or a save_to_disk folder."""
-    from labcycle.tasks.mix import load_chat_dataset
-
     path = Path(path)
     if not path.exists():
         raise LabcycleError("training data not found; pass a JSONL file in chat `messages` format or a folder "

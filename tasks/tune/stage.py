@@ -27,7 +27,7 @@ from labcycle.env import state_dir
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json
 from labcycle.tasks.tune import card, trainer
-from labcycle.tasks.tune.data import fingerprint_path, model_fingerprint
+from labcycle.fingerprint import fingerprint_path, model_fingerprint
 from labcycle.tasks.tune.settings import TuneSettings
 
 # Bumped whenever what the trainer produces from the same inputs changes.

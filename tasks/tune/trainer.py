@@ -31,6 +31,7 @@ from typing import Any
 
 from labcycle.env import datasets_bars_off
 from labcycle.errors import LabcycleError
+from labcycle.fingerprint import fingerprint_path
 from labcycle.io import write_json
 from labcycle.tasks.tune import data as tune_data
 from labcycle.tasks.tune.settings import TuneSettings
@@ -404,7 +405,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "base_model": str(base_model),
         "init_adapter": str(init_adapter) if init_adapter else None,
         "data": str(data),
-        "data_fingerprint": tune_data.fingerprint_path(Path(data)),
+        "data_fingerprint": fingerprint_path(Path(data)),
         "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long, "unmask": unmasked},
         "step": shape,
         "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),

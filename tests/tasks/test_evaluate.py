@@ -178,7 +178,7 @@ def test_a_suite_that_is_not_yaml_or_not_there(tmp_path):
 def _leaves() -> dict:
     import yaml
 
-    from labcycle.tasks.generate.runner import LeafInput
+    from labcycle.leaves import LeafInput
 
     return {p: LeafInput(id=p, kind=k, hash="0" * 64, qna=yaml.safe_load((TAXONOMY / p / "qna.yaml").read_text()))
             for k, p in LEAVES.items()}

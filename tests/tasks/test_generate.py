@@ -15,6 +15,7 @@ import time
 import pytest
 
 from labcycle.errors import LabcycleError
+from labcycle.leaves import seed_examples
 from labcycle.tasks.generate import blocks, runner, stage
 from labcycle.tasks.generate.blocks import UnitContext
 from labcycle.tasks.generate.runner import GenerationSettings
@@ -226,7 +227,7 @@ def test_grounding_and_safety_judges_on_the_server(vllm_server, kind):
     leaf = genhelp.leaf(kind, "filters")
     source = "chunk" if kind == "knowledge" else "context"
     rows = [{source: ex["context"] or "A context.", "question": ex["question"], "answer": ex["answer"]}
-            for ex in runner.seed_examples(leaf)[:3]]
+            for ex in seed_examples(leaf)[:3]]
     teacher = OpenAITeacher(vllm_server.base_url, vllm_server.model)
     ctx = UnitContext(teacher=teacher, render=runner.make_renderer(spec), leaf=runner.leaf_variables(leaf), examples=[],
                       seed=11, seed_texts=[], dedup={}, stats={})

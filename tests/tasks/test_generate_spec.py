@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from labcycle.errors import LabcycleError
+from labcycle.leaves import LeafInput
 from labcycle.schemas import load as load_schema
 from labcycle.schemas import validator
 from labcycle.tasks.generate import blocks, runner
 from labcycle.tasks.generate.blocks import BlockStats, UnitContext
 from labcycle.tasks.generate.filters import NearDuplicateIndex
-from labcycle.tasks.generate.runner import LeafInput
 from labcycle.tasks.generate.spec import PIPELINES_DIR, PROMPTS_DIR, SHIPPED, BlockSpec, load_spec, shipped_spec_path
 from labcycle.teacher.base import Completion, PromptTooLong
 
@@ -653,7 +653,7 @@ def test_shipped_pipelines_filter_by_default(kind):
 def test_knowledge_rounds_rotate_through_chunks_and_a_complete_leaf_is_not_redone(tmp_path):
     import asyncio
 
-    from labcycle.tasks.generate.runner import GenerationSettings, LeafInput, generate_leaf
+    from labcycle.tasks.generate.runner import GenerationSettings, generate_leaf
     from labcycle.tasks.generate.spec import load_spec
 
     spec_dir = tmp_path / "spec"

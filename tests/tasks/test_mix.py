@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from labcycle.chat_data import load_chat_dataset
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json, write_jsonl
 from labcycle.schemas import validator
-from labcycle.tasks.mix import Recipe, load_chat_dataset, load_recipe, mix, mix_task, recipe_from_mapping
+from labcycle.tasks.mix import Recipe, load_recipe, mix, mix_task, recipe_from_mapping
 from labcycle.tasks.mix.card import length_stats
 from labcycle.tasks.mix.phases import upsample_targets
 from tests.mistakes import assert_mistake
