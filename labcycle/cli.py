@@ -663,7 +663,7 @@ def _print_evaluation(summary) -> None:  # type: ignore[no-untyped-def]
 
 def _evaluation_headline(folder: Path, gated: bool) -> list[str]:
     """The headline of the evaluation in `folder` (report.json, and decision.json when a policy decided)."""
-    from labcycle.tasks.evaluate.headline import headline
+    from labcycle.headline import headline
 
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))

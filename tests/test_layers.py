@@ -22,11 +22,6 @@ KNOWN = {
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.headline"),
     ("labcycle.tasks.cycle", "labcycle.tasks.evaluate.report"),
     ("labcycle.tasks.cycle", "labcycle.tasks.release"),
-    ("labcycle.tasks.evaluate.report", "labcycle.tasks.cycle"),
-    ("labcycle.tasks.release.card", "labcycle.model_import"),
-    ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.headline"),
-    ("labcycle.tasks.release.card", "labcycle.tasks.evaluate.report"),
-    ("labcycle.tasks.release.registry", "labcycle.tasks.evaluate.headline"),
 }
 
 

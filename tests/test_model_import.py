@@ -53,7 +53,7 @@ def smollm2_gguf() -> Path:
 
 
 def test_fetched_model_answers_and_records_its_source(smollm2, tmp_path):
-    from labcycle.model_import import read_provenance
+    from labcycle.provenance import read_provenance
 
     prov = read_provenance(smollm2)
     assert prov is not None and prov.name == "smollm2-135m-instruct"

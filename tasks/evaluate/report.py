@@ -2,7 +2,7 @@
 answers, judgements and scores; every suite document's log-likelihoods; every safety prompt's answers and
 labels) and report.md (base vs candidate tables, drops flagged with ⚠, shown as the Prefect artifact
 "eval-report"). Once a gate has decided, report.md is written again with the headline first (what improved,
-what regressed, what the gate checked: tasks/evaluate/headline.py), and ⚠ only on the metrics the gate
+what regressed, what the gate checked: labcycle/headline.py), and ⚠ only on the metrics the gate
 checked; a drop in a metric shown for reference is marked ↓ and said to be not gated."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from labcycle.headline import WARN, headline_metrics, safety_markdown
 from labcycle.io import write_json, write_jsonl, write_text_atomic
 
 REPORT, ANSWERS, MARKDOWN = "report.json", "answers.jsonl", "report.md"
 SIDES = ("base", "candidate")
 DIGITS = 4
-WARN = "⚠"
 DOWN = "↓"  # a drop in a metric the gate did not check
 
 
@@ -76,7 +76,7 @@ def _pair(block: dict[str, Any], metric: str, higher_is_better: bool = True, gat
 def markdown(report: dict[str, Any], notes: list[str] | None = None, decision: Any = None) -> str:
     """report.md; with the gate's `decision` (a tasks.gate.Decision or its JSON), the headline comes first and
     ⚠ marks drops only in what the gate checked."""
-    from labcycle.tasks.evaluate.headline import GateView, headline
+    from labcycle.headline import GateView, headline
 
     branch, suites = report["branch"], report["regression"]["suites"]
     models = report.get("models", {})
@@ -144,56 +144,6 @@ def markdown(report: dict[str, Any], notes: list[str] | None = None, decision: A
     return "\n".join(lines) + "\n"
 
 
-def _share(rate: float | None, count: int | None = None) -> str:
-    if rate is None:
-        return "–"
-    return f"{count} ({rate * 100:.1f}%)" if count is not None else f"{rate * 100:.1f}%"
-
-
-def _rate_cell(base: float | None, cand: float | None, base_n: int | None = None, cand_n: int | None = None,
-               warn: bool = True) -> str:
-    """base → candidate for a rate where higher is worse; a rise is flagged (when `warn`)."""
-    cell = f"{_share(base, base_n)} → {_share(cand, cand_n)}"
-    if base is None or cand is None:
-        return cell
-    delta = (cand - base) * 100
-    cell += f" ({'+' if delta >= 0 else '−'}{abs(delta):.1f} points)"
-    return f"**{cell} {WARN}**" if warn and cand > base else cell
-
-
-def safety_markdown(safety: dict[str, Any]) -> list[str]:
-    """The report's safety section: unsafe answers to harmful prompts and refusals of benign ones, base vs
-    candidate, with the label sources (a rise is flagged with ⚠)."""
-    lines = [f"## Safety ({WARN} = candidate worse than base)", ""]
-    if not safety.get("enabled"):
-        return lines + ["Not evaluated: evaluation.safety.enabled is false in the config."]
-    prompts, answered, sources = safety["prompts"], safety["answered"], safety["label_sources"]
-    base, cand = safety["base"], safety["candidate"]
-    judge = safety.get("judge", {})
-    lines.append(f"Suite `{safety['suite']}`: {prompts['harmful']} harmful and {prompts['benign']} benign prompts. "
-                 f"Labels: the judge for {sources['judge']} prompts, refusal phrases for {sources['refusal_phrases']}.")
-    if sources["refusal_phrases"]:
-        why = ("no judge" if not judge.get("requested") else
-               ", ".join(f"{n} {reason}" for reason, n in judge.get("failures", {}).items()) or "judge failures")
-        lines.append(f"- Refusal phrases ({why}) only tell refused from not refused: there, a harmful prompt "
-                     "answered without a refusal counts as unsafe, which overstates the unsafe rate for both models.")
-    if safety.get("skipped"):
-        lines.append(f"- {safety['skipped']} prompts were left out: too long for the served context.")
-    lines += ["", "| metric | prompts | base → candidate |", "|---|---:|---|"]
-    for what, kind, rate, count, warn in (("unsafe answers to harmful prompts", "harmful", "unsafe_rate", "unsafe", True),
-                                          ("refusals of benign prompts (over-refusal)", "benign", "over_refusal_rate",
-                                           "refused_benign", True),
-                                          ("refusals of harmful prompts", "harmful", "refusal_rate", "refused_harmful", False)):
-        cell = _rate_cell(base[rate], cand[rate], base[count], cand[count], warn=warn)
-        lines.append(f"| {what} | {answered[kind]} | {cell} |")
-    lines += ["", "| category | kind | prompts | base → candidate |", "|---|---|---:|---|"]
-    for entry in safety.get("by_category", []):
-        what = "unsafe" if entry["kind"] == "harmful" else "refused"
-        lines.append(f"| {entry['category']} | {entry['kind']} ({what}) | {entry['prompts']} | "
-                     f"{_rate_cell(entry['base'], entry['candidate'])} |")
-    return lines
-
-
 def entry_block(entry: dict[str, Any]) -> dict[str, Any]:
     return {side: {entry["metric"]: entry[side]} for side in SIDES}
 
@@ -246,8 +196,6 @@ class Summary:
 def summary(report: dict[str, Any], out_dir: Path, decision: Any = None) -> Summary:
     """The Summary of `report` (written to out_dir) and the gate's Decision on it (tasks/gate.py; None: no
     policy). The branch metric is the one the gate compared, else judge when the report has judge scores."""
-    from labcycle.tasks.cycle import headline_metrics
-
     head = headline_metrics(report)
     metrics = {name: Comparison(e["metric"], e["base"], e["candidate"]) for name, e in head["regression"].items()}
     metric = decision.metric if decision is not None else (
@@ -261,5 +209,5 @@ def summary(report: dict[str, Any], out_dir: Path, decision: Any = None) -> Summ
                    metrics=metrics, report=str(Path(out_dir) / MARKDOWN))
 
 
-__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "Comparison", "Summary", "answer_rows", "build", "markdown",
-           "safety_markdown", "summary", "write", "write_gated"]
+__all__ = ["ANSWERS", "MARKDOWN", "REPORT", "Comparison", "Summary", "answer_rows", "build", "markdown", "summary",
+           "write", "write_gated"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labcycle.headline import Headline, headline, number, safety_markdown
 from labcycle.shareable import scrub
-from labcycle.tasks.evaluate.headline import Headline, headline, number
 from labcycle.tasks.release.candidate import EVAL_REPORT, Candidate
 
 README = "README.md"
@@ -76,7 +76,7 @@ def base_model(path: str) -> BaseModel:
     hub_id: str | None = None
     license: str | None = None
     try:
-        from labcycle.model_import import read_provenance
+        from labcycle.provenance import read_provenance
 
         prov = read_provenance(folder)
     except Exception:  # an unreadable record says nothing
@@ -115,8 +115,6 @@ def read_report(path: Path) -> dict[str, Any]:
 
 def safety_section(report: dict[str, Any]) -> list[str]:
     """The eval report's safety results, base vs candidate, as the card's "Safety" section."""
-    from labcycle.tasks.evaluate.report import safety_markdown
-
     safety = report.get("safety")
     if not isinstance(safety, dict):
         return ["### Safety", "", "The eval report has no safety results."]

@@ -219,7 +219,7 @@ class Release:
         else:
             raise LabcycleError("could not take a free version number (too many concurrent releases); release again",
                                 where=self.registry, transient=True)
-        from labcycle.tasks.evaluate.headline import headline
+        from labcycle.headline import headline
 
         roots = self.candidate.share_roots
         meta = {"format": RELEASE_FORMAT, "name": self.name, "version": version, "fingerprint": self.fingerprint,

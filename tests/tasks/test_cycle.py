@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from labcycle.tasks.cycle import gated_report, write_report
-from tests.tasks.test_headline import gated_pass
+from tests.test_headline import gated_pass
 
 
 def test_report_json_leads_with_the_headline_and_names_no_path_of_the_machine(tmp_path):

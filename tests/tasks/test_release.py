@@ -81,7 +81,7 @@ def tuned_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hub_base(candidate: Candidate, tmp_path: Path) -> Path:
     """The candidate's base model as labcycle's importer leaves a Hub download: its source recorded, and the
     model's own card with its license."""
-    from labcycle.model_import import Provenance
+    from labcycle.provenance import Provenance
 
     result_json = candidate.tuned / "result.json"
     result = json.loads(result_json.read_text())

@@ -293,7 +293,7 @@ def test_config_key_and_its_mistakes(tmp_path):
 
 
 def test_headline_metrics_carry_the_safety_rates():
-    from labcycle.tasks.cycle import headline_metrics
+    from labcycle.headline import headline_metrics
 
     block = aggregate(label_records(PROMPTS, ANSWERS, None), "s", False)
     metrics = headline_metrics(_report(block))

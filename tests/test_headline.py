@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from labcycle.headline import GateView, headline
 from labcycle.tasks.evaluate import report as report_io
-from labcycle.tasks.evaluate.headline import GateView, headline
 from labcycle.tasks.gate import GatePolicy, decide
 from tests.tasks.test_gate import FREEFORM, KNOW, leaf, make_report, safety, sc, suite
 
