@@ -109,7 +109,7 @@ def write_report(run_dir: Path, cycles: list[dict[str, Any]], released: str | No
 def gated_report(eval_dir: Path, report: dict[str, Any], decision: Any) -> dict[str, Any]:
     """After the gate: eval/report.md again with the headline first; -> the headline as JSON (full precision),
     for RUN/report.json and the CLI's summary."""
-    from labcycle.tasks.evaluate.headline import headline
+    from labcycle.headline import headline
     from labcycle.tasks.evaluate.report import write_gated
 
     write_gated(eval_dir, report, decision)
@@ -125,7 +125,7 @@ def nothing_changed(manifest: Path) -> str:
 
 def candidate(tuned: Path, folder: CycleFolder, decision: dict[str, Any], manifest: Path) -> Any:
     """The release candidate of a cycle folder: its last tuned phase, eval report and dataset cards."""
-    from labcycle.tasks.cycle import headline_metrics
+    from labcycle.headline import headline_metrics
     from labcycle.tasks.release import Candidate
 
     report = json.loads(folder.eval_report.read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -215,7 +216,7 @@ def _print_json(summary: object) -> None:
 
 TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1). Default: an in-process vLLM engine.")]
 TeacherModelOpt = Annotated[Optional[str], typer.Option("--teacher-model", help="Served model name, or a local model folder for the in-process engine.")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="Most teacher requests in flight at once.")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="Most teacher requests in flight at once: generation's, and the evaluation judge's (which evaluation.concurrency caps too).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A labcycle.yaml (see schemas/config.schema.json).")]
 BaseOpt = Annotated[Optional[str], typer.Option("--base", help="Base ref for changed leaves; 'empty' selects every leaf.")]
 
@@ -259,18 +260,27 @@ def _tie_embedded_server() -> None:
         guard(server.server_process.pid)
 
 
-def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Path | None, teacher_endpoint: str | None,
-              teacher_model: str | None, max_concurrency: int | None, until: Until, student_model: str | None = None,
-              profile: Profile | None = None, repo: dict | None = None,
+@dataclass(frozen=True)
+class TaxonomySource:
+    """Where `labcycle run` takes the taxonomy from: --taxonomy, or --taxonomy-repo at --branch or --commit."""
+
+    folder: Path
+    repo: str | None = None
+    branch: str | None = None
+    commit: str | None = None
+
+
+def _run_flow(source: TaxonomySource, base: str | None, output: Path | None, config: Path | None,
+              teacher_endpoint: str | None, teacher_model: str | None, max_concurrency: int | None, until: Until,
+              student_model: str | None = None, profile: Profile | None = None, max_cycles: int | None = None,
               fmt: SummaryFormat = SummaryFormat.text) -> None:
-    repo = repo or {}
     from labcycle.urls import hold_teacher_login
 
     # A user:password in the URL reaches the teacher from this process's environment, never as a flow parameter.
     teacher_endpoint = hold_teacher_login(teacher_endpoint)
-    if not repo.get("taxonomy_repo") and not taxonomy.is_dir():
-        raise _usage_error(f"--taxonomy {taxonomy}: not a folder")
-    if (repo.get("branch") or repo.get("commit")) and not repo.get("taxonomy_repo"):
+    if not source.repo and not source.folder.is_dir():
+        raise _usage_error(f"--taxonomy {source.folder}: not a folder")
+    if (source.branch or source.commit) and not source.repo:
         raise _usage_error("--branch and --commit need --taxonomy-repo")
     if config is not None and not config.is_file():
         raise _usage_error(f"--config {config}: {_no_file(config)}")
@@ -286,10 +296,11 @@ def _run_flow(taxonomy: Path, base: str | None, output: Path | None, config: Pat
     as_json = fmt is SummaryFormat.json
     with _stdout_to_stderr(as_json), _progress_bars(until is not Until.taxonomy), _tuning_progress(tuning):
         _tie_embedded_server()
-        state = lab_cycle(taxonomy=str(taxonomy), base=base, output=str(output) if output else None,
+        state = lab_cycle(taxonomy=str(source.folder), base=base, output=str(output) if output else None,
                           config=str(config) if config else None, teacher_endpoint=teacher_endpoint,
                           teacher_model=teacher_model, max_concurrency=max_concurrency, student_model=student_model,
-                          profile=profile.value if profile else None, until=until.value, return_state=True, **repo)
+                          profile=profile.value if profile else None, until=until.value, taxonomy_repo=source.repo,
+                          branch=source.branch, commit=source.commit, max_cycles=max_cycles, return_state=True)
     if not state.is_completed():
         err.print("[red]lab-cycle failed:[/red]", markup=True)
         err.print(state.message or "see the Prefect logs above", markup=False)
@@ -464,9 +475,8 @@ def run_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the lab-cycle flow (on Prefect's local server unless PREFECT_API_URL names one)."""
-    repo = {k: v for k, v in dict(taxonomy_repo=taxonomy_repo, branch=branch, commit=commit, max_cycles=max_cycles).items() if v is not None}
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, until, student_model, profile, repo,
-              fmt)
+    _run_flow(TaxonomySource(taxonomy, taxonomy_repo, branch, commit), base, output, config, teacher_endpoint,
+              teacher_model, max_concurrency, until, student_model, profile, max_cycles, fmt)
 
 
 @app.command("generate")
@@ -484,7 +494,8 @@ def generate_cmd(
     """Generate synthetic data for the changed leaves: the taxonomy stage, then generation."""
     if taxonomy.is_dir() and (config is None or config.is_file()):
         _check_teacher(config, teacher_endpoint, teacher_model, max_concurrency)
-    _run_flow(taxonomy, base, output, config, teacher_endpoint, teacher_model, max_concurrency, Until.generate, fmt=fmt)
+    _run_flow(TaxonomySource(taxonomy), base, output, config, teacher_endpoint, teacher_model, max_concurrency,
+              Until.generate, fmt=fmt)
 
 
 @app.command("mix")
@@ -588,7 +599,7 @@ def evaluate_cmd(
             raise _usage_error(f"{flag} {path}: {_no_file(path)}")
     from labcycle.flows.config import load as load_config
     from labcycle.models import model_folder_problem
-    from labcycle.tasks.cycle import evaluation_inputs
+    from labcycle.tasks.evaluate.settings import evaluation_inputs
     from labcycle.tasks.evaluate.stage import candidate_model
     from labcycle.tasks.gate import load_policy
 
@@ -603,7 +614,7 @@ def evaluate_cmd(
     if cfg.evaluation.judge and not cfg.generation.teacher.model:
         raise LabcycleError("the judge is the config's generation teacher, and it names none: set generation.teacher "
                             "(model, and endpoint for a served one) in --config, or evaluation.judge: false")
-    evaluation_inputs(cfg, None, None, None)  # the judge, suites and safety suite it names
+    evaluation_inputs(cfg.evaluation, cfg.generation.teacher)  # the judge, suites and safety suite it names
     from labcycle.flows.evaluate import evaluate_candidate
 
     as_json = fmt is EvaluateFormat.json

@@ -274,19 +274,20 @@ def test_answer_rows_carry_every_safety_record():
 
 def test_config_key_and_its_mistakes(tmp_path):
     from labcycle.flows import config
-    from labcycle.tasks.cycle import evaluation_inputs
+    from labcycle.tasks.evaluate.settings import evaluation_inputs
 
     default = config.load(None)
     assert (default.evaluation.safety.enabled, default.evaluation.safety.suite, default.evaluation.safety.judge) == (
         True, None, True)
-    assert evaluation_inputs(default, ENDPOINT, "teacher", None)["safety"] == SafetySpec(suite=None, judge=True)
+    assert evaluation_inputs(default.evaluation, default.generation.teacher, ENDPOINT, "teacher")["safety"] == SafetySpec(suite=None, judge=True)
     f = tmp_path / "labcycle.yaml"
     f.write_text("evaluation:\n  safety:\n    suite: mine.jsonl\n    judge: false\n")
     cfg = config.load(f)
-    assert evaluation_inputs(cfg, ENDPOINT, "teacher", None)["safety"] == SafetySpec(suite=Path("mine.jsonl"), judge=False)
+    assert evaluation_inputs(cfg.evaluation, cfg.generation.teacher, ENDPOINT, "teacher")["safety"] == SafetySpec(suite=Path("mine.jsonl"), judge=False)
     assert cfg.digest() != default.digest()
     f.write_text("evaluation:\n  safety:\n    enabled: false\n")
-    assert evaluation_inputs(config.load(f), ENDPOINT, "teacher", None)["safety"] is None
+    off = config.load(f)
+    assert evaluation_inputs(off.evaluation, off.generation.teacher, ENDPOINT, "teacher")["safety"] is None
     assert_mistake(config.load, f, "evaluation:\n  safety:\n    suites: x.jsonl\n", ":3:5", "evaluation.safety.suites")
     assert_mistake(config.load, f, "evaluation:\n  safety:\n    judge: maybe\n", ":3:5", "evaluation.safety.judge")
     assert_mistake(config.load, f, "evaluation:\n  safety:\n    suite: ''\n", ":3:5", "evaluation.safety.suite")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from labcycle.tasks.cycle import gated_report, write_report
+from labcycle.flows.records import gated_report, write_report
 from tests.test_headline import gated_pass
 
 
