@@ -86,13 +86,14 @@ def evaluate_candidate(taxonomy: str, base_model: str, candidate: str, output: s
     out = Path(output).resolve()
     try:
         rules = gate.load_policy(policy) if policy else None  # a mistake in it costs no evaluation
+        cfg = config_module.load(config)  # once, for both subflows
     except LabcycleError as exc:
         return Failed(message=str(exc))
-    prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(out), config=config, return_state=True)
+    prepared = prepare_taxonomy(taxonomy=taxonomy, base=base, output=str(out), config=cfg, return_state=True)
     if not prepared.is_completed():
         return Failed(message=prepared.message)
     evaluated = evaluate(manifest=prepared.result()["manifest"], candidate=candidate, base_model=base_model,
-                         output=str(out), config=config, return_state=True)
+                         output=str(out), config=cfg, return_state=True)
     if not evaluated.is_completed():
         return Failed(message=evaluated.message)
     report = evaluated.result()
