@@ -35,6 +35,9 @@ from labcycle.tasks.generate.spec import BlockSpec, PipelineSpec
 JOURNAL = "journal.jsonl"
 SAMPLES = "samples.jsonl"
 YIELD = "yield.json"
+# Units admitted per request slot of the teacher (see generate_leaf): enough that the teacher stays full
+# through a round's tail of long multi-block chains.
+UNITS_PER_REQUEST_SLOT = 8
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,12 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
                         dedup[b.name].add(f"{e['unit']}:{i}", r.get(b.params["field"], ""))
 
     lock = asyncio.Lock()
-    in_flight_units = asyncio.Semaphore(max(4, getattr(teacher, "max_concurrency", 32)))
+    # The teacher's request limit is the only limit on the teacher. Units are admitted well beyond it, so
+    # that while one unit parses, filters or waits on its slowest request, others have requests queued to
+    # take every free slot: with one unit per request slot, a round ends with a few long chains running
+    # one request at a time and the rest of the teacher idle. The bound (a multiple of the request
+    # limit) keeps what a killed run loses, and what a huge round holds in memory, to that many units.
+    in_flight_units = asyncio.Semaphore(unit_admission(teacher))
 
     async def run_unit(unit: str, round_: int, chunk: dict[str, Any] | None) -> None:
         nonlocal kept
@@ -304,6 +312,11 @@ async def generate_leaf(leaf: LeafInput, spec: PipelineSpec, teacher: Any, setti
         "blocks": {name: s.to_json() for name, s in totals.items()},
     })
     return result
+
+
+def unit_admission(teacher: Any) -> int:
+    """Units of one leaf in progress at once: UNITS_PER_REQUEST_SLOT per request the teacher may have in flight."""
+    return max(4, UNITS_PER_REQUEST_SLOT * getattr(teacher, "max_concurrency", 32))
 
 
 def _optimistic_yield(spec: PipelineSpec) -> float:
