@@ -46,7 +46,36 @@ endpoint in its own process that answers every request after exactly S seconds, 
 concurrency, and serves the same /metrics counters): the server can then never be the bottleneck or
 vary, so the ratio measures the client's dispatch alone.
 
-Checks (the benchmark stops with an error otherwise): every request of both paths returns exactly
+With `--multistage` it measures something else: a multi-stage pipeline against a stub whose latency grows
+with each request's own output length, the case where a client can leave the server idle:
+
+    .venv/bin/python bench/sdg.py --multistage --sdghub-python /tmp/sdghub-venv/bin/python --json OUT
+
+The work is `--rows` rows (default 256) x a chain of `--stages` requests (default 4): stage k of a row
+asks "Stage k of N: continue X", X being the row's tag for the first stage and the previous stage's
+answer after it. The stub (its own process) draws each request's completion length from a lognormal
+(median 150 tokens, log-sd 0.75, at most 2048) by the prompt's hash, so every client gets the same
+work, answers with the prompt's last word (the tag) after length / `--token-rate` seconds (default 300
+tokens/s per request) and reports that length as completion_tokens. A case `C/K` (default cases
+32,64,64/32) gives a server that runs only K requests at once (the rest queue). Clients, each limited to
+C requests in flight:
+
+  ideal      openai.AsyncOpenAI; every row starts at once and runs its stages back to back, each request
+             behind asyncio.Semaphore(C): the server gets C requests whenever C are ready
+  labcycle   runner.generate_leaf on a knowledge pipeline of `--stages` generate blocks (parse: text, each
+             block's template reads the field the block before wrote), one unit per row (unit: chunk, the
+             row's tag as its chunk), one round, OpenAITeacher(max_concurrency=C)
+  sdg_hub    with `--sdghub-python PYTHON` (a virtual environment with sdg_hub 0.9): bench/sdghub_client.py
+             runs a Flow of PromptBuilderBlock, LLMChatBlock (async) and LLMResponseExtractorBlock per
+             stage with Flow.generate(max_concurrency=C); the column is left out without it
+
+Checked in every run from the stub's counters: every client sent exactly rows x stages requests, with
+the same completion-token total and the same digest of all prompts as the work itself. Reported per
+case: the median tokens/s of each client over `--repeat` runs (the order of the clients rotates every
+repeat), labcycle / ideal, labcycle / sdg_hub, and the server's occupancy (request-seconds served over
+its slots x the run's seconds).
+
+Checks of the default case (the benchmark stops with an error otherwise): every request of both paths returns exactly
 `--max-tokens` completion tokens, so the completion-token totals are equal; the prompt-token totals are
 equal; the server's own counter (vllm:generation_tokens_total from /metrics) grew by the same total in
 every run; labcycle sent exactly `--requests` requests with no retry or failure, journaled every
@@ -242,8 +271,27 @@ def calibrate(base_url: str, model: str, folder: Path, target: int, max_tokens: 
 # and /health the benchmark reads.
 
 
-async def _stub_main(port: int, latency: float) -> None:
-    counters = {"gen": 0, "prompt": 0, "running": 0}
+def stub_tokens(content: str, median: float = 150.0, sigma: float = 0.75, cap: int = 2048) -> int:
+    """The completion length the variable-length stub gives a prompt: lognormal (median `median` tokens,
+    log-sd `sigma`, at most `cap`), drawn from the prompt's own hash, so every client asking the same
+    prompts gets the same work."""
+    import hashlib
+    import math
+    from statistics import NormalDist
+
+    u = (int.from_bytes(hashlib.sha256(content.strip().encode()).digest()[:7], "big") + 0.5) / 2**56
+    return max(1, min(cap, round(median * math.exp(sigma * NormalDist().inv_cdf(u)))))
+
+
+async def _stub_main(port: int, latency: float, rate: float = 0.0, cap: int = 0) -> None:
+    """latency: every request takes exactly that long. rate > 0 (the variable-length stub): a request takes
+    stub_tokens(its prompt) / rate seconds (capped by its max_tokens), answers with the prompt's last
+    word, and reports that many completion tokens; cap > 0 lets the server run only that many requests
+    at once (the rest wait in its queue)."""
+    import zlib
+
+    counters = {"gen": 0, "prompt": 0, "running": 0, "waiting": 0, "requests": 0, "digest": 0, "busy": 0.0}
+    slots = asyncio.Semaphore(cap) if cap > 0 else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -253,7 +301,33 @@ async def _stub_main(port: int, latency: float) -> None:
                 length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0)
                 data = await reader.readexactly(length) if length else b""
                 ctype = "application/json"
-                if path.endswith("/chat/completions"):
+                if path.endswith("/chat/completions") and rate > 0:
+                    req = json.loads(data)
+                    text = req["messages"][-1]["content"].strip()
+                    n = min(stub_tokens(text), int(req.get("max_tokens") or 2**31))
+                    counters["waiting"] += 1
+                    if slots is not None:
+                        await slots.acquire()
+                    counters["waiting"] -= 1
+                    counters["running"] += 1
+                    t0 = time.perf_counter()
+                    try:
+                        await asyncio.sleep(n / rate)
+                    finally:
+                        counters["busy"] += time.perf_counter() - t0
+                        counters["running"] -= 1
+                        if slots is not None:
+                            slots.release()
+                    prompt = sum(len(m["content"]) for m in req["messages"]) // 4
+                    counters["gen"] += n
+                    counters["prompt"] += prompt
+                    counters["requests"] += 1
+                    counters["digest"] = (counters["digest"] + zlib.crc32(text.encode())) % 2**48
+                    body = json.dumps({
+                        "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": req.get("model"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text.split()[-1]}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}}).encode()
+                elif path.endswith("/chat/completions"):
                     req = json.loads(data)
                     counters["running"] += 1
                     await asyncio.sleep(latency)
@@ -268,7 +342,9 @@ async def _stub_main(port: int, latency: float) -> None:
                 elif path == "/metrics":
                     ctype = "text/plain"
                     body = (f"{GEN_TOKENS} {counters['gen']}\n{PROMPT_TOKENS} {counters['prompt']}\n"
-                            f"vllm:num_requests_running {counters['running']}\nvllm:num_requests_waiting 0\n").encode()
+                            f"vllm:num_requests_running {counters['running']}\nvllm:num_requests_waiting {counters['waiting']}\n"
+                            f"stub:requests_total {counters['requests']}\nstub:prompt_digest {counters['digest']}\n"
+                            f"stub:busy_seconds_total {counters['busy']:.6f}\n").encode()
                 else:
                     body = b"{}"
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -284,18 +360,19 @@ async def _stub_main(port: int, latency: float) -> None:
 
 
 class StubServer:
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, rate: float = 0.0, cap: int = 0):
         from labcycle.teacher.server import free_port
 
         self.latency, self.port, self.model, self.proc = latency, free_port(), "stub", None
+        self.rate, self.cap = rate, cap
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> StubServer:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(self.port), str(self.latency)],
-                                     start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(self.port), str(self.latency),
+                                      str(self.rate), str(self.cap)], start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -533,27 +610,330 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"  discarded and run again: C={d['concurrency']} {d['kind']} run {d['run']}: {d['reason']}")
 
 
+# --- the multi-stage case (--multistage) -------------------------------------------------------------
+#
+# Work: `rows` rows, each a chain of `stages` requests; stage k of row r asks "Stage k of N: continue X",
+# where X is row r's tag ("row-17") for the first stage and the previous stage's answer after it. The
+# variable-length stub answers with the prompt's last word (the tag again) after stub_tokens(prompt) /
+# rate seconds and reports that many completion tokens, so all clients send exactly the same requests
+# and get exactly the same work (checked: request count, completion-token total and a digest of every
+# prompt, from the stub's counters, in every run).
+
+
+def stage_prompt(stage: int, stages: int, previous: str) -> str:
+    return f"Stage {stage + 1} of {stages}: continue {previous}"
+
+
+def multistage_tokens(rows: int, stages: int) -> int:
+    """Completion tokens of the whole work, as the stub will count them."""
+    return sum(stub_tokens(stage_prompt(k, stages, f"row-{r}")) for r in range(rows) for k in range(stages))
+
+
+def write_multistage_spec(folder: Path, stages: int, max_tokens: int) -> Path:
+    """A knowledge pipeline of `stages` generate blocks: the first reads the unit's chunk (the row's tag),
+    each later one the field the block before it wrote; the last two fields are the question and answer
+    a record needs."""
+    prompts = folder / "prompts"
+    prompts.mkdir(parents=True, exist_ok=True)
+    fields = [f"part{k}" for k in range(stages - 2)] + ["question", "answer"]
+    blocks = []
+    for k, field in enumerate(fields):
+        previous = "chunk" if k == 0 else fields[k - 1]
+        (prompts / f"stage{k}.j2").write_text(stage_prompt(k, stages, "{{ " + previous + " }}") + "\n", encoding="utf-8")
+        blocks.append(f"  - name: stage{k}\n    type: generate\n    template: stage{k}.j2\n    parse: text\n"
+                      f"    fields: [{field}]\n    sampling: {{temperature: 0.7, max_tokens: {max_tokens}}}\n")
+    spec = folder / "bench_multistage.yaml"
+    spec.write_text("version: 1\nname: bench_multistage\nkind: knowledge\nprompts: prompts\nunit: chunk\n"
+                    "examples_per_prompt: 0\nblocks:\n" + "".join(blocks), encoding="utf-8")
+    return spec
+
+
+def multistage_leaf(rows: int) -> LeafInput:
+    qna = {"version": 3, "domain": "bench", "created_by": "bench", "document_outline": "benchmark",
+           "seed_examples": [{"context": "A context.", "questions_and_answers": [{"question": "What?", "answer": "This."}]}]}
+    chunks = [{"text": f"row-{r}", "source": "bench.md", "start": r, "end": r + 1} for r in range(rows)]
+    return LeafInput(id="bench/multistage", kind="knowledge", hash="c" * 64, qna=qna, chunks=chunks)
+
+
+async def run_ideal(base_url: str, model: str, rows: int, stages: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
+    """The ideal per-row pipelined client: every row starts at once and runs its stages back to back; the
+    only limit is asyncio.Semaphore(C) around each request."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+    tokens = requests = 0
+
+    async def row(r: int) -> None:
+        nonlocal tokens, requests
+        previous = f"row-{r}"
+        for k in range(stages):
+            async with sem:
+                resp = await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": stage_prompt(k, stages, previous)}],
+                    temperature=0.7, max_tokens=max_tokens)
+            tokens += resp.usage.completion_tokens
+            requests += 1
+            previous = resp.choices[0].message.content.strip()
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(row(r) for r in range(rows)))
+        seconds = time.perf_counter() - start
+    finally:
+        await client.close()
+    return {"seconds": seconds, "requests": requests, "completion_tokens": tokens}
+
+
+async def run_labcycle_multistage(base_url: str, model: str, spec: Any, rows: int, concurrency: int,
+                                  work_dir: Path) -> dict[str, Any]:
+    teacher = OpenAITeacher(base_url, model, max_concurrency=concurrency)
+    settings = GenerationSettings(samples_per_seed=rows, max_rounds=1, max_units_per_round=rows)
+    try:
+        start = time.perf_counter()
+        result = await generate_leaf(multistage_leaf(rows), spec, teacher, settings, work_dir)
+        seconds = time.perf_counter() - start
+    finally:
+        await teacher.aclose()
+    s = teacher.stats
+    if s.retries or s.failures:
+        raise Redo(f"labcycle: {s.retries} retries, {s.failures} failures: {'; '.join(TEACHER_LOG.lines[:3])}")
+    if result.units != rows or result.kept != rows:
+        raise BenchError(f"labcycle: {result.units} units journaled and {result.kept} kept, not {rows}")
+    return {"seconds": seconds, "requests": s.requests, "completion_tokens": s.completion_tokens,
+            "max_in_flight": s.max_in_flight, "leaf_completion_tokens": result.completion_tokens}
+
+
+def run_sdghub(python: str, base_url: str, model: str, rows: int, stages: int, concurrency: int, max_tokens: int,
+               scratch: Path) -> dict[str, Any]:
+    """sdg_hub's Flow (in its own virtual environment: bench/sdghub_client.py), timed around flow.generate."""
+    out = scratch / "sdghub.json"
+    cmd = [python, str(REPO / "bench" / "sdghub_client.py"), "--base-url", base_url, "--model", model, "--rows", str(rows),
+           "--stages", str(stages), "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
+           "--folder", str(scratch / "sdghub"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise BenchError(f"sdg_hub client failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(out.read_text())  # its requests and tokens are the stub's counts (see measure_multistage)
+
+
+def stub_counters(base_url: str) -> dict[str, float]:
+    m = metrics(base_url)
+    return {k: m.get(k, 0.0) for k in (GEN_TOKENS, "stub:requests_total", "stub:prompt_digest", "stub:busy_seconds_total")}
+
+
+def measure_multistage(kind: str, server: StubServer, args: argparse.Namespace, concurrency: int, spec: Any,
+                       scratch: Path, rows: int) -> dict[str, Any]:
+    base_url, model = server.base_url, server.model
+    wait_idle(base_url)
+    before = stub_counters(base_url)
+    cpu0, load0 = time.process_time(), load_average()
+    TEACHER_LOG.lines.clear()
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    try:
+        if kind == "ideal":
+            out = asyncio.run(run_ideal(base_url, model, rows, args.stages, concurrency, args.max_tokens))
+        elif kind == "labcycle":
+            out = asyncio.run(run_labcycle_multistage(base_url, model, spec, rows, concurrency, work))
+        else:
+            out = run_sdghub(args.sdghub_python, base_url, model, rows, args.stages, concurrency, args.max_tokens, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if kind != "sdg_hub":
+        out["client_cpu_s"] = round(time.process_time() - cpu0, 3)
+    after = stub_counters(base_url)
+    out["load_1min"] = [load0, load_average()]
+    out["server_requests"] = int(after["stub:requests_total"] - before["stub:requests_total"])
+    out["server_generation_tokens"] = int(after[GEN_TOKENS] - before[GEN_TOKENS])
+    out["prompt_digest"] = int(after["stub:prompt_digest"] - before["stub:prompt_digest"]) % 2**48
+    if kind == "sdg_hub":  # the client counts nothing reliably itself; it checked that every row's chain came out whole
+        out["requests"], out["completion_tokens"] = out["server_requests"], out["server_generation_tokens"]
+    # The server's occupancy: request-seconds served over what its slots could serve in the run's time.
+    slots = min(concurrency, server.cap) if server.cap else concurrency
+    out["server_busy"] = (after["stub:busy_seconds_total"] - before["stub:busy_seconds_total"]) / (slots * out["seconds"])
+    out["tokens_per_s"] = out["server_generation_tokens"] / out["seconds"]
+    return out
+
+
+def multistage_digest(rows: int, stages: int) -> int:
+    import zlib
+
+    return sum(zlib.crc32(stage_prompt(k, stages, f"row-{r}").encode()) for r in range(rows) for k in range(stages)) % 2**48
+
+
+def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    cases = []
+    for item in args.concurrency:
+        c, _, cap = str(item).partition("/")
+        cases.append((int(c), int(cap or 0)))
+    want_tokens, want_digest = multistage_tokens(args.rows, args.stages), multistage_digest(args.rows, args.stages)
+    want_requests = args.rows * args.stages
+    spec = load_spec(write_multistage_spec(scratch / "spec", args.stages, args.max_tokens))
+    kinds = ["ideal", "labcycle"] + (["sdg_hub"] if args.sdghub_python else [])
+    servers: dict[int, StubServer] = {}
+    rows_out, discarded = [], []
+    try:
+        for cap in sorted({cap for _, cap in cases}):
+            servers[cap] = StubServer(0.0, rate=args.token_rate, cap=cap).start()
+        warm_rows = min(args.rows, 32)
+        print(f"warming up: {warm_rows} rows with each client ...", flush=True)
+        for kind in kinds:
+            measure_multistage(kind, servers[cases[0][1]], args, cases[0][0], spec, scratch, warm_rows)
+        for c, cap in cases:
+            server = servers[cap]
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            for i in range(args.repeat):
+                order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]  # rotate who goes first
+                for kind in order:
+                    for attempt in range(3):
+                        try:
+                            r = measure_multistage(kind, server, args, c, spec, scratch, args.rows)
+                            break
+                        except Redo as e:
+                            if attempt == 2:
+                                raise
+                            print(f"  C={c} run {i + 1} {kind}: discarded and run again: {e}", flush=True)
+                            discarded.append({"concurrency": c, "cap": cap, "kind": kind, "run": i + 1, "reason": str(e)})
+                    problems = []
+                    if r["server_requests"] != want_requests or r["requests"] != want_requests:
+                        problems.append(f"{r['requests']} requests sent, {r['server_requests']} served, not {want_requests}")
+                    if r["server_generation_tokens"] != want_tokens or r["completion_tokens"] != want_tokens:
+                        problems.append(f"{r['completion_tokens']} completion tokens ({r['server_generation_tokens']} at the server), not {want_tokens}")
+                    if r["prompt_digest"] != want_digest:
+                        problems.append("the prompts differ from the work's")
+                    if problems:
+                        raise BenchError(f"{kind} at C={c}: " + "; ".join(problems))
+                    runs[kind].append(r)
+                    print(f"  C={c}{f' (server {cap})' if cap else ''} run {i + 1}/{args.repeat} {kind:8s}: {r['seconds']:6.2f} s, "
+                          f"{r['tokens_per_s']:7.1f} tok/s, server busy {r['server_busy']:.3f}, load {r['load_1min'][1]}", flush=True)
+            med = {k: {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in v),
+                       "runs_tokens_per_s": [round(x["tokens_per_s"], 1) for x in v],
+                       "server_busy": statistics.median(x["server_busy"] for x in v),
+                       "client_cpu_s": statistics.median(x["client_cpu_s"] for x in v) if all("client_cpu_s" in x for x in v) else None,
+                       "runs": v} for k, v in runs.items()}
+            row = {"concurrency": c, "server_cap": cap or None, "rows": args.rows, "stages": args.stages,
+                   "requests": want_requests, "completion_tokens": want_tokens, **med,
+                   "labcycle_vs_ideal": med["labcycle"]["tokens_per_s"] / med["ideal"]["tokens_per_s"]}
+            if "sdg_hub" in med:
+                row["labcycle_vs_sdg_hub"] = med["labcycle"]["tokens_per_s"] / med["sdg_hub"]["tokens_per_s"]
+                row["sdg_hub_vs_ideal"] = med["sdg_hub"]["tokens_per_s"] / med["ideal"]["tokens_per_s"]
+            rows_out.append(row)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {"rows": args.rows, "stages": args.stages, "token_rate": args.token_rate, "requests": want_requests,
+            "completion_tokens": want_tokens, "kinds": kinds, "results": rows_out, "discarded_runs": discarded}
+
+
+def print_multistage(out: dict[str, Any]) -> None:
+    print_machine(out)
+    print(f"server: {out['server']}")
+    print(f"work: {out['rows']} rows x {out['stages']} stages = {out['requests']} requests, {out['completion_tokens']} completion "
+          f"tokens, median of {out['repeat']} runs")
+    print()
+    kinds = out["kinds"]
+    head = ["C (server)"] + [f"{k} tok/s" for k in kinds] + ["labcycle/ideal"] + (["labcycle/sdg_hub"] if "sdg_hub" in kinds else []) \
+        + ["server busy " + "/".join(kinds)]
+    table = [head]
+    for r in out["results"]:
+        label = f"{r['concurrency']}" + (f" (runs {r['server_cap']})" if r["server_cap"] else " (no cap)")
+        line = [label] + [f"{r[k]['tokens_per_s']:.0f}" for k in kinds] + [f"{r['labcycle_vs_ideal']:.3f}"]
+        if "sdg_hub" in kinds:
+            line.append(f"{r['labcycle_vs_sdg_hub']:.3f}")
+        line.append(" / ".join(f"{r[k]['server_busy']:.2f}" for k in kinds))
+        table.append(line)
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    for d in out["discarded_runs"]:
+        print(f"  discarded and run again: {d}")
+
+
+def main_multistage(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    import re
+
+    spec = args.concurrency or "32,64,64/32"
+    if not re.fullmatch(r"\s*\d+(/\d+)?(\s*,\s*\d+(/\d+)?)*\s*", spec):
+        ap.error("--concurrency with --multistage takes C or C/K separated by commas, e.g. 32,64,64/32")
+    args.concurrency = [c.strip() for c in spec.split(",")]
+    args.max_tokens = 4096 if args.max_tokens is None else args.max_tokens
+    if args.rows < 1 or args.stages < 2 or args.repeat < 1 or args.token_rate <= 0 or args.max_tokens < 1:
+        ap.error("--rows, --repeat, --token-rate and --max-tokens must be positive and --stages at least 2")
+    if args.endpoint:
+        ap.error("--multistage uses its own stub server, not --endpoint")
+    load_start = load_average()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("labcycle.teacher.openai_client").setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="labcycle-bench-sdg-") as tmp:
+        try:
+            out = run_multistage(args, Path(tmp))
+        except BenchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    sdghub = None
+    if args.sdghub_python:
+        probe = subprocess.run([args.sdghub_python, "-c", "import importlib.metadata as m; print(m.version('sdg_hub'))"],
+                               capture_output=True, text=True)
+        sdghub = probe.stdout.strip() or None
+    out = {
+        "benchmark": "multi-stage generation throughput against a variable-latency stub",
+        "command": " ".join([".venv/bin/python", "bench/sdg.py", *(argv if argv is not None else sys.argv[1:])]),
+        "server": (f"variable-length stub (started here, its own process): each request's completion length is lognormal "
+                   f"from its prompt's hash (median 150 tokens, log-sd 0.75, at most 2048), served at {args.token_rate:g} "
+                   "tokens/s per request; C/K cases: the server runs K requests at once, the rest queue"),
+        "repeat": args.repeat,
+        "source": source_state(),
+        "machine": {**machine(("openai", "httpx", "Jinja2")), "sdg_hub": sdghub,
+                    "load_average_1min": {"start": load_start, "end": load_average()}},
+        **out,
+    }
+    print_multistage(out)
+    worst = min(r["labcycle_vs_ideal"] for r in out["results"])
+    print(f"\ngoal (labcycle >= 0.97x the ideal client at every case): {'met' if worst >= 0.97 else 'NOT met'} (worst {worst:.3f})")
+    if "sdg_hub" in out["kinds"]:
+        worst_s = min(r["labcycle_vs_sdg_hub"] for r in out["results"])
+        print(f"goal (labcycle >= 1.15x sdg_hub at every case): {'met' if worst_s >= 1.15 else 'NOT met'} (worst {worst_s:.3f})")
+    write_results(args.json, out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint", help="an OpenAI-compatible vLLM server (.../v1) to use instead of starting one")
     ap.add_argument("--model", help="the served model name (required with --endpoint)")
-    ap.add_argument("--concurrency", default="8,32,64", help="comma-separated concurrency levels C (default 8,32,64)")
+    ap.add_argument("--concurrency", help="comma-separated concurrency levels C (default 8,32,64; with --multistage "
+                    "32,64,64/32, where C/K means a server that runs only K requests at once)")
     ap.add_argument("--requests", type=int, default=256, help="requests per run (default 256)")
     ap.add_argument("--prompt-tokens", type=int, default=256, help="prompt length in tokens, about (default 256)")
-    ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request, exactly (default 64)")
+    ap.add_argument("--max-tokens", type=int, help="completion tokens per request, exactly (default 64); with "
+                    "--multistage, every request's max_tokens (default 4096; the stub's lengths stop at 2048)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is kept (default 3)")
     ap.add_argument("--max-model-len", type=int, default=2048, help="the started server's --max-model-len (default 2048)")
     ap.add_argument("--stub-latency", type=float, metavar="S",
                     help="use a stub endpoint that answers every request after exactly S seconds instead of vLLM "
                          "(measures the client's dispatch alone)")
-    ap.add_argument("--serve-stub", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--multistage", action="store_true",
+                    help="the multi-stage case: --rows rows x --stages chained requests against a stub whose latency "
+                         "grows with each request's own (lognormal) output length; the ideal per-row pipelined client, "
+                         "labcycle's runner and (with --sdghub-python) sdg_hub")
+    ap.add_argument("--rows", type=int, default=256, help="--multistage: rows (default 256)")
+    ap.add_argument("--stages", type=int, default=4, help="--multistage: chained requests per row (default 4, at least 2)")
+    ap.add_argument("--token-rate", type=float, default=300.0,
+                    help="--multistage: completion tokens per second of one request at the stub (default 300)")
+    ap.add_argument("--sdghub-python", metavar="PYTHON",
+                    help="--multistage: a Python with sdg_hub 0.9 installed, to run bench/sdghub_client.py (column left out without it)")
+    ap.add_argument("--serve-stub", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
     if args.serve_stub:  # the stub server's own process
-        asyncio.run(_stub_main(int(args.serve_stub[0]), float(args.serve_stub[1])))
+        port, latency, rate, cap = args.serve_stub
+        asyncio.run(_stub_main(int(port), float(latency), float(rate), int(cap)))
         return 0
+    if args.multistage:
+        return main_multistage(ap, args, argv)
+    args.max_tokens = 64 if args.max_tokens is None else args.max_tokens
     try:
-        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        args.concurrency = [int(c) for c in (args.concurrency or "8,32,64").split(",") if c.strip()]
     except ValueError:
         ap.error("--concurrency takes integers separated by commas, e.g. 8,32,64")
     if not args.concurrency or min(args.concurrency) < 1 or args.requests < 1 or args.max_tokens < 1 or args.repeat < 1:
