@@ -119,6 +119,7 @@ sys.path.insert(0, str(REPO))  # for bench/common.py
 from bench.common import load_average, machine, print_machine, source_state, write_results  # noqa: E402
 from labcycle.leaves import LeafInput  # noqa: E402
 from labcycle.tasks.generate.blocks import UnitContext  # noqa: E402
+from labcycle.tasks.generate import runner as runner_module  # noqa: E402
 from labcycle.tasks.generate.runner import GenerationSettings, generate_leaf, make_renderer  # noqa: E402
 from labcycle.tasks.generate.spec import load_spec  # noqa: E402
 from labcycle.teacher.base import Sampling, Structured  # noqa: E402
@@ -770,6 +771,9 @@ def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     want_requests = args.rows * args.stages
     spec = load_spec(write_multistage_spec(scratch / "spec", args.stages, args.max_tokens))
     kinds = ["ideal", "labcycle"] + (["sdg_hub"] if args.sdghub_python else [])
+    if args.units_per_slot is not None:
+        # How many units the runner admits per request slot of the teacher; 1 is the runner before issue 18.
+        runner_module.UNITS_PER_REQUEST_SLOT = args.units_per_slot
     servers: dict[int, StubServer] = {}
     rows_out, discarded = [], []
     try:
@@ -822,14 +826,15 @@ def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         for server in servers.values():
             server.stop()
     return {"rows": args.rows, "stages": args.stages, "token_rate": args.token_rate, "requests": want_requests,
-            "completion_tokens": want_tokens, "kinds": kinds, "results": rows_out, "discarded_runs": discarded}
+            "completion_tokens": want_tokens, "kinds": kinds, "results": rows_out, "discarded_runs": discarded,
+            "units_per_request_slot": runner_module.UNITS_PER_REQUEST_SLOT}
 
 
 def print_multistage(out: dict[str, Any]) -> None:
     print_machine(out)
     print(f"server: {out['server']}")
     print(f"work: {out['rows']} rows x {out['stages']} stages = {out['requests']} requests, {out['completion_tokens']} completion "
-          f"tokens, median of {out['repeat']} runs")
+          f"tokens, median of {out['repeat']} runs; the runner admits {out['units_per_request_slot']} units per request slot")
     print()
     kinds = out["kinds"]
     head = ["C (server)"] + [f"{k} tok/s" for k in kinds] + ["labcycle/ideal"] + (["labcycle/sdg_hub"] if "sdg_hub" in kinds else []) \
@@ -922,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="--multistage: completion tokens per second of one request at the stub (default 300)")
     ap.add_argument("--sdghub-python", metavar="PYTHON",
                     help="--multistage: a Python with sdg_hub 0.9 installed, to run bench/sdghub_client.py (column left out without it)")
+    ap.add_argument("--units-per-slot", type=int, metavar="N",
+                    help="--multistage: set the runner's UNITS_PER_REQUEST_SLOT (units admitted per teacher request slot) "
+                         "to N for this run; 1 is the runner's behaviour before issue 18 (one unit per slot)")
     ap.add_argument("--serve-stub", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
