@@ -119,12 +119,15 @@ class _PythonLoader(pyyaml.SafeLoader):
 
 
 _PY_CONSTRUCTOR = pyyaml.constructor.SafeConstructor()
+# PyYAML's own scalar constructors, taken from the class rather than its shared yaml_constructors table, which
+# libraries patch for every loader in the process (lm-format-enforcer, imported with vLLM, makes timestamps text).
+_BUILDERS = {_STD + name: getattr(pyyaml.constructor.SafeConstructor, f"construct_yaml_{name}")
+             for name in ("str", "int", "float", "bool", "null", "timestamp")}
 
 
 def _construct_scalar(node: Any) -> Any:
     """The value PyYAML's safe loader builds for this scalar (its constructors, called directly: no cache)."""
-    build = pyyaml.constructor.SafeConstructor.yaml_constructors[node.tag]
-    return build(_PY_CONSTRUCTOR, pyyaml.nodes.ScalarNode(node.tag, node.value))
+    return _BUILDERS[node.tag](_PY_CONSTRUCTOR, pyyaml.nodes.ScalarNode(node.tag, node.value))
 
 
 class _BadScalar(Exception):

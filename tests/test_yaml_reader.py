@@ -244,6 +244,19 @@ def test_scalars_resolve_as_the_reference_resolves_them(text: str, reference_val
     assert [type(k) for k in parsed.data] == [type(k) for k in expected]
 
 
+def test_timestamps_stay_dates_whoever_patched_pyyamls_constructors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-format-enforcer (imported with vLLM) replaces the timestamp constructor in PyYAML's shared table, for
+    every loader of the process; a long-lived worker that ran an in-process engine must read qna.yaml the same."""
+    import datetime
+
+    import yaml
+
+    table = yaml.SafeLoader.yaml_constructors
+    monkeypatch.setitem(table, "tag:yaml.org,2002:timestamp", table["tag:yaml.org,2002:str"])
+    assert yaml.safe_load("d: 2024-01-01\n") == {"d": "2024-01-01"}  # the patch as that library makes it
+    assert parse_text("d: 2024-01-01\n").data == {"d": datetime.date(2024, 1, 1)}
+
+
 def test_octal_0o_stays_text_whoever_imported_yamllint() -> None:
     import yamllint.rules  # noqa: F401  (patches PyYAML's global resolver table)
 
