@@ -11,6 +11,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.io import read_jsonl
+from labcycle.run_folder import RunFolder
 from labcycle.yaml_reader import read_yaml
 
 
@@ -37,7 +38,7 @@ def read_leaves(manifest_path: Path, taxonomy_root: Path | None = None) -> list[
         parsed = read_yaml(root / entry["path"])
         if parsed.problems or not isinstance(parsed.data, dict):
             raise LabcycleError("the leaf changed since it was validated; run the taxonomy stage again", where=entry["id"])
-        chunks_file = run_dir / "documents" / entry["id"] / "chunks.jsonl"
+        chunks_file = RunFolder(run_dir).documents / entry["id"] / "chunks.jsonl"
         chunks = read_jsonl(chunks_file) if kind == "knowledge" and chunks_file.exists() else []
         leaves.append(LeafInput(id=entry["id"], kind=kind, hash=entry["hash"], qna=parsed.data, chunks=chunks))
     return leaves

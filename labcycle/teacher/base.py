@@ -15,6 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from labcycle.errors import LabcycleError
 
+# What labcycle sets for vLLM's CPU build unless the environment already does, for the in-process engine and the
+# servers it starts alike: a 1 GiB KV cache and the loopback address as the engine's host.
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+
 
 @dataclass(frozen=True)
 class Sampling:

@@ -34,9 +34,7 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.reaper import collect, guard_children_started
-from labcycle.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
-
-CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+from labcycle.teacher.base import CPU_ENV_DEFAULTS, Completion, PromptTooLong, Sampling, Structured, TeacherStats
 
 
 _CONTEXT_LENGTH = re.compile(r"context length|maximum model length|too long|exceeds", re.I)

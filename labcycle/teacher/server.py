@@ -28,8 +28,7 @@ from pathlib import Path
 
 from labcycle.errors import LabcycleError
 from labcycle.reaper import collect, guard
-
-CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+from labcycle.teacher.base import CPU_ENV_DEFAULTS
 
 
 def free_port() -> int:
