@@ -11,7 +11,6 @@ Mistakes (a missing folder, an adapter that does not fit the model) are Labcycle
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from labcycle.errors import LabcycleError
+from labcycle.models import ADAPTER_CONFIG, adapter_base, looks_like_hub_id
 
-ADAPTER_CONFIG = "adapter_config.json"
 # Without a chat template: plain turns, so a base (non-instruct) model can still be looked at.
 _PLAIN = "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}Assistant:"
 
@@ -38,18 +37,6 @@ def adapter_folder(path: Path) -> Path | None:
         if (folder / ADAPTER_CONFIG).is_file():
             return folder
     return None
-
-
-def _adapter_base(adapter: Path) -> str | None:
-    try:
-        named = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise LabcycleError(f"{ADAPTER_CONFIG} cannot be read: {exc}", where=str(adapter)) from None
-    return named if isinstance(named, str) and named.strip() else None
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
 
 
 def resolve(model: str, adapter: Path | None) -> Target:
@@ -73,15 +60,15 @@ def resolve(model: str, adapter: Path | None) -> Target:
         if adapter_dir is not None:
             raise LabcycleError("MODEL is an adapter itself: pass the base model as MODEL and this folder with --adapter",
                                 where=str(path))
-        base = _adapter_base(found)
+        base = adapter_base(found)
         if base is None:
             raise LabcycleError(f"this adapter's {ADAPTER_CONFIG} names no base model: pass the base model as MODEL "
                                 "and this folder with --adapter", where=str(path))
-        if not Path(base).expanduser().is_dir() and not _looks_like_hub_id(base):
+        if not Path(base).expanduser().is_dir() and not looks_like_hub_id(base):
             raise LabcycleError(f"this adapter was trained on '{base}', which is neither a folder here nor a Hugging Face "
                                 "Hub id: pass that model's folder as MODEL and this folder with --adapter", where=str(path))
         return Target(base, found)
-    if _looks_like_hub_id(model) and not path.exists():
+    if looks_like_hub_id(model) and not path.exists():
         return Target(model, adapter_dir)  # from the Hugging Face cache (or the Hub, with HF_HUB_OFFLINE=0)
     raise LabcycleError("no such model folder (MODEL is a local Hugging Face model folder, a release, or a Hub id "
                         "in your Hugging Face cache)", where=model)
@@ -161,7 +148,7 @@ def _with_adapter(model, target: Target):  # type: ignore[no-untyped-def]
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from peft import PeftModel
 
-    trained_on = _adapter_base(target.adapter) if target.adapter is not None else None
+    trained_on = adapter_base(target.adapter) if target.adapter is not None else None
     try:
         return PeftModel.from_pretrained(model, str(target.adapter))
     except (RuntimeError, ValueError, KeyError, OSError) as exc:

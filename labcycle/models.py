@@ -12,8 +12,11 @@ the code path is the same.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from labcycle.errors import LabcycleError
 
 SPECIAL_TOKENS = ["<|pad|>", "<|begin|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -113,15 +116,32 @@ def is_tiny(model_dir: Path) -> bool:
     return (Path(model_dir) / "labcycle-tiny.json").exists()
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the Hugging Face Hub spells repository ids
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return bool(HUB_ID.match(name))
+
+
+def adapter_base(adapter: Path) -> str | None:
+    """The model a PEFT adapter folder names as its base (adapter_config.json's base_model_name_or_path)."""
+    try:
+        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LabcycleError(f"{ADAPTER_CONFIG} cannot be read: {exc}", where=str(adapter)) from None
+    return named if isinstance(named, str) and named.strip() else None
+
+
 def model_folder_problem(path: Path) -> str | None:
     """What keeps a folder from loading as a whole model (None: it has a config.json), and what to pass."""
     path = Path(path)
     if (path / "config.json").is_file():
         return None
-    if (path / "adapter_config.json").is_file():
+    if (path / ADAPTER_CONFIG).is_file():
         try:
-            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-        except (OSError, ValueError, AttributeError):
+            base = adapter_base(path)
+        except LabcycleError:
             base = None
         return ("this is a PEFT adapter, not a whole model: pass the model it was trained on"
                 + (f" ({base})" if base else "") + ", or the adapter merged into it (tuning.merge: true writes "

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from labcycle.headline import Headline, headline, number, safety_markdown
+from labcycle.models import looks_like_hub_id
 from labcycle.shareable import scrub
 from labcycle.tasks.release.candidate import EVAL_REPORT, Candidate
 
 README = "README.md"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
 METHODS = {"qlora": "QLoRA adapter", "lora": "LoRA adapter", "full": "full fine-tune"}
 
@@ -70,7 +70,7 @@ def base_model(path: str) -> BaseModel:
     (labcycle-source.json), the Hub cache's folder names, config.json's _name_or_path, its README.md front matter."""
     if not path:
         return BaseModel("unknown", None, None)
-    if _HUB_ID.match(path) and not Path(path).exists():
+    if looks_like_hub_id(path) and not Path(path).exists():
         return BaseModel(path, path, None)  # a Hub id the tune stage loaded as is
     folder = Path(path)
     hub_id: str | None = None
@@ -92,7 +92,7 @@ def base_model(path: str) -> BaseModel:
             named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
         except (OSError, ValueError, AttributeError):
             named = None
-        if isinstance(named, str) and _HUB_ID.match(named) and not Path(named).is_absolute():
+        if isinstance(named, str) and looks_like_hub_id(named) and not Path(named).is_absolute():
             hub_id = named
     if (folder / README).is_file():
         try:
