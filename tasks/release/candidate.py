@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from labcycle.errors import LabcycleError
+from labcycle.headline import Headline, headline
 
 CHUNK = 1 << 20
 MODEL_FOLDERS = ("adapter", "model", "merged")
@@ -35,6 +37,20 @@ class Candidate:
     taxonomy_commit: str | None
     metrics: dict[str, Any] = field(default_factory=dict)  # headline metrics for the card and the event
     run_dir: Path | None = None      # the run folder: paths under it are written relative to it, others by name
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        """The eval report, read once for the card and release.json ({} when it cannot be read)."""
+        try:
+            report = json.loads(Path(self.eval_report).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return report if isinstance(report, dict) else {}
+
+    @cached_property
+    def headline(self) -> Headline:
+        """What improved and regressed against the base, as the card and release.json say it."""
+        return headline(self.report, self.decision or {})
 
     @property
     def share_roots(self) -> list[Path]:

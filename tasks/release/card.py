@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labcycle.headline import Headline, headline, number, safety_markdown
+from labcycle.headline import Headline, number, safety_markdown
 from labcycle.models import looks_like_hub_id
 from labcycle.shareable import scrub
 from labcycle.tasks.release.candidate import EVAL_REPORT, Candidate
@@ -105,14 +105,6 @@ def base_model(path: str) -> BaseModel:
     return BaseModel(hub_id or folder.name, hub_id, license)
 
 
-def read_report(path: Path) -> dict[str, Any]:
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
-
-
 def safety_section(report: dict[str, Any]) -> list[str]:
     """The eval report's safety results, base vs candidate, as the card's "Safety" section."""
     safety = report.get("safety")
@@ -166,9 +158,9 @@ def release_card(candidate: Candidate, name: str, version: str, created: str, fi
     from huggingface_hub import ModelCard, ModelCardData
 
     training = Training.read(Path(candidate.tuned))
-    report = read_report(Path(candidate.eval_report))
+    report = candidate.report
     decision = candidate.decision or {}
-    head = headline(report, decision)
+    head = candidate.headline
     base = base_model(training.base_model if training else "")
     method = training.method if training else "lora"
     lineage = training.lineage if training else {}

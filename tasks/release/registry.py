@@ -26,7 +26,7 @@ from labcycle.io import write_text_atomic
 from labcycle.shareable import scrub
 from labcycle.tasks.release.candidate import (CHUNK, Candidate, Source, check_finite, fingerprint, fingerprint_of,
                                                sha256_file, sources)
-from labcycle.tasks.release.card import README, Training, base_model, read_report, release_card
+from labcycle.tasks.release.card import README, Training, base_model, release_card
 
 RELEASE_JSON = "release.json"
 # 2: a Hub model repo's layout (the adapter's files at the root, README.md the card); 1 had adapter/ and model_card.md.
@@ -219,13 +219,11 @@ class Release:
         else:
             raise LabcycleError("could not take a free version number (too many concurrent releases); release again",
                                 where=self.registry, transient=True)
-        from labcycle.headline import headline
-
         roots = self.candidate.share_roots
         meta = {"format": RELEASE_FORMAT, "name": self.name, "version": version, "fingerprint": self.fingerprint,
                 "created": created, "taxonomy_commit": c.taxonomy_commit, "metrics": c.metrics,
                 "decision": scrub(c.decision, roots),
-                "headline": scrub(headline(read_report(Path(c.eval_report)), c.decision).to_json(), roots),
+                "headline": scrub(c.headline.to_json(), roots),
                 "lineage": self._lineage(),
                 "files": [{"path": rel, **files[rel]} for rel in sorted(files)]}
         assert self.target is not None
