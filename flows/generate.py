@@ -43,7 +43,7 @@ async def generate(manifest: str, output: str, config: Config | str | None = Non
         teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
         teacher_model: the served model name, or a local model folder for the in-process engine.
         max_concurrency: most teacher requests in flight at once, across all leaves.
-        plan: a later cycle's changes (tasks/gate.Plan as JSON): more samples, other seeds, stricter judges.
+        plan: a later cycle's changes (tasks/gate/plan.py, as JSON): more samples, other seeds, stricter judges.
         taxonomy_root: where the leaves' qna.yaml files are; default: the root the manifest names.
         storage: set by lab_cycle for a remote run (flows/remote.py, `portable`): the run's mirror in shared
             storage. manifest, output and taxonomy_root are then relative to it; the inputs are fetched

@@ -44,7 +44,7 @@ def tune(output: str, phase: Literal["knowledge", "skills", "both"] = "both", ba
         skills_data: phase-2 data, likewise.
         config: a labcycle.yaml, or the config lab_cycle parsed; its `tuning` section.
         lineage: what the model cards record about the data (taxonomy commit, leaves); set by lab_cycle.
-        plan: a later cycle's changes (tasks/gate.Plan as JSON): epochs_add adds epochs to both phases.
+        plan: a later cycle's changes (tasks/gate/plan.py, as JSON): epochs_add adds epochs to both phases.
         storage: set by lab_cycle for a remote run (flows/remote.py, `portable`): the run's mirror in shared
             storage. output and the data are then relative to it (base_model too when it is in the
             mirror); the inputs are fetched first and the output sent back after.

@@ -1,4 +1,4 @@
-"""The evaluation report: report.json (the shape tasks/gate.py reads), answers.jsonl (every question's
+"""The evaluation report: report.json (the shape tasks/gate/rules.py reads), answers.jsonl (every question's
 answers, judgements and scores; every suite document's log-likelihoods; every safety prompt's answers and
 labels) and report.md (base vs candidate tables, drops flagged with ⚠, shown as the Prefect artifact
 "eval-report"). Once a gate has decided, report.md is written again with the headline first (what improved,
@@ -194,7 +194,7 @@ class Summary:
 
 
 def summary(report: dict[str, Any], out_dir: Path, decision: Any = None) -> Summary:
-    """The Summary of `report` (written to out_dir) and the gate's Decision on it (tasks/gate.py; None: no
+    """The Summary of `report` (written to out_dir) and the gate's Decision on it (tasks/gate/rules.py; None: no
     policy). The branch metric is the one the gate compared, else judge when the report has judge scores."""
     head = headline_metrics(report)
     metrics = {name: Comparison(e["metric"], e["base"], e["candidate"]) for name, e in head["regression"].items()}

@@ -112,7 +112,7 @@ def from_mapping(data: dict[str, Any]) -> TuneSettings:
 
 
 def with_plan(settings: TuneSettings, plan: dict[str, Any] | None) -> TuneSettings:
-    """The settings a later cycle trains with: its plan's epochs_add on both phases (tasks/gate.Plan)."""
+    """The settings a later cycle trains with: its plan's epochs_add on both phases (tasks/gate/plan.py)."""
     extra = (plan or {}).get("epochs_add", 0)
     if not extra:
         return settings
