@@ -119,10 +119,7 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         if until == "taxonomy":
             return result
         if result["leaves"] == 0:  # a push or a schedule that changed no leaf: a successful no-op, no teacher started
-            message = records.nothing_changed(run.manifest)
-            print(message)
-            records.write_report(run.root, [], released=None)
-            return {**result, "cycles": [], "released": None, "nothing_changed": message}
+            return records.nothing_to_do(run, result)
         policy, recipe = _loop_settings(setup, until, max_cycles)
         teacher = dict(teacher_endpoint=setup.teacher_endpoint, teacher_model=setup.teacher_model,
                        max_concurrency=max_concurrency)

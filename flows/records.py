@@ -123,6 +123,15 @@ def nothing_changed(manifest: Path) -> str:
             "or --base empty to take every leaf")
 
 
+def nothing_to_do(run: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
+    """A run with no leaf changed since its base: says so in one line, writes a report with no cycles, and
+    returns the run's result."""
+    message = nothing_changed(run.manifest)
+    print(message)
+    write_report(run.root, [], released=None)
+    return {**result, "cycles": [], "released": None, "nothing_changed": message}
+
+
 def candidate(tuned: Path, folder: CycleFolder, decision: dict[str, Any], manifest: Path) -> Any:
     """The release candidate of a cycle folder: its last tuned phase, eval report and dataset cards."""
     from labcycle.headline import headline_metrics
