@@ -214,7 +214,7 @@ def _print_json(summary: object) -> None:
     sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1). Default: an in-process vLLM engine.")]
+TeacherEndpointOpt = Annotated[Optional[str], typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL of the teacher (e.g. http://host:8000/v1); several separated by commas are replicas of one model, each request going to the least loaded healthy one. Default: an in-process vLLM engine.")]
 TeacherModelOpt = Annotated[Optional[str], typer.Option("--teacher-model", help="Served model name, or a local model folder for the in-process engine.")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--max-concurrency", min=1, help="Most teacher requests in flight at once: generation's, and the evaluation judge's (which evaluation.concurrency caps too).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A labcycle.yaml (see schemas/config.schema.json).")]

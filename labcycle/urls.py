@@ -36,14 +36,25 @@ def basic_auth(userinfo: str | None) -> tuple[str, str] | None:
     return unquote(user), unquote(password)
 
 
+def split_endpoints(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Teacher endpoints from one URL, several separated by commas (replicas of one model), or a list."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip() for v in items if v and v.strip()]
+
+
 def teacher_userinfo(url: str) -> tuple[str, str | None]:
     """(the teacher URL to show, the user:password to send): from the URL itself, else from LABCYCLE_TEACHER_URL
-    when that is the same URL."""
+    (one URL, or several separated by commas) when that holds the same URL."""
     shown, userinfo = split_userinfo(url)
     if userinfo:
         return shown, userinfo
-    env_shown, env_userinfo = split_userinfo(os.environ.get(TEACHER_URL, "").strip())
-    return shown, env_userinfo if env_userinfo and env_shown.rstrip("/") == shown.rstrip("/") else None
+    for held in split_endpoints(os.environ.get(TEACHER_URL, "")):
+        env_shown, env_userinfo = split_userinfo(held)
+        if env_userinfo and env_shown.rstrip("/") == shown.rstrip("/"):
+            return shown, env_userinfo
+    return shown, None
 
 
 def secrets_of(userinfo: str | None) -> list[str]:
@@ -65,7 +76,8 @@ def hold_teacher_login(endpoint: str | None) -> str | None:
     teacher clients it makes; flows, stage runs and their stored parameters get the bare URL."""
     if not endpoint:
         return endpoint
-    bare, userinfo = split_userinfo(endpoint.strip())
-    if userinfo:
-        os.environ[TEACHER_URL] = endpoint.strip()
-    return bare
+    urls = split_endpoints(endpoint)
+    split = [split_userinfo(u) for u in urls]
+    if any(userinfo for _, userinfo in split):
+        os.environ[TEACHER_URL] = ",".join(urls)
+    return ",".join(bare for bare, _ in split)

@@ -199,3 +199,11 @@ __all__ = ["Completion", "Sampling", "Structured", "Teacher", "TeacherStats", "p
 
 class PromptTooLong(LabcycleError):
     """One request's prompt does not fit the teacher's context: that row is dropped, the run goes on."""
+
+
+class TeacherUnavailable(LabcycleError):
+    """An endpoint that kept failing with connection errors, timeouts or 5xx (not 429): it looks down. A
+    TeacherPool sends the request to another replica; alone, it is a transient failure like any other."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message, where, transient=True)

@@ -24,7 +24,7 @@ import urllib.request
 from typing import Any
 
 from labcycle.errors import LabcycleError
-from labcycle.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats
+from labcycle.teacher.base import Completion, PromptTooLong, Sampling, Structured, TeacherStats, TeacherUnavailable
 from labcycle.urls import basic_auth, redact, scrub, secrets_of, teacher_userinfo
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class OpenAITeacher:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 32,
                  timeout_s: float = 600, max_retries: int = 6, *, structured_mode: str = "vllm",
                  backoff_base_s: float = 0.5, backoff_max_s: float = 60.0, retry_after_max_s: float = 60.0,
-                 compact_json: bool = True):
+                 compact_json: bool = True, down_retries: int | None = None):
         if structured_mode not in STRUCTURED_MODES:
             raise LabcycleError(f"unknown structured_mode {structured_mode!r}; use one of {', '.join(STRUCTURED_MODES)}")
         if max_concurrency < 1:
@@ -121,6 +121,9 @@ class OpenAITeacher:
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        # Retries on connection errors, timeouts and 5xx (an endpoint that looks down); 408/409/425/429 (busy)
+        # get max_retries. A TeacherPool keeps this short, so that a dead replica's requests move on quickly.
+        self.down_retries = max_retries if down_retries is None else down_retries
         self.structured_mode = structured_mode
         self.supports_structured = structured_mode != "none"
         self.backoff_base_s = backoff_base_s
@@ -238,6 +241,19 @@ class OpenAITeacher:
             return ""
         return f"; the endpoint serves: {', '.join(names[:20]) or '(nothing)'}"
 
+    async def probe(self) -> tuple[bool, str]:
+        """(True, "") when GET /models answers and lists this teacher's model, else (False, why)."""
+        import openai
+
+        self._bind_loop()
+        try:
+            names = await _list_models(self._get_client())
+        except openai.OpenAIError as exc:
+            return False, self._hide(_one_line(f"GET /models failed: {type(exc).__name__}: {exc}"))
+        if self.model not in names:
+            return False, self._hide(_one_line(f"model {self.model!r} not served (it serves: {', '.join(names[:10]) or 'nothing'})"))
+        return True, ""
+
     # -- the call ------------------------------------------------------------------------------------
     async def chat(self, messages: list[dict[str, str]], sampling: Sampling,
                    structured: Structured | None = None) -> Completion:
@@ -251,6 +267,7 @@ class OpenAITeacher:
         while True:
             wait: float | None = None
             reason = ""
+            busy = False  # 408/409/425/429: the endpoint is up, only busy
             async with sem:
                 if attempt == 0:
                     self.stats.requests += 1
@@ -264,6 +281,7 @@ class OpenAITeacher:
                     detail = self._hide(_one_line(_error_detail(exc)))
                     if status in RETRYABLE_STATUS or status >= 500:
                         reason = f"HTTP {status}: {detail}"
+                        busy = status in RETRYABLE_STATUS
                         wait = retry_after_s(exc.response.headers if exc.response is not None else None)
                         if wait is not None:
                             wait = min(wait, self.retry_after_max_s)
@@ -283,15 +301,16 @@ class OpenAITeacher:
                 finally:
                     self.stats.leave()
             # Retry outside the semaphore, so waiting never holds a slot.
-            if attempt >= self.max_retries:
+            if attempt >= (self.max_retries if busy else self.down_retries):
                 self.stats.failures += 1
-                raise LabcycleError(
-                    f"teacher {self.model!r} at {self.base_url} still failing after {attempt + 1} attempts ({reason}); "
-                    "check the server and try again",
-                    transient=True,
-                )
+                message = (f"teacher {self.model!r} at {self.base_url} still failing after {attempt + 1} attempts "
+                           f"({reason}); check the server and try again")
+                if busy:
+                    raise LabcycleError(message, transient=True)
+                raise TeacherUnavailable(message)
             delay = wait if wait is not None else self._backoff(attempt)
-            log.info("teacher %s: %s; retry %d/%d in %.2fs", self.model, reason, attempt + 1, self.max_retries, delay)
+            log.info("teacher %s at %s: %s; retry %d/%d in %.2fs", self.model, self.base_url, reason, attempt + 1,
+                     self.max_retries if busy else self.down_retries, delay)
             await asyncio.sleep(delay)
             attempt += 1
 
