@@ -10,7 +10,7 @@ reported with the file, line and the fix, before any work starts.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +65,13 @@ class Config:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_teacher(self, endpoint: str | None, model: str | None, max_concurrency: int | None) -> Config:
+        """The command line's (or a run's) teacher settings over generation.teacher, which the evaluation's
+        judge shares; None keeps the config's."""
+        given = {"endpoint": endpoint, "model": model, "max_concurrency": max_concurrency}
+        teacher = replace(self.generation.teacher, **{k: v for k, v in given.items() if v is not None})
+        return replace(self, generation=replace(self.generation, teacher=teacher))
 
     def digest(self) -> str:
         # Where stages run changes no result: remote settings stay out of the digest.

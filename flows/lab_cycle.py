@@ -99,7 +99,7 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         config: a labcycle.yaml; default: built-in defaults.
         teacher_endpoint: an OpenAI-compatible base URL; unset: an in-process vLLM engine.
         teacher_model: the served model name, or a local model folder for the in-process engine.
-        max_concurrency: most teacher requests in flight at once.
+        max_concurrency: most teacher requests in flight at once, in generation and as the evaluation's judge.
         student_model: the base model to tune (a local model folder); default: the config's student.model.
         profile: named settings instead of a config ("demo": tiny models built on the fly, in-process teacher).
         until: the last stage to run ("cycle": the whole loop, up to the release).
@@ -121,8 +121,7 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
         if result["leaves"] == 0:  # a push or a schedule that changed no leaf: a successful no-op, no teacher started
             return records.nothing_to_do(run, result)
         policy, recipe = _loop_settings(setup, until, max_cycles)
-        teacher = dict(teacher_endpoint=setup.teacher_endpoint, teacher_model=setup.teacher_model,
-                       max_concurrency=max_concurrency)
+        cfg = setup.cfg.with_teacher(setup.teacher_endpoint, setup.teacher_model, max_concurrency)
         cycles: list[CycleRecord] = []
         plan = first_plan()
         while True:
@@ -131,27 +130,25 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             cycle = CycleRecord(folder, plan.to_json())
             cycles.append(cycle)
             # generate → mix → tune → evaluate → gate; a GPU stage runs here or through its deployment (remote:)
-            cycle.generation = completed(run_stage(generate, setup.cfg.remote, run.root, manifest=str(run.manifest),
-                                                   output=str(folder.generated), config=setup.cfg, plan=plan.to_json(),
-                                                   **teacher))
+            cycle.generation = completed(run_stage(generate, cfg.remote, run.root, manifest=str(run.manifest),
+                                                   output=str(folder.generated), config=cfg, plan=plan.to_json()))
             if until == "generate":
                 break
             cycle.mix = mix_task(folder.generated, folder.mixed, recipe)
             mixed = Mixed.read(folder.mixed, cycle.mix)
             if until == "mix":
                 break
-            cycle.tuning = completed(run_stage(tune, setup.cfg.remote, run.root, output=str(folder.tuned),
+            cycle.tuning = completed(run_stage(tune, cfg.remote, run.root, output=str(folder.tuned),
                                                phase=mixed.phase, base_model=setup.student,
                                                knowledge_data=_str(mixed.data.get("knowledge")),
-                                               skills_data=_str(mixed.data.get("skills")), config=setup.cfg,
+                                               skills_data=_str(mixed.data.get("skills")), config=cfg,
                                                lineage=lineage(run.manifest), plan=plan.to_json()))
             tuned = Tuned.read(cycle.tuning)
             if until == "tune":
                 break
-            report = completed(run_stage(evaluate, setup.cfg.remote, run.root, manifest=str(run.manifest),
+            report = completed(run_stage(evaluate, cfg.remote, run.root, manifest=str(run.manifest),
                                          candidate=str(tuned.candidate), base_model=tuned.base_model,
-                                         output=str(folder.eval), held_out=str(mixed.held_out), config=setup.cfg,
-                                         **teacher))
+                                         output=str(folder.eval), held_out=str(mixed.held_out), config=cfg))
             cycle.eval = str(folder.eval_report)
             if until == "evaluate":
                 break
