@@ -275,6 +275,9 @@ def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
             mirror.push(folder)
     if hasattr(sent.get("config"), "to_json"):
         sent["config"] = sent["config"].to_json()  # the parsed config travels as JSON; the worker types it again
+        teacher = sent["config"]["generation"]["teacher"]
+        if teacher.get("model") and not teacher.get("endpoint") and Path(teacher["model"]).exists():
+            teacher["model"] = str(Path(teacher["model"]).resolve())  # a local teacher folder: the same path there
     sent["storage"] = mirror.url
     return sent
 
