@@ -70,7 +70,9 @@ class Config:
         """The command line's (or a run's) teacher settings over generation.teacher, which the evaluation's
         judge shares; None keeps the config's."""
         given = {"endpoint": endpoint, "model": model, "max_concurrency": max_concurrency}
-        teacher = replace(self.generation.teacher, **{k: v for k, v in given.items() if v is not None})
+        if endpoint:
+            given["endpoints"] = None  # the run's endpoint(s) replace the config's list
+        teacher = replace(self.generation.teacher, **{k: v for k, v in given.items() if v is not None or k == "endpoints"})
         return replace(self, generation=replace(self.generation, teacher=teacher))
 
     def digest(self) -> str:

@@ -137,3 +137,12 @@ def test_a_parsed_config_round_trips_through_json_as_a_remote_stage_receives_it(
     again = TypeAdapter(config.Config).validate_python(cfg.to_json())
     assert again == cfg and again.digest() == cfg.digest()
     assert config.settings(cfg) is cfg and config.settings(str(f)) == cfg
+
+
+def test_a_runs_teacher_endpoint_replaces_the_configs_replicas(tmp_path):
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("generation:\n  teacher:\n    model: m\n    endpoints: ['http://a:1/v1', 'http://b:1/v1']\n")
+    cfg = config.load(f)
+    assert cfg.with_teacher(None, None, 4).generation.teacher.urls == ["http://a:1/v1", "http://b:1/v1"]
+    teacher = cfg.with_teacher("http://c:1/v1", "m2", None).generation.teacher
+    assert (teacher.urls, teacher.model, teacher.max_concurrency) == (["http://c:1/v1"], "m2", 32)
