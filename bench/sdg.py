@@ -272,19 +272,20 @@ def calibrate(base_url: str, model: str, folder: Path, target: int, max_tokens: 
 # and /health the benchmark reads.
 
 
-def stub_tokens(content: str, median: float = 150.0, sigma: float = 0.75, cap: int = 2048) -> int:
+def stub_tokens(content: str, salt: int = 0, median: float = 150.0, sigma: float = 0.75, cap: int = 2048) -> int:
     """The completion length the variable-length stub gives a prompt: lognormal (median `median` tokens,
     log-sd `sigma`, at most `cap`), drawn from the prompt's own hash, so every client asking the same
-    prompts gets the same work."""
+    prompts gets the same work. Another salt draws other lengths for the same prompts (another workload)."""
     import hashlib
     import math
     from statistics import NormalDist
 
-    u = (int.from_bytes(hashlib.sha256(content.strip().encode()).digest()[:7], "big") + 0.5) / 2**56
+    key = (f"{salt}:" if salt else "") + content.strip()
+    u = (int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "big") + 0.5) / 2**56
     return max(1, min(cap, round(median * math.exp(sigma * NormalDist().inv_cdf(u)))))
 
 
-async def _stub_main(port: int, latency: float, rate: float = 0.0, cap: int = 0) -> None:
+async def _stub_main(port: int, latency: float, rate: float = 0.0, cap: int = 0, salt: int = 0) -> None:
     """latency: every request takes exactly that long. rate > 0 (the variable-length stub): a request takes
     stub_tokens(its prompt) / rate seconds (capped by its max_tokens), answers with the prompt's last
     word, and reports that many completion tokens; cap > 0 lets the server run only that many requests
@@ -305,7 +306,7 @@ async def _stub_main(port: int, latency: float, rate: float = 0.0, cap: int = 0)
                 if path.endswith("/chat/completions") and rate > 0:
                     req = json.loads(data)
                     text = req["messages"][-1]["content"].strip()
-                    n = min(stub_tokens(text), int(req.get("max_tokens") or 2**31))
+                    n = min(stub_tokens(text, salt), int(req.get("max_tokens") or 2**31))
                     counters["waiting"] += 1
                     if slots is not None:
                         await slots.acquire()
@@ -361,11 +362,11 @@ async def _stub_main(port: int, latency: float, rate: float = 0.0, cap: int = 0)
 
 
 class StubServer:
-    def __init__(self, latency: float, rate: float = 0.0, cap: int = 0):
+    def __init__(self, latency: float, rate: float = 0.0, cap: int = 0, salt: int = 0):
         from labcycle.teacher.server import free_port
 
         self.latency, self.port, self.model, self.proc = latency, free_port(), "stub", None
-        self.rate, self.cap = rate, cap
+        self.rate, self.cap, self.salt = rate, cap, salt
 
     @property
     def base_url(self) -> str:
@@ -373,7 +374,7 @@ class StubServer:
 
     def start(self) -> StubServer:
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(self.port), str(self.latency),
-                                      str(self.rate), str(self.cap)], start_new_session=True)
+                                      str(self.rate), str(self.cap), str(self.salt)], start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -625,9 +626,9 @@ def stage_prompt(stage: int, stages: int, previous: str) -> str:
     return f"Stage {stage + 1} of {stages}: continue {previous}"
 
 
-def multistage_tokens(rows: int, stages: int) -> int:
+def multistage_tokens(rows: int, stages: int, salt: int = 0) -> int:
     """Completion tokens of the whole work, as the stub will count them."""
-    return sum(stub_tokens(stage_prompt(k, stages, f"row-{r}")) for r in range(rows) for k in range(stages))
+    return sum(stub_tokens(stage_prompt(k, stages, f"row-{r}"), salt) for r in range(rows) for k in range(stages))
 
 
 def write_multistage_spec(folder: Path, stages: int, max_tokens: int) -> Path:
@@ -767,7 +768,7 @@ def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     for item in args.concurrency:
         c, _, cap = str(item).partition("/")
         cases.append((int(c), int(cap or 0)))
-    want_tokens, want_digest = multistage_tokens(args.rows, args.stages), multistage_digest(args.rows, args.stages)
+    want_tokens, want_digest = multistage_tokens(args.rows, args.stages, args.length_salt), multistage_digest(args.rows, args.stages)
     want_requests = args.rows * args.stages
     spec = load_spec(write_multistage_spec(scratch / "spec", args.stages, args.max_tokens))
     kinds = ["ideal", "labcycle"] + (["sdg_hub"] if args.sdghub_python else [])
@@ -778,7 +779,7 @@ def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     rows_out, discarded = [], []
     try:
         for cap in sorted({cap for _, cap in cases}):
-            servers[cap] = StubServer(0.0, rate=args.token_rate, cap=cap).start()
+            servers[cap] = StubServer(0.0, rate=args.token_rate, cap=cap, salt=args.length_salt).start()
         warm_rows = min(args.rows, 32)
         print(f"warming up: {warm_rows} rows with each client ...", flush=True)
         for kind in kinds:
@@ -825,7 +826,7 @@ def run_multistage(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     finally:
         for server in servers.values():
             server.stop()
-    return {"rows": args.rows, "stages": args.stages, "token_rate": args.token_rate, "requests": want_requests,
+    return {"rows": args.rows, "stages": args.stages, "token_rate": args.token_rate, "length_salt": args.length_salt, "requests": want_requests,
             "completion_tokens": want_tokens, "kinds": kinds, "results": rows_out, "discarded_runs": discarded,
             "units_per_request_slot": runner_module.UNITS_PER_REQUEST_SLOT}
 
@@ -930,12 +931,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--units-per-slot", type=int, metavar="N",
                     help="--multistage: set the runner's UNITS_PER_REQUEST_SLOT (units admitted per teacher request slot) "
                          "to N for this run; 1 is the runner's behaviour before issue 18 (one unit per slot)")
-    ap.add_argument("--serve-stub", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--length-salt", type=int, default=0, metavar="S",
+                    help="--multistage: draw the stub's lengths with salt S (another workload of the same shape; default 0)")
+    ap.add_argument("--serve-stub", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = ap.parse_args(argv)
     if args.serve_stub:  # the stub server's own process
-        port, latency, rate, cap = args.serve_stub
-        asyncio.run(_stub_main(int(port), float(latency), float(rate), int(cap)))
+        port, latency, rate, cap, salt = args.serve_stub
+        asyncio.run(_stub_main(int(port), float(latency), float(rate), int(cap), int(salt)))
         return 0
     if args.multistage:
         return main_multistage(ap, args, argv)
