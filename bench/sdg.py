@@ -73,7 +73,9 @@ Checked in every run from the stub's counters: every client sent exactly rows x 
 the same completion-token total and the same digest of all prompts as the work itself. Reported per
 case: the median tokens/s of each client over `--repeat` runs (the order of the clients rotates every
 repeat), labcycle / ideal, labcycle / sdg_hub, and the server's occupancy (request-seconds served over
-its slots x the run's seconds).
+its slots x the run's seconds). `--length-salt S` draws other lengths for the same prompts (another
+workload of the same shape); `--units-per-slot N` sets the runner's UNITS_PER_REQUEST_SLOT for the run
+(1: the runner's admission before issue 18, one unit per request slot of the teacher).
 
 Checks of the default case (the benchmark stops with an error otherwise): every request of both paths returns exactly
 `--max-tokens` completion tokens, so the completion-token totals are equal; the prompt-token totals are
