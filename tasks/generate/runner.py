@@ -46,7 +46,7 @@ class GenerationSettings:
     max_rounds: int = 3  # rounds of units before giving up on the target
     max_units_per_round: int = 64
     max_tokens_cap: int | None = None  # caps every block's max_tokens (smoke runs on tiny models)
-    # A later cycle's plan (tasks/gate.py): another draw of sampling seeds, stricter scored judges.
+    # A later cycle's plan (tasks/gate/plan.py): another draw of sampling seeds, stricter scored judges.
     seed_offset: int = 0
     judge_strictness: int = 0  # added to every scored judge's keep_at_least, up to its scale's maximum
 
