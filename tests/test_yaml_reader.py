@@ -15,6 +15,8 @@ import yaml
 from labcycle import yaml_reader as reader
 from labcycle.yaml_reader import MAX_FILE_BYTES, ParsedYaml, parse_text, read_yaml
 
+pytestmark = pytest.mark.usefixtures("pristine_pyyaml")  # the reference as a clean process has it
+
 
 def rules(parsed: ParsedYaml) -> list[str]:
     return [p.rule for p in parsed.problems]

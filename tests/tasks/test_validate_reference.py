@@ -14,7 +14,8 @@ import pytest
 from labcycle.tasks.taxonomy.validate import validate_file
 from tests import leafgen
 
-pytestmark = pytest.mark.reference
+# the reference as a clean process has it: PyYAML's own timestamps (tests/conftest.py)
+pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("pristine_pyyaml")]
 
 taxonomy = pytest.importorskip("instructlab.schema.taxonomy")
 
