@@ -43,7 +43,7 @@ def _redact(text: str, secret: str) -> str:
     return text
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -249,9 +249,9 @@ class OpenAITeacher:
         try:
             names = await _list_models(self._get_client())
         except openai.OpenAIError as exc:
-            return False, self._hide(_one_line(f"GET /models failed: {type(exc).__name__}: {exc}"))
+            return False, self._hide(one_line(f"GET /models failed: {type(exc).__name__}: {exc}"))
         if self.model not in names:
-            return False, self._hide(_one_line(f"model {self.model!r} not served (it serves: {', '.join(names[:10]) or 'nothing'})"))
+            return False, self._hide(one_line(f"model {self.model!r} not served (it serves: {', '.join(names[:10]) or 'nothing'})"))
         return True, ""
 
     # -- the call ------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ class OpenAITeacher:
                     response = await client.chat.completions.create(**kwargs)
                 except openai.APIStatusError as exc:
                     status = exc.status_code
-                    detail = self._hide(_one_line(_error_detail(exc)))
+                    detail = self._hide(one_line(_error_detail(exc)))
                     if status in RETRYABLE_STATUS or status >= 500:
                         reason = f"HTTP {status}: {detail}"
                         busy = status in RETRYABLE_STATUS
@@ -289,10 +289,10 @@ class OpenAITeacher:
                         self.stats.failures += 1
                         raise self._fatal(status, detail, await self._models_hint() if status == 404 else "") from exc
                 except (openai.APIConnectionError, asyncio.TimeoutError) as exc:  # APITimeoutError is a subclass
-                    reason = self._hide(_one_line(f"{type(exc).__name__}: {exc}"))
+                    reason = self._hide(one_line(f"{type(exc).__name__}: {exc}"))
                 except openai.OpenAIError as exc:
                     self.stats.failures += 1
-                    raise LabcycleError(self._hide(_one_line(f"teacher {self.model!r} at {self.base_url} gave an unusable answer: {exc}"))) from exc
+                    raise LabcycleError(self._hide(one_line(f"teacher {self.model!r} at {self.base_url} gave an unusable answer: {exc}"))) from exc
                 else:
                     completion = self._completion(response, structured)
                     self.stats.prompt_tokens += completion.prompt_tokens
@@ -345,7 +345,7 @@ async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
     try:
         return await _list_models(client)
     except openai.OpenAIError as exc:
-        message = scrub(_redact(_one_line(f"cannot list models at {shown}: {exc}"), key), secrets_of(userinfo))
+        message = scrub(_redact(one_line(f"cannot list models at {shown}: {exc}"), key), secrets_of(userinfo))
         raise LabcycleError(message, transient=True) from exc
     finally:
         await client.close()

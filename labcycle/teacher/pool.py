@@ -32,13 +32,9 @@ from typing import Any
 
 from labcycle.errors import LabcycleError
 from labcycle.teacher.base import Completion, Sampling, Structured, TeacherStats, TeacherUnavailable
+from labcycle.teacher.openai_client import one_line
 
 log = logging.getLogger(__name__)
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Replica:
@@ -130,7 +126,7 @@ class TeacherPool:
         if not replica.up:
             return
         replica.up = False
-        replica.reason = _one_line(getattr(exc, "message", None) or str(exc))
+        replica.reason = one_line(getattr(exc, "message", None) or str(exc), 200)
         replica.retry_at = time.monotonic() + replica.cooldown_s
         up = len(self.healthy_endpoints())
         log.warning("teacher replica %s is down (%s); its requests go to the %d other healthy replica(s), and it is "
@@ -153,7 +149,7 @@ class TeacherPool:
             except asyncio.TimeoutError:
                 ok, why = False, f"no answer to GET /models within {self.probe_timeout_s:.0f} s"
             except Exception as exc:  # noqa: BLE001 - any failure means: still down
-                ok, why = False, _one_line(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+                ok, why = False, one_line(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", 200)
         finally:
             replica.probing = False
         if ok:
@@ -222,7 +218,7 @@ class TeacherPool:
                     self._mark_down(replica, exc)
                     if moved >= self.max_failovers:
                         raise LabcycleError(f"a request to teacher {self.model!r} failed on {moved + 1} replicas in turn; "
-                                            f"last: {_one_line(exc.message)}", transient=True) from exc
+                                            f"last: {one_line(exc.message, 200)}", transient=True) from exc
                     moved += 1
                     self.failovers += 1
                 finally:
