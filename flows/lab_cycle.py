@@ -166,8 +166,8 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
     except (LabcycleError, StageFailed) as exc:
         return Failed(message=str(exc))
     released = next((c.release.get("path") for c in cycles if c.release), None)
-    records.write_report(run.root, [c.to_json() for c in cycles], released=released)
     steps = [c.to_json() for c in cycles]
+    records.write_report(run.root, steps, released=released)
     return {**result, "cycles": steps, "released": released,
             # The last cycle's stages, where the CLI's summary looks for them.
             **{k: steps[-1][k] for k in ("generation", "mix", "tuning") if k in steps[-1]}}
