@@ -48,6 +48,7 @@ class RemoteConfig:
     storage: str | None = None  # an fsspec URL or a local path, reached by this machine and the GPU workers
     deployments: dict[str, str] = field(default_factory=dict)  # stage -> "flow/deployment"; unlisted: in-process
     timeout_s: float | None = None  # how long lab_cycle waits for a remote stage; None: no limit
+    leaf_groups: int = 1  # generate's leaves split over this many runs of its deployment (flows/remote.py)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,13 @@ def _remote(data: dict[str, Any], source: str, locate: Callable[[tuple], tuple[i
         raise LabcycleError(f"remote.deployments.{stage}: a remote stage exchanges its data through shared storage: set "
                             "remote.storage (an fsspec URL such as s3://bucket/labcycle, or a folder the GPU workers "
                             "share), or remove the deployment to run the stage in-process", where=where)
-    return RemoteConfig(storage=data.get("storage"), deployments=deployments, timeout_s=data.get("timeout_s"))
+    groups = data.get("leaf_groups", 1)
+    if groups > 1 and "generate" not in deployments:
+        where = f"{source}:{':'.join(map(str, locate(('remote', 'leaf_groups'))))}" if locate else source
+        raise LabcycleError("remote.leaf_groups splits generation over runs of the generate deployment: set "
+                            "remote.deployments.generate too, or remove leaf_groups", where=where)
+    return RemoteConfig(storage=data.get("storage"), deployments=deployments, timeout_s=data.get("timeout_s"),
+                        leaf_groups=groups)
 
 
 def load(path: str | Path | None) -> Config:
