@@ -6,7 +6,11 @@ path, file://, s3://, gs://, memory://, ...), sending only what changed.
 
 An index at URL/.labcycle-sync.json records the size and sha256 of every file as it was last sent, so a
 repeated sync of a run folder sends or fetches only files whose content changed: the local side is
-hashed, the remote side is listed but never read to compare. Only files the index lists exist for a
+hashed, the remote side is listed but never read to compare. The index has one writer (the orchestrator).
+Anyone else uploads with a `writer` name and records what it sent in its own shard,
+URL/.labcycle-sync.d/<writer>.json, so that several workers handing back at once never overwrite each
+other's entries; readers merge the shards over the index (the newest entry of a file wins), and `fold`
+moves a finished writer's shard into the index. Only files the index lists exist for a
 download, and each is checked against its hash as it arrives, so an upload that crashed half-way is
 never taken for a complete file. Local destinations get a temporary file renamed into place (which also
 leaves hard-linked caches untouched); an object store's put is atomic by itself.
@@ -19,7 +23,9 @@ import json
 import os
 import posixpath
 import shutil
+import re
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from typing import Any
 from labcycle.errors import LabcycleError
 
 INDEX = ".labcycle-sync.json"
+SHARDS = ".labcycle-sync.d"
 _CHUNK = 1 << 20
 
 
@@ -50,10 +57,12 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p)])
 
 
-def upload(local: Path, url: str, paths: Iterable[str] = (".",), *, into: str = "") -> dict[str, list[str]]:
+def upload(local: Path, url: str, paths: Iterable[str] = (".",), *, into: str = "",
+           writer: str | None = None) -> dict[str, list[str]]:
     """Copy files or folders under `local` (paths relative to it; "." is all of it) to url/into/...,
     skipping those whose size and sha256 are what the index recorded and the storage still holds.
-    -> {"sent": [...], "skipped": [...]}, paths relative to url."""
+    writer: record the files sent in this writer's own shard, not in the index (a worker handing back
+    while others may too). -> {"sent": [...], "skipped": [...]}, paths relative to url."""
     local = Path(local)
     files: dict[str, Path] = {}
     for p in paths:
@@ -68,24 +77,39 @@ def upload(local: Path, url: str, paths: Iterable[str] = (".",), *, into: str = 
     fs, root = open_url(url)
     index = _read_index(fs, root, url)
     present = _sizes(fs, root)
-    sent: list[str] = []
+    sent: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     try:
         for rel, src in files.items():
-            if rel == INDEX:
+            if rel == INDEX or rel.startswith(SHARDS + "/"):
                 continue
             entry = {"size": src.stat().st_size, "sha256": sha256(src)}
-            if index.get(rel) == entry and present.get(rel) == entry["size"]:
+            if _same(index.get(rel), entry) and present.get(rel) == entry["size"]:
                 skipped.append(rel)
                 continue
             _guard(url, rel, lambda: _put(fs, src, f"{root}/{rel}"))
-            index[rel] = entry
-            sent.append(rel)
+            sent[rel] = {**entry, "t": time.time()}
     finally:
         # Also after a failure: what was sent is recorded, and is not sent again.
-        if sent:
-            _guard(url, INDEX, lambda: _write(fs, f"{root}/{INDEX}", _dumps({"format": 1, "files": index})))
-    return {"sent": sent, "skipped": skipped}
+        if sent and writer:
+            shard = _shard(writer)
+            own = _read_files(fs, root, shard, url)
+            _guard(url, shard, lambda: _write(fs, f"{root}/{shard}", _dumps({"format": 1, "files": {**own, **sent}})))
+        elif sent:
+            _guard(url, INDEX, lambda: _write(fs, f"{root}/{INDEX}", _dumps({"format": 1, "files": {**index, **sent}})))
+    return {"sent": list(sent), "skipped": skipped}
+
+
+def fold(url: str, writer: str) -> None:
+    """A writer's shard into the index, once that writer has finished (its entries then stay in the index
+    alone). Only the index's one writer calls this."""
+    fs, root = open_url(url)
+    shard = f"{root}/{_shard(writer)}"
+    if not fs.exists(shard):
+        return
+    index = _read_index(fs, root, url)
+    _guard(url, INDEX, lambda: _write(fs, f"{root}/{INDEX}", _dumps({"format": 1, "files": index})))
+    _guard(url, _shard(writer), lambda: fs.rm_file(shard))
 
 
 def download(url: str, local: Path, paths: Iterable[str] = (".",), *, missing_ok: bool = False) -> dict[str, list[str]]:
@@ -161,14 +185,38 @@ def _is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _read_index(fs: Any, root: str, url: str) -> dict[str, dict[str, Any]]:
+def _shard(writer: str) -> str:
+    return f"{SHARDS}/{re.sub(r'[^A-Za-z0-9._-]+', '-', writer)}.json"
+
+
+def _same(recorded: dict[str, Any] | None, entry: dict[str, Any]) -> bool:
+    return recorded is not None and recorded.get("size") == entry["size"] and recorded.get("sha256") == entry["sha256"]
+
+
+def _read_files(fs: Any, root: str, rel: str, url: str) -> dict[str, dict[str, Any]]:
+    """The files an index (or a shard) at root/rel lists."""
     try:
-        data = json.loads(fs.cat_file(f"{root}/{INDEX}"))
+        data = json.loads(fs.cat_file(f"{root}/{rel}"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise LabcycleError(f"unreadable {INDEX} ({exc}); delete it to send everything again", where=str(url)) from None
+        raise LabcycleError(f"unreadable sync index ({exc}); delete it to send everything again",
+                            where=join(url, rel)) from None
     return dict(data.get("files", {})) if isinstance(data, dict) else {}
+
+
+def _read_index(fs: Any, root: str, url: str) -> dict[str, dict[str, Any]]:
+    """The index with every writer's shard merged over it: of two entries for one file, the newer wins."""
+    index = _read_files(fs, root, INDEX, url)
+    try:
+        shards = sorted(posixpath.basename(str(p)) for p in fs.glob(f"{root}/{SHARDS}/*.json"))
+    except (FileNotFoundError, NotADirectoryError):
+        shards = []
+    for shard in shards:
+        for rel, entry in _read_files(fs, root, f"{SHARDS}/{shard}", url).items():
+            if entry.get("t", 0) >= index.get(rel, {}).get("t", 0):
+                index[rel] = entry
+    return index
 
 
 def _sizes(fs: Any, root: str) -> dict[str, int]:

@@ -127,3 +127,57 @@ def test_json_files_and_mistakes(tmp_path):
         storage.upload(tmp_path, "nosuchprotocol://bucket/x")
     assert storage.join("memory://a/", "b", "c/") == "memory://a/b/c"
     assert storage.join("relative/folder", "run") == str(Path("relative/folder").resolve() / "run")
+
+
+def test_writers_handing_back_at_once_lose_none_of_each_others_files(url, tmp_path):
+    """Workers of a fanned-out stage upload into one mirror at the same time, each into its own shard of the
+    index; a download sees all of their files, and folding a finished writer's shard keeps them."""
+    import threading
+
+    groups = []
+    for g in range(4):
+        folder = tmp_path / f"worker-{g}"
+        for leaf in range(6):
+            (folder / "generated" / f"g{g}" / f"leaf-{leaf}").mkdir(parents=True)
+            (folder / "generated" / f"g{g}" / f"leaf-{leaf}" / "samples.jsonl").write_text(f"{g}/{leaf}\n" * (leaf + 1))
+        groups.append(folder)
+    storage.upload(_tree(tmp_path / "run"), url)  # the orchestrator's own files, in the index
+    start = threading.Barrier(len(groups))
+
+    def hand_back(g: int) -> None:
+        start.wait()
+        storage.upload(groups[g], url, [f"generated/g{g}"], writer=f"flow-run-{g}")
+
+    threads = [threading.Thread(target=hand_back, args=(g,)) for g in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {f"generated/g{g}/leaf-{leaf}/samples.jsonl" for g in range(4) for leaf in range(6)}
+    got = storage.download(url, tmp_path / "back", ["generated"])
+    assert set(got["fetched"]) == expected
+    storage.fold(url, "flow-run-0")
+    storage.fold(url, "flow-run-0")  # a second fold of the same writer finds nothing to do
+    assert set(storage.download(url, tmp_path / "again", ["generated"])["fetched"]) == expected
+    # the orchestrator's next upload of its own files keeps the workers' entries
+    storage.upload(tmp_path / "run", url, ["manifest.json"])
+    for g in range(1, 4):
+        storage.fold(url, f"flow-run-{g}")
+    assert set(storage.download(url, tmp_path / "last", ["generated"])["fetched"]) == expected
+    assert storage.download(url, tmp_path / "last", ["generated"])["fetched"] == []
+
+
+def test_the_newest_entry_of_a_file_wins_between_the_index_and_a_shard(url, tmp_path):
+    run = _tree(tmp_path / "run")
+    worker = tmp_path / "worker"
+    (worker / "cycle-1" / "mixed").mkdir(parents=True)
+    (worker / "cycle-1" / "mixed" / "held_out.jsonl").write_text("from the worker\n")
+    storage.upload(run, url)
+    storage.upload(worker, url, ["cycle-1/mixed/held_out.jsonl"], writer="w")
+    copy = tmp_path / "copy"
+    storage.download(url, copy)
+    assert (copy / "cycle-1" / "mixed" / "held_out.jsonl").read_text() == "from the worker\n"
+    (run / "cycle-1" / "mixed" / "held_out.jsonl").write_text("the orchestrator's, later\n")
+    storage.upload(run, url, ["cycle-1/mixed/held_out.jsonl"])
+    storage.download(url, copy)
+    assert (copy / "cycle-1" / "mixed" / "held_out.jsonl").read_text() == "the orchestrator's, later\n"
