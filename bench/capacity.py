@@ -24,12 +24,12 @@ Where each default comes from (M = measured on this project's 2-core machine, A 
                              public figures for Llama-3.1-8B on vLLM (about 75 tok/s at C = 1 and 6.6x that at
                              C = 8 on an A100, an H100 about 2x an A100, about 12,500 tok/s peak on one H100);
                              3,500 tok/s per replica at C = 32. No GPU was available to measure it.
-  Prefect task runs          175 task runs/s created by one flow gathering them (500 async tasks in 2.9 s), and
-                             62 ms per task called one after the other from an async flow (500 in 31 s) (M,
-                             Prefect 3.7.7's embedded server on SQLite, this machine under load; see
-                             docs/benchmarks.md, "Capacity plan")
+  Prefect task runs          84 task runs/s when one flow gathers 10,000 of them at once (10,000 trivial async
+                             tasks in 119 s; 175/s for 500), and 62 ms per task called one after the other
+                             from an async flow (500 in 31 s) (M, Prefect 3.7.7's embedded server on SQLite,
+                             this machine under load; docs/benchmarks.md, "Capacity plan")
   training tokens/s per GPU  4,830 (A): 2 x the published 2,415 tok/s of QLoRA on Llama-2-7B on one A100 with
-                             the Hugging Face stack (/work/shared LAB reference figures), for an H100-class GPU
+                             the Hugging Face stack (quoted in docs/benchmarks.md, "GPU"), for an H100-class GPU
   DDP efficiency             0.9 (A); one phase trains on one node (torch.distributed.run --standalone)
   sample lengths             knowledge phase 1,125 tokens a sample (M, docs/benchmarks.md, "Real lengths":
                              Q&A and RAFT copies); skills phase 892 (bench/train.py's synthetic samples, A)
@@ -83,7 +83,7 @@ class Scale:
     server_half_c: float = 82  # A: the C at which a replica gives half its peak
     client_ms_per_request: float = 2.1  # M, docs/benchmarks.md
     leaf_groups: int = 1  # remote.leaf_groups: generate runs, each its own process (event loop) on a worker
-    task_runs_per_s: float = 175  # M: task runs one flow creates per second on the SQLite server
+    task_runs_per_s: float = 84  # M: task runs/s of 10,000 gathered at once, on the SQLite server
     sequential_task_s: float = 0.062  # M: one publish task called after another from the async flow
     nodes: int = 1
     gpus_per_node: int = 8
