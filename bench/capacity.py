@@ -78,7 +78,7 @@ class Scale:
     tokens_per_completion: float = 320  # M, docs/results.md
     replicas: int = 1  # teacher replicas (generation.teacher.endpoints)
     gpus_per_replica: int = 1  # an 8B-class teacher on one GPU (A)
-    max_concurrency: int = 32  # generation.teacher.max_concurrency, per replica
+    max_concurrency: int = 32  # generation.teacher.max_concurrency: per replica, and per generate run
     server_peak_tps: float = 12_500  # A: a replica's tokens/s as C grows without end
     server_half_c: float = 82  # A: the C at which a replica gives half its peak
     client_ms_per_request: float = 2.1  # M, docs/benchmarks.md
@@ -165,8 +165,10 @@ def simulate(s: Scale) -> dict[str, object]:
     skills_samples = samples - knowledge_samples
 
     # Generation: three limits at once; the slowest decides. Publishing (one task per leaf, one after another in
-    # each generate run) follows once every leaf has finished.
-    teacher_tps = s.replicas * server_tps(s.max_concurrency, s)
+    # each generate run) follows once every leaf has finished. Each of the leaf_groups runs has its own TeacherPool,
+    # each with max_concurrency per replica, so a replica has max_concurrency x leaf_groups requests in flight.
+    replica_c = s.max_concurrency * s.leaf_groups
+    teacher_tps = s.replicas * server_tps(replica_c, s)
     limits = {
         "teacher": tokens / teacher_tps,
         "client CPU": requests * s.client_ms_per_request / 1000 / s.leaf_groups,
@@ -205,6 +207,7 @@ def simulate(s: Scale) -> dict[str, object]:
         "cycle_s": round(sum(stages.values())),
         "bottleneck": bottleneck,
         "generation": {"limits_s": {k: round(v) for k, v in limits.items()}, "limit": gen_limit, "publish_s": round(publish_s),
+                       "in_flight_per_replica": replica_c,
                        "requests": round(requests), "completion_tokens": round(tokens), "samples": round(samples),
                        "teacher_tokens_per_s": round(teacher_tps),
                        "requests_per_s": round(requests / max(limits.values()), 1), "per_pipeline": per_pipeline},
@@ -229,24 +232,26 @@ def scenarios(base: Scale) -> list[Scale]:
     return [
         replace(base, name="baseline: 1 replica, 1 node", replicas=1, nodes=1, leaf_groups=1),
         replace(base, name="target: 16 replicas, 8 nodes", replicas=16, nodes=8, leaf_groups=1),
-        replace(base, name="target, leaf_groups 8, eval concurrency 64", replicas=16, nodes=8, leaf_groups=8,
-                eval_concurrency=64),
+        replace(base, name="target, leaf_groups 8, max_concurrency 4, eval concurrency 64", replicas=16, nodes=8,
+                leaf_groups=8, max_concurrency=max(1, base.max_concurrency // 8), eval_concurrency=64),
         replace(base, name="as above, tuning on all 8 nodes (not in labcycle yet)", replicas=16, nodes=8, leaf_groups=8,
-                eval_concurrency=64, tune_nodes=8),
+                max_concurrency=max(1, base.max_concurrency // 8), eval_concurrency=64, tune_nodes=8),
     ]
 
 
 def sweep(base: Scale, replicas: list[int], groups: int = 8, tune_nodes: int = 8) -> list[dict[str, object]]:
     """Generation time and its limit as replicas grow (enough nodes for them), with one generate run and with
-    `groups` runs (remote.leaf_groups); the cycle and its bottleneck with those runs, tuning on one node and on
-    `tune_nodes` nodes."""
+    `groups` runs (remote.leaf_groups), each replica with the same requests in flight (max_concurrency split over
+    the runs); the cycle and its bottleneck with those runs, tuning on one node and on `tune_nodes` nodes."""
     rows = []
+    per_replica = base.max_concurrency * base.leaf_groups
     for r in replicas:
         nodes = max(base.nodes, math.ceil(r * base.gpus_per_replica / base.gpus_per_node))
         at = replace(base, name=f"{r} replicas", replicas=r, nodes=nodes, tune_nodes=1)
-        one = simulate(replace(at, leaf_groups=1))
-        many = simulate(replace(at, leaf_groups=groups))
-        wide = simulate(replace(at, leaf_groups=groups, nodes=max(nodes, tune_nodes), tune_nodes=tune_nodes))
+        one = simulate(replace(at, leaf_groups=1, max_concurrency=per_replica))
+        many = simulate(replace(at, leaf_groups=groups, max_concurrency=max(1, per_replica // groups)))
+        wide = simulate(replace(at, leaf_groups=groups, max_concurrency=max(1, per_replica // groups), nodes=max(nodes, tune_nodes),
+                                tune_nodes=tune_nodes))
         rows.append({"replicas": r, "nodes": nodes, "generate_s": one["stages_s"]["generate"], "limit": one["generation"]["limit"],
                      "groups": groups, "generate_groups_s": many["stages_s"]["generate"],
                      "limit_groups": many["generation"]["limit"], "cycle_s": many["cycle_s"], "bottleneck": many["bottleneck"],
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=None, help="Simulate this one scale instead of the scenarios.")
     ap.add_argument("--nodes", type=int, default=None, help="GPU nodes (with --replicas; default: just enough).")
     ap.add_argument("--leaf-groups", type=int, default=1, help="remote.leaf_groups (with --replicas).")
-    ap.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency, help="Requests in flight per replica.")
+    ap.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
+                    help="generation.teacher.max_concurrency: requests in flight per replica, per generate run.")
     ap.add_argument("--eval-concurrency", type=int, default=defaults.eval_concurrency)
     ap.add_argument("--tokens-per-completion", type=float, default=defaults.tokens_per_completion)
     ap.add_argument("--replica-peak-tps", type=float, default=defaults.server_peak_tps,

@@ -81,3 +81,12 @@ def test_the_simulated_pipelines_are_the_shipped_ones():
         assert blocks == shipped, name
         known = {"generate", "pii", "safety_judge", *capacity.FILTERS, *capacity.JUDGES}
         assert {b[0] for b in blocks} <= known
+
+
+def test_each_generate_run_caps_a_replica_on_its_own():
+    """leaf_groups runs each have a TeacherPool: 8 runs at max_concurrency 4 load a replica as one run at 32 does."""
+    one = simulate(replace(TARGET, leaf_groups=1, max_concurrency=32))["generation"]
+    eight = simulate(replace(TARGET, leaf_groups=8, max_concurrency=4))["generation"]
+    assert one["in_flight_per_replica"] == eight["in_flight_per_replica"] == 32
+    assert one["limits_s"]["teacher"] == eight["limits_s"]["teacher"]
+    assert eight["limits_s"]["client CPU"] == pytest.approx(one["limits_s"]["client CPU"] / 8, abs=1)
