@@ -274,6 +274,7 @@ def print_table(results: list[dict[str, object]], sweep_rows: list[dict[str, obj
     g = sweep_rows[0]["groups"] if sweep_rows else 0
     n = sweep_rows[0]["tune_nodes"] if sweep_rows else 0
     print("Replicas sweep (other figures as the third scenario; nodes: enough for the replicas):")
+    print()
     print(f"| replicas | generate, 1 run | limited by | generate, leaf_groups {g} | limited by | cycle, tuning on 1 node "
           f"| bottleneck | cycle, tuning on {n} nodes | bottleneck |")
     print("|---:|---:|---|---:|---|---:|---|---:|---|")
