@@ -110,10 +110,11 @@ class Scale:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be more than 0 (got {getattr(self, name)})")
-        for name in ("knowledge_share", "filter_keep", "judge_keep", "safety_keep", "ddp_efficiency"):
-            low = 0 if name == "knowledge_share" else sys.float_info.min
-            if not low <= getattr(self, name) <= 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a share between 0 and 1 (got {getattr(self, name)})")
+        if not 0 <= self.knowledge_share <= 1:
+            raise ValueError(f"knowledge-share must be a share from 0 to 1 (got {self.knowledge_share})")
+        for name in ("filter_keep", "judge_keep", "safety_keep", "ddp_efficiency"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a share above 0 and at most 1 (got {getattr(self, name)})")
         if self.replicas * self.gpus_per_replica > self.nodes * self.gpus_per_node:
             raise ValueError(f"{self.replicas} replicas of {self.gpus_per_replica} GPU(s) need "
                              f"{self.replicas * self.gpus_per_replica} GPUs; {self.nodes} node(s) of {self.gpus_per_node} have "

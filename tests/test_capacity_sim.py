@@ -48,7 +48,8 @@ def test_tuning_on_more_nodes_shortens_tune_by_their_number():
 @pytest.mark.parametrize("change, message", [
     ({"replicas": 0}, "replicas must be more than 0"),
     ({"leaves": -5}, "leaves must be more than 0"),
-    ({"judge_keep": 0}, "judge-keep must be a share"),
+    ({"judge_keep": 0}, "judge-keep must be a share above 0 and at most 1"),
+    ({"knowledge_share": 1.5}, "knowledge-share must be a share from 0 to 1"),
     ({"replicas": 100, "nodes": 8}, "100 replicas of 1 GPU(s) need 100 GPUs; 8 node(s) of 8 have 64"),
 ])
 def test_a_scale_that_cannot_run_gives_a_clear_error(change, message):
