@@ -26,7 +26,7 @@ from labcycle.flows import config as config_module
 from labcycle.flows import records
 from labcycle.flows.config import Config
 from labcycle.flows.evaluate import evaluate
-from labcycle.flows.generate import generate
+from labcycle.flows.generate import run_generate
 from labcycle.flows.records import CycleRecord, Mixed, StageFailed, Tuned, completed
 from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
@@ -130,8 +130,8 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             cycle = CycleRecord(folder, plan.to_json())
             cycles.append(cycle)
             # generate → mix → tune → evaluate → gate; a GPU stage runs here or through its deployment (remote:)
-            cycle.generation = completed(run_stage(generate, cfg.remote, run.root, manifest=str(run.manifest),
-                                                   output=str(folder.generated), config=cfg, plan=plan.to_json()))
+            cycle.generation = completed(run_generate(cfg.remote, run.root, manifest=str(run.manifest),
+                                                      output=str(folder.generated), config=cfg, plan=plan.to_json()))
             if until == "generate":
                 break
             cycle.mix = mix_task(folder.generated, folder.mixed, recipe)

@@ -55,8 +55,8 @@ class Mirror:
     url: str
     root: Path
 
-    def push(self, *paths: str | None) -> None:
-        storage.upload(self.root, self.url, [p for p in paths if p])
+    def push(self, *paths: str | None, writer: str | None = None) -> None:
+        storage.upload(self.root, self.url, [p for p in paths if p], writer=writer)
 
     def pull(self, *paths: str | None, missing_ok: bool = False) -> dict[str, list[str]]:
         return storage.download(self.url, self.root, [p for p in paths if p], missing_ok=missing_ok)
@@ -130,7 +130,7 @@ def hand_back(mirror: Mirror, output: str, result: Any) -> Any:
 
     try:
         if (mirror.root / output).exists():
-            mirror.push(output)
+            mirror.push(output, writer=str(flow_run.id))  # its own shard of the index: others may hand back now too
         if isinstance(result, State):
             return result
         shared = mirror.to_shared(result)
@@ -208,17 +208,54 @@ def portable(stage: str) -> Callable[[Body], Body]:
 
 
 def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: dict[str, Any]) -> Any:
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-    from prefect.states import Completed, Failed
+    from prefect.states import Failed
 
     mirror = Mirror(storage.join(settings.storage, run_name(run_dir)), run_dir)
     try:
         parameters = _send(stage, mirror, params)
     except LabcycleError as exc:
         return Failed(message=f"{stage}: sending its inputs to the shared storage failed: {exc}")
+    child = _start(stage, deployment, parameters, timeout=settings.timeout_s)
+    return child if _refused(child) else _finish(stage, deployment, mirror, child, parameters["output"], settings)
+
+
+def run_groups(stage_flow: Any, settings: Any, run_dir: Path, groups: list[dict[str, Any]], **params: Any) -> list[Any]:
+    """Several runs of a stage's deployment at once, one per group: `params` with the group's own values
+    over them (its own `output` folder at least, so that no two runs write the same files). The inputs are
+    sent once; the runs are started together, so that the pool's workers take them up side by side, and
+    awaited together within remote.timeout_s. -> each group's final state, in order, as run_stage's."""
+    from prefect.states import Failed
+
+    stage = stage_flow.name
+    deployment = settings.deployments[stage]
+    mirror = Mirror(storage.join(settings.storage, run_name(Path(run_dir).resolve())), Path(run_dir).resolve())
     try:
-        child = run_deployment(deployment, parameters=parameters, timeout=settings.timeout_s)
+        shared = _send(stage, mirror, {k: v for k, v in params.items() if k != "output"})
+        outputs = [_output(mirror, group["output"]) for group in groups]
+    except LabcycleError as exc:
+        return [Failed(message=f"{stage}: sending its inputs to the shared storage failed: {exc}")] * len(groups)
+    started = [_start(stage, deployment, {**shared, **group, "output": output}, timeout=0)
+               for group, output in zip(groups, outputs)]
+    children = _wait([c for c in started if not _refused(c)], settings.timeout_s)
+    return [c if _refused(c) else _finish(stage, deployment, mirror, children[c.id], output, settings)
+            for c, output in zip(started, outputs)]
+
+
+def _refused(started: Any) -> bool:
+    """_start gave a Failed state (no run was made), not a flow run."""
+    from prefect.states import State
+
+    return isinstance(started, State)
+
+
+def _start(stage: str, deployment: str, parameters: dict[str, Any], timeout: float | None) -> Any:
+    """A run of the deployment (awaited up to `timeout`; 0: not at all), or a Failed state saying why none."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    from prefect.states import Failed
+
+    try:
+        return run_deployment(deployment, parameters=parameters, timeout=timeout)
     except ObjectNotFound:
         return Failed(message=f"{stage}: deployment {deployment!r} not found on the Prefect server; create it (prefect "
                               f"deploy --all --prefect-file deployments/prefect.yaml) or remove remote.deployments.{stage} "
@@ -226,20 +263,49 @@ def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: d
     except PrefectHTTPStatusError as exc:
         return Failed(message=f"{stage}: the Prefect server refused a run of deployment {deployment!r} "
                               f"({exc.response.status_code}: {exc.response.text[:300]})")
+
+
+def _wait(children: list[Any], timeout_s: float | None, poll_s: float = 2.0) -> dict[Any, Any]:
+    """The flow runs as they are once every one has ended, or when timeout_s has passed."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    latest = {c.id: c for c in children}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            pending = [i for i, c in latest.items() if c.state is None or not c.state.is_final()]
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                return latest
+            time.sleep(poll_s)
+            for i in pending:
+                latest[i] = client.read_flow_run(i)
+
+
+def _finish(stage: str, deployment: str, mirror: Mirror, child: Any, output: str, settings: Any) -> Any:
+    """The state lab_cycle carries on with, once the child run has ended (or was given up on): its output
+    folder fetched into RUN (a failed run's finished work too) and its result, paths mapped into RUN."""
+    from prefect.states import Completed, Failed
+
     run = f"flow run {child.name!r} (id {child.id}) of deployment {deployment!r}"
     state = child.state
     if state is None or not state.is_final():
         return Failed(message=f"{stage}: {run} did not finish within remote.timeout_s ({settings.timeout_s:g} s) and is "
                               f"{state.name if state else 'not started'}; its worker may be busy or gone: raise the "
                               "timeout, or cancel the run in the Prefect UI and start again")
+    try:  # the run wrote what it sent into its own shard of the mirror's index; it is done, so fold it in
+        storage.fold(mirror.url, str(child.id))
+    except LabcycleError:
+        pass  # readers merge unfolded shards anyway
     if not state.is_completed():
         try:  # whatever the stage finished comes back too, as it would in-process
-            mirror.pull(parameters["output"], missing_ok=True)
+            mirror.pull(output, missing_ok=True)
         except LabcycleError:
             pass
         return Failed(message=f"{stage}: {run} ended {state.name}: {state.message or 'no message'}")
     try:
-        mirror.pull(parameters["output"])
+        mirror.pull(output)
         result = storage.read_json(storage.join(mirror.url, RESULTS, f"{child.id}.json"))
     except LabcycleError as exc:
         return Failed(message=f"{stage}: {run} completed, but fetching its output failed: {exc}")
@@ -247,6 +313,13 @@ def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: d
         return Failed(message=f"{stage}: {run} completed without writing its result to {mirror.url}; is labcycle on the "
                               "worker the same version as here?")
     return Completed(data=mirror.from_shared(result), message=f"ran as {run}")
+
+
+def _output(mirror: Mirror, path: str) -> str:
+    output = mirror.relative(path)
+    if output is None:
+        raise LabcycleError("a remote stage's output must lie inside the run folder", where=str(path))
+    return output
 
 
 def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
@@ -264,10 +337,8 @@ def _send(stage: str, mirror: Mirror, params: dict[str, Any]) -> dict[str, Any]:
         value = params.get(key)
         if value and sent.get(key) == value and Path(value).exists():
             sent[key] = str(Path(value).resolve())  # the workers must see it at this same path
-    output = mirror.relative(params["output"])
-    if output is None:
-        raise LabcycleError("a remote stage's output must lie inside the run folder", where=str(params["output"]))
-    sent["output"] = output
+    if "output" in params:
+        sent["output"] = _output(mirror, params["output"])
     if "manifest" in params:
         sent["taxonomy_root"] = _send_taxonomy(mirror, Path(params["manifest"]))
     for folder in FOLDERS.get(stage, ()):

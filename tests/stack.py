@@ -87,11 +87,12 @@ class Stack:
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc.stdout
 
-    def worker(self, pool: str, name: str | None = None, poll_seconds: float = 10) -> subprocess.Popen:
-        """`prefect worker start` on `pool`, polling every poll_seconds (Prefect's default: 10)."""
+    def worker(self, pool: str, name: str | None = None, poll_seconds: float = 10, limit: int | None = None) -> subprocess.Popen:
+        """`prefect worker start` on `pool`, polling every poll_seconds (Prefect's default: 10), running at most
+        `limit` flow runs at once (None: no limit)."""
         name = name or f"worker-{pool}"
         return self.spawn(name, [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
-                                 "--name", name],
+                                 "--name", name, *(["--limit", str(limit)] if limit else [])],
                           env={"PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds),
                                "PREFECT_WORKER_PREFETCH_SECONDS": "0"},
                           ready=lambda: "started!" in self.log(name).lower() or "polling" in self.log(name).lower(),

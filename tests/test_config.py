@@ -55,6 +55,15 @@ def test_remote_stages(tmp_path):
     remote = config.load(f).remote
     assert (remote.storage, remote.deployments, remote.timeout_s) == ("s3://bucket/labcycle", {"tune": "tune/gpu"}, 3600)
     assert config.load(f).digest() == config.load(None).digest()  # where a stage runs changes no result
+    assert remote.leaf_groups == 1
+    # generation fans out over runs of its deployment only: without one, the config says what to set
+    f.write_text("remote:\n  storage: s3://bucket/labcycle\n  deployments:\n    tune: tune/gpu\n  leaf_groups: 4\n")
+    with pytest.raises(LabcycleError, match="remote.leaf_groups splits generation") as err:
+        config.load(f)
+    assert err.value.where == f"{f}:5:3"
+    f.write_text("remote:\n  storage: /shared\n  deployments:\n    generate: generate/gpu\n  leaf_groups: 4\n")
+    assert config.load(f).remote.leaf_groups == 4
+    assert config.load(f).digest() == config.load(None).digest()
 
 
 def test_tuning_defaults_and_per_phase_settings(tmp_path):

@@ -87,6 +87,27 @@ def summarize(reports: list[dict[str, Any]], teacher_stats: dict[str, Any], wall
     }
 
 
+def combine(parts: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """One summary of a stage fanned out over several runs (each part: a run's summary): counts add up,
+    per_leaf joins; wall_s is the whole stage's, so the throughput is what the runs reached together. Each
+    run's own teacher statistics stay under `groups`."""
+    completion = sum(p.get("completion_tokens", 0) for p in parts)
+    return {
+        "leaves": sum(p["leaves"] for p in parts),
+        "samples": sum(p["samples"] for p in parts),
+        "below_target": [leaf for p in parts for leaf in p.get("below_target", [])],
+        "requests": sum(p.get("requests", 0) for p in parts),
+        "prompt_tokens": sum(p.get("prompt_tokens", 0) for p in parts),
+        "completion_tokens": completion,
+        "wall_s": round(wall_s, 3),
+        "completion_tokens_per_s": round(completion / wall_s, 1) if wall_s > 0 else None,
+        "generation": {k: sum(p["generation"][k] for p in parts) for k in ("requests", "prompt_tokens", "completion_tokens")},
+        "per_leaf": {leaf: info for p in parts for leaf, info in p["per_leaf"].items()},
+        "groups": [{"leaves": sorted(p["per_leaf"]), "wall_s": p.get("wall_s"), "teacher": p.get("teacher"),
+                    "ran_as": p.get("ran_as")} for p in parts],
+    }
+
+
 async def finish(reports: list[dict[str, Any]], teacher: Any, out: Path, tracker: ProgressTracker) -> dict[str, Any]:
     from prefect.artifacts import acreate_table_artifact
 

@@ -46,8 +46,9 @@ def _pool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gpu_pool(prefect_harness, tmp_path_factory):
-    """A process work pool with the stage deployments and a real worker; -> {stage: deployment name}."""
+def gpu_stack(prefect_harness, tmp_path_factory):
+    """A process work pool with the stage deployments and two real workers, each taking one flow run at a
+    time (the pool's capacity is two runs); -> ({stage: deployment name}, the workers' Stack)."""
     from prefect.settings import PREFECT_API_URL
 
     from tests.stack import Stack
@@ -56,10 +57,17 @@ def gpu_pool(prefect_harness, tmp_path_factory):
     names = _deploy(pool)
     stack = Stack(tmp_path_factory.mktemp("worker"), {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
     try:
-        stack.worker(pool, poll_seconds=1)
-        yield names
+        for k in (1, 2):
+            stack.worker(pool, name=f"gpu-worker-{k}", poll_seconds=1, limit=1)
+        yield names, stack
     finally:
         stack.close()
+
+
+@pytest.fixture(scope="module")
+def gpu_pool(gpu_stack):
+    """{stage: deployment name} of the stage deployments on the pool of gpu_stack."""
+    return gpu_stack[0]
 
 
 def _config(folder: Path, remote: dict) -> Path:  # type: ignore[type-arg]
@@ -179,3 +187,52 @@ def test_paths_are_mapped_between_the_run_folder_and_the_mirror(tmp_path):
     assert mirror.relative(run / "cycle-1" / "mixed" / "held_out.jsonl") == "cycle-1/mixed/held_out.jsonl"
     assert mirror.relative(tmp_path / "elsewhere") is None
     assert run_name(run).startswith("demo-") and run_name(run) == run_name(run) != run_name(tmp_path / "demo")
+
+
+def test_generation_fans_out_over_the_pools_workers_and_gathers_every_leaf(gpu_stack, example_taxonomy, tiny_model,
+                                                                           tmp_path):
+    """remote.leaf_groups: 2 splits the leaves over two runs of the generate deployment, which the pool's two
+    workers take up side by side; their leaves come back into RUN as one run would have left them, and a
+    rerun finds every leaf's work cached where it was generated."""
+    names, stack = gpu_stack
+    cfg = _config(tmp_path, {"storage": str(tmp_path / "shared"), "deployments": {"generate": names["generate"]},
+                             "leaf_groups": 2, "timeout_s": 1200})
+    # Generation settings of its own: the other tests' runs of this taxonomy and teacher are not cache hits here
+    data = yaml.safe_load(cfg.read_text())
+    data["generation"]["max_tokens_cap"] = 48
+    cfg.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    common = dict(taxonomy=str(example_taxonomy), base="empty", output=str(run), config=str(cfg), until="generate",
+                  teacher_model=str(tiny_model), student_model=str(tiny_model), return_state=True)
+    state = lab_cycle(**common)
+    assert state.is_completed(), state.message
+    generation = state.result()["generation"]
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    every = sorted(leaf["id"] for leaf in manifest["leaves"])
+    children = _children(state.state_details.flow_run_id, names["generate"])
+    assert len(children) == 2 and all(c.state.is_completed() for c in children), children
+    groups = [c.parameters["leaves"] for c in children]
+    assert sorted(groups[0] + groups[1]) == every and not set(groups[0]) & set(groups[1])
+    # each worker took one of the runs (each takes one at a time, and both runs were waiting at once)
+    took = {k: [str(c.id) for c in children if str(c.id) in stack.log(f"gpu-worker-{k}")] for k in (1, 2)}
+    assert sorted(len(ids) for ids in took.values()) == [1, 1], took
+    starts = sorted(c.start_time for c in children)
+    ends = sorted(c.end_time for c in children)
+    assert starts[1] < ends[0], "the two groups did not run at the same time"
+
+    # RUN/cycle-1/generated holds every leaf, as after one run; the summary covers them all
+    out = run / "cycle-1" / "generated"
+    for leaf_id in every:
+        assert (out / leaf_id / "samples.jsonl").is_file() and (out / leaf_id / "yield.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["leaves"] == len(every) and sorted(summary["per_leaf"]) == every
+    assert summary["samples"] == sum(len((out / i / "samples.jsonl").read_text().splitlines()) for i in every)
+    assert sorted(g["leaves"] for g in summary["groups"]) == sorted(sorted(g) for g in groups)
+    assert generation["output"] == str(out) and generation["requests"] > 0
+
+    # Again on the same run folder: the same split, each leaf a cache hit on the worker that made it
+    again = lab_cycle(**common)
+    assert again.is_completed(), again.message
+    assert again.result()["generation"]["requests"] == 0
+    assert again.result()["generation"]["samples"] == summary["samples"]
