@@ -101,7 +101,11 @@ def write_model_card(result: dict[str, Any], dest: Path) -> Path:
     if step.get("samples_per_step"):
         micro = "one packed row" if step.get("packing") else f"{step['per_device']} sample{'s' if step['per_device'] != 1 else ''}"
         lines += [f"- effective batch: {'about ' if step.get('packing') else ''}{step['samples_per_step']} samples a step "
-                  f"({micro} per micro-batch x {step['accumulation']} accumulated), {step.get('steps')} steps planned"]
+                  f"({micro} per micro-batch x {step['accumulation']} accumulated"
+                  + (f" x {step['processes']} data-parallel processes" if (step.get("processes") or 1) > 1 else "")
+                  + f"), {step.get('steps')} steps planned"]
+    if step.get("split"):
+        lines += [f"- **step split over processes:** {step['split']}"]
     if step.get("adapted"):
         lines += [f"- **batch adapted to the data:** {step['adapted']}"]
     lines += ["", "## Results", ""]

@@ -167,7 +167,7 @@ def step_shape(batch_size: int, gradient_accumulation: int, packing: bool, max_l
             "samples_per_step": min(n, round(accumulation * per_row)), "samples_per_row": round(per_row, 2)}
 
 
-def plan_steps(p: Any, lengths: list[int], packing: bool | None = None) -> dict[str, Any]:
+def plan_steps(p: Any, lengths: list[int], packing: bool | None = None, processes: int = 1) -> dict[str, Any]:
     """The step shape a phase trains with: step_shape of its settings (a PhaseSettings), with a smaller
     effective batch when the data would give fewer than MIN_STEPS steps.
 
@@ -178,6 +178,8 @@ def plan_steps(p: Any, lengths: list[int], packing: bool | None = None) -> dict[
     `asked_samples_per_step` and `adapted`: None, or one line saying what was lowered and why (the log,
     result.json and the model card show it). Explicit batch settings are adapted as well; a phase with
     max_steps set never is: its number of steps is the user's choice.
+    processes: data-parallel processes (split_over_processes): per_device and accumulation are then each
+    process's, and `split` says when the step could not keep its samples.
     """
     asked = p.batch_size * p.gradient_accumulation
     packing = p.packing is True if packing is None else packing
@@ -189,8 +191,43 @@ def plan_steps(p: Any, lengths: list[int], packing: bool | None = None) -> dict[
         shape = _smaller_step(p, shape, len(lengths))
         steps = trainer_steps(p.epochs, shape["micro_batches"], shape["accumulation"])
         adapted = _adapted_line(p, before, before_steps, shape, steps, len(lengths))
+    split = None
+    if processes > 1:
+        shape, split = split_over_processes(shape, processes)
+        if p.max_steps is None:
+            steps = trainer_steps(p.epochs, -(-shape["micro_batches"] // processes), shape["accumulation"])
     logging = max(1, min(p.logging_steps, steps // MIN_LOGS))
-    return {**shape, "steps": steps, "logging_steps": logging, "asked_samples_per_step": asked, "adapted": adapted}
+    return {**shape, "steps": steps, "logging_steps": logging, "asked_samples_per_step": asked, "adapted": adapted,
+            "processes": processes, "split": split}
+
+
+def split_over_processes(shape: dict[str, Any], processes: int) -> tuple[dict[str, Any], str | None]:
+    """(the step shape of each of `processes` data-parallel processes, None or a line saying how the step changed).
+
+    An optimizer step takes per_device x accumulation micro-batch samples (rows when packed) on every process:
+    the accumulation is divided by the processes, so a step takes the same samples as on one process; each
+    process takes every processes-th micro-batch of the single-process order (accelerate's sharded sampler),
+    and the step's gradient is averaged over all of them. Unpacked, when the accumulation does not divide, the
+    micro-batch is divided instead (per_device x accumulation as a whole). When neither does, the accumulation
+    is rounded to the nearest whole number (at least 1), and the effective batch changes by that much.
+    micro_batches stays the whole epoch's, as on one process.
+    """
+    per, acc = shape["per_device"], shape["accumulation"]
+    if acc % processes == 0:
+        return {**shape, "accumulation": acc // processes}, None
+    total = per * acc
+    if not shape["packing"] and total % processes == 0:
+        each = total // processes
+        per_device = max(d for d in range(1, per + 1) if each % d == 0)
+        return {**shape, "per_device": per_device, "accumulation": each // per_device}, None
+    accumulation = max(1, round(acc / processes))
+    unit = "row" if shape["packing"] else "micro-batch"
+    before = shape["samples_per_step"]
+    samples = round(before * accumulation * processes / acc)
+    line = (f"a step's {acc} {unit}{'s' if acc > 1 else ''} of {per} do not split evenly over {processes} processes: each takes "
+            f"{accumulation}, so a step takes about {samples} samples instead of {before}; set tuning.<phase>.batch_size "
+            f"and gradient_accumulation so that their product divides by {processes} to keep it")
+    return {**shape, "accumulation": accumulation, "samples_per_step": samples}, line
 
 
 def _adapted_line(p: Any, before: dict[str, Any], before_steps: int, after: dict[str, Any], steps: int, n: int) -> str:

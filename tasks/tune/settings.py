@@ -77,6 +77,9 @@ class TuneSettings:
     phase2_start: str = "continue"  # continue (the phase-1 adapter keeps training) | merge (new adapter on a merged base)
     merge: bool = False  # also write a merged full-precision model per phase
     attention: str = "auto"  # auto (flash_attention_2 on a GPU that has it, else sdpa) | sdpa | eager | flash_attention_2|3
+    # Data-parallel processes a phase trains on (distributed.py): auto = every GPU of the worker when it has more
+    # than one, else 1; an int > 1 on a CPU runs that many processes with the gloo backend.
+    processes: int | str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     knowledge: PhaseSettings = KNOWLEDGE_DEFAULTS
@@ -90,8 +93,11 @@ class TuneSettings:
 
     def digest_for(self, phase: str) -> str:
         """What decides one phase's result: the method, adapter shape, quantization and that phase's settings.
-        The attention implementation is how, not what: the same weights come out, to rounding."""
-        data = {k: v for k, v in self.to_json().items() if k not in (*PHASES, "attention")}
+        The attention implementation is how, not what: the same weights come out, to rounding. So is the number of
+        processes: data parallelism keeps the samples of each optimizer step (the accumulation is split over the
+        processes, data.split_over_processes), and the losses agree to rounding (docs/tuning.md, "More than one
+        GPU"); only a split that does not divide changes the effective batch, and the phase says so."""
+        data = {k: v for k, v in self.to_json().items() if k not in (*PHASES, "attention", "processes")}
         data["phase"] = asdict(self.phase(phase))
         return hashlib.sha256(digest_json(data).encode()).hexdigest()[:16]
 

@@ -26,7 +26,7 @@ from prefect.context import TaskRunContext
 from labcycle.env import state_dir
 from labcycle.errors import LabcycleError
 from labcycle.io import write_json
-from labcycle.tasks.tune import card, trainer
+from labcycle.tasks.tune import card, distributed, trainer
 from labcycle.fingerprint import fingerprint_path, model_fingerprint
 from labcycle.tasks.tune.settings import TuneSettings
 
@@ -96,8 +96,9 @@ def tune_phase_task(phase: str, base_model: str, data: str, settings: TuneSettin
     reporter = _Reporter(phase)
     trainer.LISTENERS.append(reporter)
     try:
-        result = trainer.train_phase(phase, Path(base_model), Path(data), folder, settings,
-                                     init_adapter=Path(init_adapter) if init_adapter else None, lineage=lineage)
+        # One process, or tuning.processes data-parallel ones whose progress reaches the reporter all the same.
+        result = distributed.run_phase(phase, Path(base_model), Path(data), folder, settings,
+                                       init_adapter=Path(init_adapter) if init_adapter else None, lineage=lineage)
     finally:
         trainer.LISTENERS.remove(reporter)
     if result["samples"].get("too_long"):

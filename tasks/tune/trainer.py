@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -58,8 +59,9 @@ def _step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
 
 
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """The folder's complete checkpoints, oldest first; half-written ones (a kill mid-save) are removed."""
+def complete_checkpoints(folder: Path, remove: bool = True) -> list[Path]:
+    """The folder's complete checkpoints, oldest first; half-written ones (a kill mid-save) are removed
+    (remove=False: only left out, as each process of a data-parallel phase does; its launcher removed them)."""
     found = []
     for path in sorted(Path(folder).glob("checkpoint-*"), key=lambda p: _step(p) if p.name.split("-")[-1].isdigit() else -1):
         if not path.name.split("-")[-1].isdigit():
@@ -68,8 +70,15 @@ def complete_checkpoints(folder: Path) -> list[Path]:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
             found.append(path)
         except (OSError, ValueError):
-            shutil.rmtree(path, ignore_errors=True)
+            if remove:
+                shutil.rmtree(path, ignore_errors=True)
     return found
+
+
+def world() -> tuple[int, int]:
+    """(processes, this process's rank) of a data-parallel phase, from torch.distributed.run's environment;
+    (1, 0) in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 
 
 # --- the model --------------------------------------------------------------------------------------------
@@ -185,7 +194,21 @@ def sft_config(phase: str, settings: TuneSettings, out: Path, *, has_eval: bool,
     dtype = compute_dtype(settings)
     best = p.select == "best" and has_eval
     packing = shape["packing"] if shape else resolve_packing(p.packing, attention_for(settings), gpu=gpu)
+    processes = world()[0]
+    sharded: dict[str, Any] = {}
+    if settings.method == "full" and processes > 1 and gpu:
+        # Full fine-tuning on several GPUs: FSDP shards the weights, gradients and optimizer state, one
+        # decoder layer a unit (the model's _no_split_modules), and gathers a full state dict to save.
+        # Adapters train with DDP (a whole copy per GPU: small, and the 4-bit base does not shard). On a
+        # CPU every method uses DDP: accelerate trains with DDP on CPU processes whatever fsdp says (tried with
+        # gloo), and docs/tuning.md, "More than one GPU", says so.
+        # FSDP2, transformers' form (fsdp=True, all in fsdp_config): full_shard is reshard_after_forward.
+        sharded = {"fsdp": True,
+                   "fsdp_config": {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                   "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gc}}
+        gc = False  # FSDP checkpoints activations itself: the Trainer's own would all-gather once more
     return SFTConfig(
+        **sharded,
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=p.epochs,
         max_steps=p.max_steps if p.max_steps is not None else -1,
@@ -357,9 +380,13 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     # Derived from the data and the settings alone, so the phase's cache key (stage.cache_key) covers it,
     # and a resumed run gets the same shape.
     attention = attention_for(settings)
-    shape = tune_data.plan_steps(p, train_lengths, packing=resolve_packing(p.packing, attention, gpu=has_gpu()))
+    processes, rank = world()
+    shape = tune_data.plan_steps(p, train_lengths, packing=resolve_packing(p.packing, attention, gpu=has_gpu()),
+                                 processes=processes)
     if shape["adapted"]:
         _notice(phase, shape["adapted"], shape["steps"])
+    if shape["split"]:
+        _notice(phase, shape["split"], shape["steps"])
     args = sft_config(phase, settings, work_dir, has_eval=bool(eval_rows), assistant_masks=masks and not unmasked,
                       shape=shape)
     torch.manual_seed(p.seed)
@@ -380,7 +407,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    checkpoints = complete_checkpoints(work_dir / CHECKPOINTS)
+    checkpoints = complete_checkpoints(work_dir / CHECKPOINTS, remove=processes == 1)
     resumed_from = checkpoints[-1] if checkpoints else None
     name = "model" if settings.method == "full" else "adapter"
     final = work_dir / name
@@ -390,7 +417,12 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         bad = non_finite_weight(trainer.model)
         if bad:
             raise diverged(phase, args.learning_rate, f"its weight {bad} is not finite after step {trainer.state.global_step}")
-        _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
+        if processes == 1:
+            _save_atomic(final, lambda tmp: (trainer.save_model(str(tmp)), tokenizer.save_pretrained(str(tmp))))
+        else:
+            _save_distributed(trainer, tokenizer, final, rank == 0)
+    if rank != 0:
+        return {"phase": phase, "rank": rank}  # the first process writes the results; the launcher reads them
     history = trainer.state.log_history
     write_json(work_dir / "log_history.json", history)
     merged = None
@@ -409,6 +441,7 @@ def train_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settin
         "samples": {"train": len(train_rows), "held_out": len(eval_rows), "too_long": too_long, "unmask": unmasked},
         "step": shape,
         "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
+        "processes": processes,
         "loss_on": ("assistant turns" if masks else "the last assistant turn (prompt/completion)")
         + (f"; every token of the {unmasked} samples marked unmask" if unmasked else ""),
         "resumed_from_step": _step(resumed_from) if resumed_from else None,
@@ -480,6 +513,22 @@ def _save_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
+
+
+def _save_distributed(trainer: Any, tokenizer: Any, dest: Path, first: bool) -> None:
+    """_save_atomic across data-parallel processes: every process calls save_model (FSDP gathers the shards
+    in it), the first writes and moves the folder into place."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if first:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if first:
+        tokenizer.save_pretrained(str(tmp))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
 
 
 def _metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any], trainer: Any, select: str) -> dict[str, Any]:
