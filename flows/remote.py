@@ -215,7 +215,12 @@ def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: d
         parameters = _send(stage, mirror, params)
     except LabcycleError as exc:
         return Failed(message=f"{stage}: sending its inputs to the shared storage failed: {exc}")
-    child = _start(stage, deployment, parameters, timeout=settings.timeout_s)
+    # tune: as many GPUs as tuning.processes trains on (deployments/README.md)
+    from labcycle.flows.config import settings as config_settings
+    from labcycle.tasks.tune.distributed import job_variables
+
+    jobs = job_variables(config_settings(params.get("config")).tuning.processes) if stage == "tune" else None
+    child = _start(stage, deployment, parameters, timeout=settings.timeout_s, job_variables=jobs)
     return child if _refused(child) else _finish(stage, deployment, mirror, child, parameters["output"], settings)
 
 
@@ -248,14 +253,15 @@ def _refused(started: Any) -> bool:
     return isinstance(started, State)
 
 
-def _start(stage: str, deployment: str, parameters: dict[str, Any], timeout: float | None) -> Any:
+def _start(stage: str, deployment: str, parameters: dict[str, Any], timeout: float | None,
+           job_variables: dict[str, Any] | None = None) -> Any:
     """A run of the deployment (awaited up to `timeout`; 0: not at all), or a Failed state saying why none."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.states import Failed
 
     try:
-        return run_deployment(deployment, parameters=parameters, timeout=timeout)
+        return run_deployment(deployment, parameters=parameters, timeout=timeout, job_variables=job_variables)
     except ObjectNotFound:
         return Failed(message=f"{stage}: deployment {deployment!r} not found on the Prefect server; create it (prefect "
                               f"deploy --all --prefect-file deployments/prefect.yaml) or remove remote.deployments.{stage} "

@@ -60,6 +60,12 @@ def resolve_processes(setting: int | str, gpus: int) -> int:
     return setting
 
 
+def job_variables(processes: int | str) -> dict[str, Any] | None:
+    """The GPU pool job variables of a remote tune run (flows/remote.py): gpu_count = tuning.processes when it
+    is a number above 1; None (auto, 1): the deployment's own."""
+    return {"gpu_count": processes} if isinstance(processes, int) and not isinstance(processes, bool) and processes > 1 else None
+
+
 def run_phase(phase: str, base_model: Path, data: Path, work_dir: Path, settings: TuneSettings, *,
               init_adapter: Path | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """trainer.train_phase on tuning.processes processes (the result.json content)."""

@@ -240,3 +240,19 @@ Root Cause (first observed failure):
 """
     assert distributed._first_failure(summary) == (1, -9)
     assert distributed._first_failure("nothing") == (None, None)
+
+
+def test_a_remote_tune_run_asks_for_the_gpus_it_trains_on(tmp_path, monkeypatch):
+    import prefect.deployments
+
+    from labcycle.flows import config, remote
+
+    assert distributed.job_variables(4) == {"gpu_count": 4}
+    assert distributed.job_variables(1) is None and distributed.job_variables("auto") is None  # the deployment's own
+    f = tmp_path / "labcycle.yaml"
+    f.write_text("tuning:\n  processes: 2\n")
+    assert distributed.job_variables(config.settings(str(f)).tuning.processes) == {"gpu_count": 2}
+    calls: list[dict] = []
+    monkeypatch.setattr(prefect.deployments, "run_deployment", lambda name, **kwargs: calls.append(kwargs) or "run")
+    assert remote._start("tune", "tune/gpu", {}, timeout=0, job_variables={"gpu_count": 4}) == "run"
+    assert calls[0]["job_variables"] == {"gpu_count": 4}
