@@ -109,7 +109,7 @@ def launch(processes: int, phase: str, base_model: Path, data: Path, work_dir: P
         finally:
             if proc.poll() is None:  # this process is stopping (an error in a listener, a cancelled run)
                 _stop(proc)
-            events.forward()
+    events.forward()  # what came after the last look
     if proc.returncode != 0:
         raise _failure(phase, folder, processes, proc.returncode)
     result = trainer.read_result(work_dir)
