@@ -27,6 +27,7 @@ from labcycle.flows import records
 from labcycle.flows.config import Config
 from labcycle.flows.evaluate import evaluate
 from labcycle.flows.generate import run_generate
+from labcycle.tasks.tune.distributed import job_variables
 from labcycle.flows.records import CycleRecord, Mixed, StageFailed, Tuned, completed
 from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
@@ -138,7 +139,9 @@ def lab_cycle(taxonomy: str = "taxonomy", base: str | None = None, output: str |
             mixed = Mixed.read(folder.mixed, cycle.mix)
             if until == "mix":
                 break
-            cycle.tuning = completed(run_stage(tune, cfg.remote, run.root, output=str(folder.tuned),
+            # on the GPU pool: as many GPUs as tuning.processes trains on (deployments/README.md)
+            cycle.tuning = completed(run_stage(tune, cfg.remote, run.root, job_variables(cfg.tuning.processes),
+                                               output=str(folder.tuned),
                                                phase=mixed.phase, base_model=setup.student,
                                                knowledge_data=_str(mixed.data.get("knowledge")),
                                                skills_data=_str(mixed.data.get("skills")), config=cfg,

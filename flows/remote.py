@@ -80,17 +80,19 @@ class Mirror:
         return _rebase(obj, self.url, str(self.root))
 
 
-def run_stage(stage_flow: Any, settings: Any, run_dir: Path, **params: Any) -> Any:
+def run_stage(stage_flow: Any, settings: Any, run_dir: Path, job_variables: dict[str, Any] | None = None,
+              **params: Any) -> Any:
     """Run a stage flow (generate, tune, evaluate) with these parameters and return its final state:
-    in-process, or through the deployment the config's remote section (`settings`) names for it. Either
-    way the stage's files end up in run_dir and the state's result is what the in-process flow returns."""
+    in-process, or through the deployment the config's remote section (`settings`) names for it, with
+    these work pool job variables (e.g. gpu_count). Either way the stage's files end up in run_dir and the
+    state's result is what the in-process flow returns."""
     deployment = settings.deployments.get(stage_flow.name)
     if not deployment:
         from prefect.utilities.asyncutils import run_coro_as_sync
 
         call = stage_flow(**params, return_state=True)
         return run_coro_as_sync(call) if inspect.isawaitable(call) else call
-    return _remote(stage_flow.name, deployment, settings, Path(run_dir).resolve(), params)
+    return _remote(stage_flow.name, deployment, settings, Path(run_dir).resolve(), params, job_variables)
 
 
 def run_name(run_dir: Path) -> str:
@@ -207,7 +209,8 @@ def portable(stage: str) -> Callable[[Body], Body]:
 # --- on the orchestrator ----------------------------------------------------------------------------
 
 
-def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: dict[str, Any]) -> Any:
+def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: dict[str, Any],
+            job_variables: dict[str, Any] | None = None) -> Any:
     from prefect.states import Failed
 
     mirror = Mirror(storage.join(settings.storage, run_name(run_dir)), run_dir)
@@ -215,12 +218,7 @@ def _remote(stage: str, deployment: str, settings: Any, run_dir: Path, params: d
         parameters = _send(stage, mirror, params)
     except LabcycleError as exc:
         return Failed(message=f"{stage}: sending its inputs to the shared storage failed: {exc}")
-    # tune: as many GPUs as tuning.processes trains on (deployments/README.md)
-    from labcycle.flows.config import settings as config_settings
-    from labcycle.tasks.tune.distributed import job_variables
-
-    jobs = job_variables(config_settings(params.get("config")).tuning.processes) if stage == "tune" else None
-    child = _start(stage, deployment, parameters, timeout=settings.timeout_s, job_variables=jobs)
+    child = _start(stage, deployment, parameters, timeout=settings.timeout_s, job_variables=job_variables)
     return child if _refused(child) else _finish(stage, deployment, mirror, child, parameters["output"], settings)
 
 
