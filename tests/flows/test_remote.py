@@ -94,21 +94,32 @@ def _children(parent_id, deployment: str) -> list:  # type: ignore[no-untyped-de
 
 
 
-def test_the_gpu_stages_run_on_their_deployments_through_shared_storage(gpu_pool, example_taxonomy, tiny_model, tmp_path):
+def test_the_gpu_stages_run_on_their_deployments_through_shared_storage(gpu_stack, example_taxonomy, tiny_model, tmp_path):
+    """The whole cycle with its three GPU stages on the pool, generation fanned out (remote.leaf_groups: 2) over
+    the pool's two workers."""
+    gpu_pool, stack = gpu_stack
     shared = tmp_path / "shared"
-    cfg = _config(tmp_path, {"storage": str(shared), "deployments": gpu_pool, "timeout_s": 1200})
+    cfg = _config(tmp_path, {"storage": str(shared), "deployments": gpu_pool, "timeout_s": 1200, "leaf_groups": 2})
+    # Generation settings of its own: other tests' runs of this taxonomy and teacher are no cache hits here
+    data = yaml.safe_load(cfg.read_text())
+    data["generation"]["max_tokens_cap"] = 48
+    cfg.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
-    state = lab_cycle(taxonomy=str(example_taxonomy), base="empty", output=str(run), config=str(cfg),
-                      teacher_model=str(tiny_model), student_model=str(tiny_model), return_state=True)
+    common = dict(taxonomy=str(example_taxonomy), base="empty", output=str(run), config=str(cfg),
+                  teacher_model=str(tiny_model), student_model=str(tiny_model), return_state=True)
+    state = lab_cycle(**common)
     assert state.is_completed(), state.message
     result = state.result()
 
     # RUN holds every stage's files, as after an in-process run
     cycle = run / "cycle-1"
     manifest = json.loads((run / "manifest.json").read_text())
-    for leaf in manifest["leaves"]:
-        assert (cycle / "generated" / leaf["id"] / "samples.jsonl").is_file()
-    assert (cycle / "generated" / "summary.json").is_file()
+    every = sorted(leaf["id"] for leaf in manifest["leaves"])
+    for leaf_id in every:
+        assert (cycle / "generated" / leaf_id / "samples.jsonl").is_file() and (cycle / "generated" / leaf_id / "yield.json").is_file()
+    generated = json.loads((cycle / "generated" / "summary.json").read_text())
+    assert generated["leaves"] == len(every) and sorted(generated["per_leaf"]) == every
+    assert generated["samples"] == sum(len((cycle / "generated" / i / "samples.jsonl").read_text().splitlines()) for i in every)
     assert (cycle / "mixed" / "knowledge" / "data.jsonl").is_file() and (cycle / "mixed" / "held_out.jsonl").is_file()
     for phase in ("knowledge", "skills"):
         assert (cycle / "tuned" / phase / "adapter" / "adapter_model.safetensors").is_file()
@@ -128,19 +139,35 @@ def test_the_gpu_stages_run_on_their_deployments_through_shared_storage(gpu_pool
     assert (run / summary["released"] / "adapter_model.safetensors").read_bytes() == \
         (cycle / "tuned" / "skills" / "adapter" / "adapter_model.safetensors").read_bytes()
 
-    # each stage was one flow run of its deployment, linked under this lab-cycle run
+    # tune and evaluate were one flow run of their deployment each, linked under this lab-cycle run
     mirror = str(shared / run_name(run))
-    for stage, deployment in gpu_pool.items():
-        children = _children(state.state_details.flow_run_id, deployment)
+    for stage in ("tune", "evaluate"):
+        children = _children(state.state_details.flow_run_id, gpu_pool[stage])
         assert len(children) == 1 and children[0].state.is_completed(), (stage, children)
         params = children[0].parameters
         assert (params["storage"], params["output"]) == (mirror, OUTPUTS[stage])
-    # the mirror has RUN's layout, plus the leaves and each stage's result
+    # generation was two runs, each with its own leaves and output, one on each worker, at the same time
+    children = sorted(_children(state.state_details.flow_run_id, gpu_pool["generate"]), key=lambda c: c.parameters["output"])
+    assert len(children) == 2 and all(c.state.is_completed() for c in children), children
+    assert [c.parameters["output"] for c in children] == ["cycle-1/generated-groups/1", "cycle-1/generated-groups/2"]
+    groups = [c.parameters["leaves"] for c in children]
+    assert sorted(groups[0] + groups[1]) == every and not set(groups[0]) & set(groups[1])
+    took = {k: [str(c.id) for c in children if str(c.id) in stack.log(f"gpu-worker-{k}")] for k in (1, 2)}
+    assert sorted(len(ids) for ids in took.values()) == [1, 1], took
+    assert max(c.start_time for c in children) < min(c.end_time for c in children), "the groups did not run side by side"
+    assert sorted(g["leaves"] for g in generated["groups"]) == sorted(sorted(g) for g in groups)
+    # the mirror has RUN's layout, plus the leaves and each stage run's result
     assert (Path(mirror) / "taxonomy" / manifest["leaves"][0]["path"]).is_file()
     assert (Path(mirror) / "cycle-1" / "eval" / "report.json").read_bytes() == (cycle / "eval" / "report.json").read_bytes()
-    assert len(list((Path(mirror) / ".stages").glob("*.json"))) == 3
+    assert len(list((Path(mirror) / ".stages").glob("*.json"))) == 4
     # the worker's copy of the mirror, where the stages ran
     assert (worker_mirror(mirror).root / "cycle-1" / "tuned" / "skills" / "adapter").is_dir()
+
+    # Generation again on the same run folder: the same split, each leaf a cache hit on the worker that made it
+    again = lab_cycle(**common, until="generate")
+    assert again.is_completed(), again.message
+    assert again.result()["generation"]["requests"] == 0
+    assert again.result()["generation"]["samples"] == generated["samples"]
 
 
 def test_a_failed_remote_stage_fails_the_cycle_naming_the_deployment_and_its_run(gpu_pool, example_taxonomy, tiny_model,
@@ -187,52 +214,3 @@ def test_paths_are_mapped_between_the_run_folder_and_the_mirror(tmp_path):
     assert mirror.relative(run / "cycle-1" / "mixed" / "held_out.jsonl") == "cycle-1/mixed/held_out.jsonl"
     assert mirror.relative(tmp_path / "elsewhere") is None
     assert run_name(run).startswith("demo-") and run_name(run) == run_name(run) != run_name(tmp_path / "demo")
-
-
-def test_generation_fans_out_over_the_pools_workers_and_gathers_every_leaf(gpu_stack, example_taxonomy, tiny_model,
-                                                                           tmp_path):
-    """remote.leaf_groups: 2 splits the leaves over two runs of the generate deployment, which the pool's two
-    workers take up side by side; their leaves come back into RUN as one run would have left them, and a
-    rerun finds every leaf's work cached where it was generated."""
-    names, stack = gpu_stack
-    cfg = _config(tmp_path, {"storage": str(tmp_path / "shared"), "deployments": {"generate": names["generate"]},
-                             "leaf_groups": 2, "timeout_s": 1200})
-    # Generation settings of its own: the other tests' runs of this taxonomy and teacher are not cache hits here
-    data = yaml.safe_load(cfg.read_text())
-    data["generation"]["max_tokens_cap"] = 48
-    cfg.write_text(yaml.safe_dump(data))
-    run = tmp_path / "run"
-    common = dict(taxonomy=str(example_taxonomy), base="empty", output=str(run), config=str(cfg), until="generate",
-                  teacher_model=str(tiny_model), student_model=str(tiny_model), return_state=True)
-    state = lab_cycle(**common)
-    assert state.is_completed(), state.message
-    generation = state.result()["generation"]
-
-    manifest = json.loads((run / "manifest.json").read_text())
-    every = sorted(leaf["id"] for leaf in manifest["leaves"])
-    children = _children(state.state_details.flow_run_id, names["generate"])
-    assert len(children) == 2 and all(c.state.is_completed() for c in children), children
-    groups = [c.parameters["leaves"] for c in children]
-    assert sorted(groups[0] + groups[1]) == every and not set(groups[0]) & set(groups[1])
-    # each worker took one of the runs (each takes one at a time, and both runs were waiting at once)
-    took = {k: [str(c.id) for c in children if str(c.id) in stack.log(f"gpu-worker-{k}")] for k in (1, 2)}
-    assert sorted(len(ids) for ids in took.values()) == [1, 1], took
-    starts = sorted(c.start_time for c in children)
-    ends = sorted(c.end_time for c in children)
-    assert starts[1] < ends[0], "the two groups did not run at the same time"
-
-    # RUN/cycle-1/generated holds every leaf, as after one run; the summary covers them all
-    out = run / "cycle-1" / "generated"
-    for leaf_id in every:
-        assert (out / leaf_id / "samples.jsonl").is_file() and (out / leaf_id / "yield.json").is_file()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["leaves"] == len(every) and sorted(summary["per_leaf"]) == every
-    assert summary["samples"] == sum(len((out / i / "samples.jsonl").read_text().splitlines()) for i in every)
-    assert sorted(g["leaves"] for g in summary["groups"]) == sorted(sorted(g) for g in groups)
-    assert generation["output"] == str(out) and generation["requests"] > 0
-
-    # Again on the same run folder: the same split, each leaf a cache hit on the worker that made it
-    again = lab_cycle(**common)
-    assert again.is_completed(), again.message
-    assert again.result()["generation"]["requests"] == 0
-    assert again.result()["generation"]["samples"] == summary["samples"]
