@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from labcycle.errors import LabcycleError
-from labcycle.io import write_json
+from labcycle.io import link_tree, write_json
 from labcycle.flows import config as config_module
 from labcycle.flows import remote
 from labcycle.flows.config import Config
@@ -118,21 +118,6 @@ def run_generate(remote_settings: Any, run_dir: Path, **params: Any) -> Any:
 def gather(group_output: Path, output: Path, leaf_ids: list[str]) -> None:
     """A group's published leaves (their samples and yield report) into the stage's output folder, as hard
     links where the filesystem allows. A leaf the group did not finish has no folder, and is left out."""
-    import os
-    import shutil
-
     for leaf_id in leaf_ids:
-        src = group_output / leaf_id
-        if not src.is_dir():
-            continue
-        dest = output / leaf_id
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            if f.is_file():
-                tmp = dest / f".{f.name}.tmp"
-                tmp.unlink(missing_ok=True)
-                try:
-                    os.link(f, tmp)
-                except OSError:
-                    shutil.copyfile(f, tmp)
-                tmp.replace(dest / f.name)
+        if (group_output / leaf_id).is_dir():
+            link_tree(group_output / leaf_id, output / leaf_id)

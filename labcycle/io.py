@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """The file or folder src at dest, each file a hard link (no second copy of a model's weights) or, across
+    filesystems or where links are not allowed, a copy; each put into place whole, over what dest held."""
+    src, dest = Path(src), Path(dest)
+    for path in [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dest if path == src else dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copy2(path, tmp)
+        os.replace(tmp, target)
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -24,3 +24,21 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
         assert stat.S_IMODE(path.stat().st_mode) == mode, oct(path.stat().st_mode)
     assert card.read_text() == "# card, again\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left behind
+
+
+def test_link_tree_links_each_file_and_replaces_what_was_there(tmp_path):
+    from labcycle.io import link_tree
+
+    src = tmp_path / "work" / "adapter"
+    (src / "sub").mkdir(parents=True)
+    (src / "weights.bin").write_bytes(b"w" * 64)
+    (src / "sub" / "config.json").write_text("{}")
+    dest = tmp_path / "out" / "adapter"
+    (dest).mkdir(parents=True)
+    (dest / "weights.bin").write_bytes(b"old")
+    link_tree(src, dest)
+    assert (dest / "weights.bin").read_bytes() == b"w" * 64 and (dest / "sub" / "config.json").read_text() == "{}"
+    assert (dest / "weights.bin").samefile(src / "weights.bin")  # one copy of the weights on disk
+    assert sorted(p.name for p in dest.iterdir()) == ["sub", "weights.bin"]  # no temporary file left
+    link_tree(src / "weights.bin", tmp_path / "single" / "w.bin")
+    assert (tmp_path / "single" / "w.bin").samefile(src / "weights.bin")

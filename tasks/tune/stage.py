@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from prefect.context import TaskRunContext
 
 from labcycle.env import state_dir
 from labcycle.errors import LabcycleError
-from labcycle.io import write_json
+from labcycle.io import link_tree, write_json
 from labcycle.tasks.tune import card, distributed, trainer
 from labcycle.fingerprint import fingerprint_path, model_fingerprint
 from labcycle.tasks.tune.settings import TuneSettings
@@ -110,19 +109,6 @@ def tune_phase_task(phase: str, base_model: str, data: str, settings: TuneSettin
     return result
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    if src.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest)
-        except OSError:  # another filesystem, or links not allowed: copy
-            shutil.copy2(src, dest)
-        return
-    for path in sorted(src.rglob("*")):
-        if path.is_file():
-            _link_tree(path, dest / path.relative_to(src))
-
-
 @task(name="publish tuned", task_run_name="publish: {result[phase]}")
 def publish_tuned(result: dict[str, Any], dest: Path) -> dict[str, Any]:
     """The phase's adapter (or model), merged model, model card, loss plot and history into dest."""
@@ -135,7 +121,7 @@ def publish_tuned(result: dict[str, Any], dest: Path) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ("adapter", "model", "merged", *PUBLISHED):
         if (src / name).exists():
-            _link_tree(src / name, tmp / name)
+            link_tree(src / name, tmp / name)
     published = dict(result)
     published["output"] = str(dest / Path(result["output"]).name)
     published["merged"] = str(dest / "merged") if result.get("merged") else None
