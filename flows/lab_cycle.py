@@ -27,7 +27,6 @@ from labcycle.flows import records
 from labcycle.flows.config import Config
 from labcycle.flows.evaluate import evaluate
 from labcycle.flows.generate import run_generate
-from labcycle.tasks.tune.distributed import job_variables
 from labcycle.flows.records import CycleRecord, Mixed, StageFailed, Tuned, completed
 from labcycle.flows.remote import run_stage
 from labcycle.flows.taxonomy import prepare_taxonomy
@@ -40,6 +39,7 @@ from labcycle.tasks.mix import load_recipe, mix_task
 from labcycle.tasks.release import release_task, request_approval
 from labcycle.tasks.taxonomy.checkout import blank, checkout_task
 from labcycle.tasks.taxonomy.manifest import lineage
+from labcycle.tasks.tune.distributed import job_variables
 from labcycle.urls import hold_teacher_login
 
 Stage = Literal["taxonomy", "generate", "mix", "tune", "evaluate", "cycle"]

@@ -61,7 +61,7 @@ def resolve_processes(setting: int | str, gpus: int) -> int:
 
 
 def job_variables(processes: int | str) -> dict[str, Any] | None:
-    """The GPU pool job variables of a remote tune run (flows/remote.py): gpu_count = tuning.processes when it
+    """The GPU pool job variables of a remote tune run (lab_cycle passes them to remote.run_stage): gpu_count = tuning.processes when it
     is a number above 1; None (auto, 1): the deployment's own."""
     return {"gpu_count": processes} if isinstance(processes, int) and not isinstance(processes, bool) and processes > 1 else None
 
